@@ -1,0 +1,103 @@
+"""Connection-level helpers: noticing that the client went away, and acting on it.
+
+A generation the client no longer waits for still holds a GPU slot, so a disconnect must
+cancel the upstream call, streamed or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import anyio
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+T = TypeVar("T")
+
+
+class ClientDisconnectedError(Exception):
+    pass
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    # After the body is read, receive() only returns once the client disconnects.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`; if the client disconnects first, cancel it and raise ClientDisconnectedError."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request.receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled():
+        raise ClientDisconnectedError
+    return task.result()
+
+
+class SSEResponse(Response):
+    """Server-sent events, relayed as produced, with a cleanup that always runs.
+
+    Unlike a plain StreamingResponse, the stream is cancelled as soon as the client
+    disconnects (whatever ASGI spec version the server speaks), and `on_close` runs even
+    when the body iterator never started, so upstream connections and rate-limit slots
+    are always given back.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(self, content: AsyncIterator[bytes], *, headers: Mapping[str, str],
+                 on_close: Callable[[], Awaitable[None]]) -> None:
+        self.body_iterator = content
+        self.status_code = 200
+        self.background = None
+        self.on_close = on_close
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
+
+    async def _stream(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                async def stream_then_stop() -> None:
+                    await self._stream(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream_then_stop)
+                await _wait_for_disconnect(receive)
+                group.cancel_scope.cancel()
+        except OSError:
+            pass  # the client went away while we were writing
+        finally:
+            with anyio.CancelScope(shield=True):
+                aclose = getattr(self.body_iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                await self.on_close()
+
+
+class JSONResponse(Response):
+    """orjson-rendered JSON (FastAPI's ORJSONResponse is deprecated)."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        import orjson
+
+        return orjson.dumps(content)

@@ -1,0 +1,73 @@
+"""`ir-gateway`: serve, run the local dev stack, manage keys."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.registry import SchemaFileError
+    from gateway.settings import Settings
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "upstream_url": args.upstream,
+            "host": args.host,
+            "port": args.port,
+            "config_file": args.config,
+        }.items()
+        if value is not None
+    }
+    try:
+        settings = Settings(**overrides)
+        logging.basicConfig(level=settings.log_level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        app = create_app(settings)
+    except (SchemaFileError, ValidationError, FileNotFoundError, ValueError) as exc:
+        print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                loop="uvloop", http="httptools", access_log=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ir-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the gateway in front of a vLLM server")
+    serve.add_argument("--upstream", help="vLLM base URL (IRGW_UPSTREAM_URL)")
+    serve.add_argument("--host", help="listen address (IRGW_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (IRGW_PORT, default 8080)")
+    serve.add_argument("--config", help="TOML settings file (IRGW_CONFIG_FILE)")
+    serve.set_defaults(run=_serve)
+
+    from gateway.dev.cli import add_dev_command
+    from gateway.keys_cli import add_keys_commands, run_keys_command
+
+    add_dev_command(commands)
+    add_keys_commands(commands)
+    for name, sub in commands.choices.items():
+        if name == "keys":
+            sub.set_defaults(run=run_keys_command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

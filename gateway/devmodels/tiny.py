@@ -1,0 +1,490 @@
+"""Build a tiny Qwen2-architecture chat model, offline and byte-for-byte reproducibly.
+
+Why: the integration tests need a real vLLM serving a real chat model, but the Hugging Face Hub
+is unreachable here and real models are too slow on 2 CPU cores. This builder trains a small
+byte-level BPE tokenizer and (unless ``--untrained``) a ~0.8M-parameter Qwen2 on ChatML
+conversations whose answers are compact JSON shaped like the gateway's IR schemas, so greedy
+decoding under a JSON grammar closes its braces and stops with ``<|im_end|>``.
+
+Run it with the vLLM environment (torch, transformers, tokenizers, safetensors)::
+
+    PYTHONPATH=. .venv-vllm/bin/python -m gateway.devmodels.tiny [--out DIR] [--untrained]
+
+The last stdout line is the model directory. Without ``--out`` it is
+``~/.cache/ir-gateway/models/<name>-<hash>``, where the hash covers this file's source and the
+build parameters: editing the builder rebuilds, an unchanged builder reuses the cache.
+Importing this module is stdlib-only, so the gateway's environment can call `default_path`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+NAME = "tiny-qwen2"
+SEED = 1234
+VOCAB_SIZE = 2048
+MAX_TRAIN_TOKENS = 512
+# head_dim = hidden / heads = 64: vLLM's CPU attention only has kernels for 32/64/80/96/...;
+# head_dim 16 crashes the engine at the first request.
+MODEL_PARAMS: dict[str, Any] = {
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+TRAIN_PARAMS: dict[str, Any] = {
+    "steps": 300,
+    "batch_size": 16,
+    "lr": 3e-3,
+    "warmup": 30,
+    "conversations": 4000,
+    # Fixed so results do not depend on the machine's core count (CPU reductions split by
+    # thread); 2 matches every machine this project runs on.
+    "threads": 2,
+}
+ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+# Qwen2.5's ChatML template (tools included, so `tools=` requests render like production),
+# with a neutral default system prompt.
+CHAT_TEMPLATE = (
+    "{%- if tools %}\n"
+    "    {{- '<|im_start|>system\\n' }}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- messages[0]['content'] }}\n"
+    "    {%- else %}\n"
+    f"        {{{{- '{DEFAULT_SYSTEM}' }}}}\n"
+    "    {%- endif %}\n"
+    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user'
+    " query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:"
+    '\\n<tools>" }}\n'
+    "    {%- for tool in tools %}\n"
+    '        {{- "\\n" }}\n'
+    "        {{- tool | tojson }}\n"
+    "    {%- endfor %}\n"
+    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name'
+    " and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
+    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call>'
+    '<|im_end|>\\n" }}\n'
+    "{%- else %}\n"
+    "    {%- if messages[0]['role'] == 'system' %}\n"
+    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
+    "    {%- else %}\n"
+    f"        {{{{- '<|im_start|>system\\n{DEFAULT_SYSTEM}<|im_end|>\\n' }}}}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- for message in messages %}\n"
+    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first)'
+    ' or (message.role == "assistant" and not message.tool_calls) %}\n'
+    "        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>'"
+    " + '\\n' }}\n"
+    '    {%- elif message.role == "assistant" %}\n'
+    "        {{- '<|im_start|>' + message.role }}\n"
+    "        {%- if message.content %}\n"
+    "            {{- '\\n' + message.content }}\n"
+    "        {%- endif %}\n"
+    "        {%- for tool_call in message.tool_calls %}\n"
+    "            {%- if tool_call.function is defined %}\n"
+    "                {%- set tool_call = tool_call.function %}\n"
+    "            {%- endif %}\n"
+    "            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n"
+    "            {{- tool_call.name }}\n"
+    "            {{- '\", \"arguments\": ' }}\n"
+    "            {{- tool_call.arguments | tojson }}\n"
+    "            {{- '}\\n</tool_call>' }}\n"
+    "        {%- endfor %}\n"
+    "        {{- '<|im_end|>\\n' }}\n"
+    '    {%- elif message.role == "tool" %}\n'
+    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
+    "            {{- '<|im_start|>user' }}\n"
+    "        {%- endif %}\n"
+    "        {{- '\\n<tool_response>\\n' }}\n"
+    "        {{- message.content }}\n"
+    "        {{- '\\n</tool_response>' }}\n"
+    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
+    "            {{- '<|im_end|>\\n' }}\n"
+    "        {%- endif %}\n"
+    "    {%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|im_start|>assistant\\n' }}\n"
+    "{%- endif %}\n"
+)
+
+# --------------------------------------------------------------------------- corpus
+
+VERBS = [
+    ("parse", "dict[str, Any]"), ("validate", "bool"), ("load", "list[dict[str, Any]]"),
+    ("normalize", "str"), ("count", "int"), ("merge", "dict[str, str]"), ("format", "str"),
+    ("compute", "float"), ("save", "None"), ("fetch", "bytes"), ("filter", "list[str]"),
+    ("summarize", "str"), ("hash", "str"), ("sort", "list[str]"), ("check", "bool"),
+    ("group", "dict[str, list[str]]"), ("resolve", "Path"), ("encode", "bytes"),
+    ("decode", "str"), ("split", "list[str]"),
+]
+NOUNS = [
+    ("config file", "path", "Path"), ("user record", "user_id", "int"),
+    ("order list", "orders", "list[Order]"), ("invoice", "invoice", "Invoice"),
+    ("email address", "email", "str"), ("timestamp", "ts", "datetime"),
+    ("price table", "prices", "dict[str, Decimal]"), ("log line", "line", "str"),
+    ("csv file", "path", "Path"), ("url", "url", "str"), ("token", "token", "str"),
+    ("payload", "payload", "bytes"), ("session", "session_id", "str"),
+    ("score list", "scores", "list[float]"), ("header map", "headers", "dict[str, str]"),
+    ("matrix", "rows", "list[list[float]]"), ("event stream", "events", "Iterable[Event]"),
+    ("cache entry", "key", "str"), ("date range", "start", "date"), ("word list", "words",
+    "list[str]"),
+]
+EXTRA_PARAMS = [
+    ("strict", "bool"), ("limit", "int"), ("encoding", "str"), ("default", "str | None"),
+    ("timeout", "float"), ("sep", "str"), ("now", "datetime | None"), ("retries", "int"),
+]
+IMPORTS = [
+    ("json", ["loads", "dumps"]), ("pathlib", ["Path"]), ("typing", ["Any", "Iterable"]),
+    ("datetime", ["datetime", "date"]), ("decimal", ["Decimal"]), ("re", ["compile"]),
+    ("collections", ["Counter", "defaultdict"]), ("hashlib", ["sha256"]),
+    ("csv", ["reader", "writer"]), ("urllib.parse", ["urlparse", "urlencode"]),
+    ("itertools", ["chain", "groupby"]), ("dataclasses", ["dataclass", "field"]),
+]
+PACKAGES = ["app", "core", "utils", "billing", "io", "auth", "text", "reports"]
+RATIONALES = [
+    "Callers need a {ret} instead of raw input.",
+    "Keeps the {verb} logic for each {noun} in one tested place.",
+    "Downstream code expects a clean {noun}.",
+    "Avoids repeating this step in every handler.",
+    "The {noun} arrives from users and cannot be trusted as is.",
+]
+SAMPLE_VALUES = {
+    "Path": ["'config.toml'", "'data/in.csv'", "'missing.txt'"],
+    "int": ["0", "42", "-1"], "str": ["'alice@example.com'", "''", "'  Bob '"],
+    "bool": ["True", "False"], "float": ["0.5", "1e9"], "bytes": ["b''", "b'abc'"],
+}
+SYSTEMS = [
+    None, DEFAULT_SYSTEM, "You write compact JSON that matches the requested schema.",
+    "Answer with JSON only.", "You design Python code as structured IR.",
+]
+
+
+def _fn_parts(rng: random.Random) -> tuple[str, str, list[dict[str, str]], str, str]:
+    verb, ret = rng.choice(VERBS)
+    noun, pname, ptype = rng.choice(NOUNS)
+    params = [{"name": pname, "type_hint": ptype}]
+    for extra, etype in rng.sample(EXTRA_PARAMS, rng.randint(0, 2)):
+        params.append({"name": extra, "type_hint": etype})
+    return verb, noun, params, ret, f"{verb}_{noun.replace(' ', '_')}"
+
+
+def function_ir(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    verb, noun, params, ret, name = _fn_parts(rng)
+    request = rng.choice([
+        "Describe the function that will {v} the {n}.", "Write the function IR for: {v} a {n}.",
+        "I need a function to {v} a {n}. Give its intent and signature.",
+        "Function spec please: {v} {n}.",
+    ]).format(v=verb, n=noun)
+    return request, {
+        "intent": {
+            "summary": f"{verb.capitalize()} the given {noun}.",
+            "rationale": rng.choice(RATIONALES).format(ret=ret, verb=verb, noun=noun),
+        },
+        "signature": {"name": name, "parameters": params, "returns": ret},
+    }
+
+
+def module_ir(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    noun = rng.choice(NOUNS)[0]
+    functions = []
+    for _ in range(rng.randint(1, 3)):
+        verb, fnoun, params, ret, name = _fn_parts(rng)
+        private = rng.random() < 0.25
+        functions.append({
+            "intent": f"{verb.capitalize()} the given {fnoun}.",
+            "name": f"_{name}" if private else name, "parameters": params, "returns": ret,
+            "visibility": "private" if private else "public",
+        })
+    imports = [{"module": m, "names": rng.sample(names, rng.randint(1, len(names)))}
+               for m, names in rng.sample(IMPORTS, rng.randint(0, 3))]
+    request = rng.choice(["Design a module for {n}s.", "Plan a Python module that handles {n}s.",
+                          "Module IR for working with a {n}."]).format(n=noun)
+    return request, {
+        "purpose": f"Helpers for working with {noun}s.",
+        "module_name": f"{rng.choice(PACKAGES)}.{noun.replace(' ', '_')}",
+        "imports": imports, "functions": functions,
+    }
+
+
+def test_plan_ir(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    verb, noun, params, ret, name = _fn_parts(rng)
+    cases = []
+    for kind in rng.sample(["typical", "edge", "error"], rng.randint(1, 3)):
+        p = params[0]
+        value = rng.choice(SAMPLE_VALUES.get(p["type_hint"], ["None", "[]", "{}"]))
+        raises = kind == "error"
+        cases.append({
+            "rationale": f"{kind.capitalize()} {noun} input must be handled.",
+            "name": f"test_{name}_{kind}", "kind": kind,
+            "inputs": [{"name": p["name"], "value": value}],
+            "expected": {"outcome": "raises" if raises else "returns",
+                         "value": "ValueError" if raises else rng.choice(["None", "True", "0"])},
+        })
+    sig = ", ".join(f"{p['name']}: {p['type_hint']}" for p in params)
+    request = rng.choice(["Plan tests for {f}.", "Write a test plan for {f}({s}) -> {r}."]).format(
+        f=name, s=sig, r=ret)
+    return request, {
+        "function_name": name,
+        "strategy": f"Cover a typical {noun}, an empty one and a malformed one.",
+        "cases": cases,
+    }
+
+
+def misc_json(rng: random.Random) -> tuple[str, dict[str, Any]]:
+    """Small generic objects (numbers, booleans, null, arrays) so that ad-hoc test schemas
+    outside the IR family also end quickly."""
+    noun = rng.choice(NOUNS)[0]
+    pool: list[tuple[str, Any]] = [
+        ("name", noun), ("count", rng.randint(0, 99)), ("ok", rng.random() < 0.5),
+        ("score", round(rng.random(), 2)), ("tags", rng.sample(["a", "b", "io", "new"], 2)),
+        ("note", None), ("id", rng.randint(1, 9999)), ("answer", f"The {noun} is fine."),
+    ]
+    obj = dict(rng.sample(pool, rng.randint(1, 4)))
+    return rng.choice(["Return a small JSON summary of the {n}.", "Give me JSON about a {n}.",
+                       "Extract the fields for this {n}."]).format(n=noun), obj
+
+
+def conversations(n: int, seed: int = SEED) -> list[tuple[list[dict[str, str]], str]]:
+    """(messages, compact JSON answer) pairs; key order follows the schemas (= generation
+    order), separators match xgrammar with disable_any_whitespace."""
+    rng = random.Random(seed)
+    makers = [function_ir] * 4 + [module_ir] * 2 + [test_plan_ir] * 2 + [misc_json]
+    out = []
+    for _ in range(n):
+        request, obj = rng.choice(makers)(rng)
+        system = rng.choice(SYSTEMS)
+        messages = ([{"role": "system", "content": system}] if system else [])
+        messages.append({"role": "user", "content": request})
+        out.append((messages, json.dumps(obj, separators=(",", ":"), ensure_ascii=False)))
+    return out
+
+
+def render_prompt(messages: list[dict[str, str]]) -> str:
+    """CHAT_TEMPLATE without tools, add_generation_prompt=True (checked against jinja at build)."""
+    parts = []
+    if messages[0]["role"] != "system":
+        parts.append(f"{IM_START}system\n{DEFAULT_SYSTEM}{IM_END}\n")
+    parts += [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages]
+    return "".join(parts) + f"{IM_START}assistant\n"
+
+
+# --------------------------------------------------------------------------- build
+
+
+def cache_key(*, trained: bool = True) -> str:
+    """Hash of this builder's source and parameters (constants live in the source)."""
+    h = hashlib.sha256(Path(__file__).read_bytes())
+    h.update(json.dumps({"name": NAME, "trained": trained}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def default_path(*, trained: bool = True) -> Path:
+    root = os.environ.get("IR_GATEWAY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ir-gateway")
+    name = NAME if trained else f"{NAME}-untrained"
+    return Path(root) / "models" / f"{name}-{cache_key(trained=trained)}"
+
+
+def _log(msg: str) -> None:
+    print(f"[tiny] {msg}", file=sys.stderr, flush=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _train_tokenizer(texts: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+        # Every byte must be encodable, or a grammar could demand a character with no token.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def _tokenizer_config(tok: Any) -> dict[str, Any]:
+    added = {
+        str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False,
+                                  "rstrip": False, "single_word": False, "special": True}
+        for t in SPECIAL_TOKENS
+    }
+    return {
+        "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
+        "bos_token": None, "chat_template": CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+        "eos_token": IM_END, "errors": "replace", "model_max_length": 4096,
+        "pad_token": ENDOFTEXT, "split_special_tokens": False,
+        # Loads tokenizer.json as is; Qwen2Tokenizer would rebuild its own pre-tokenizer.
+        "tokenizer_class": "PreTrainedTokenizerFast", "unk_token": None,
+    }
+
+
+def _train_model(model: Any, tok: Any, convs: list[tuple[list[dict[str, str]], str]],
+                 pad_id: int, eos_id: int) -> float:
+    import torch
+
+    examples = []
+    for messages, answer in convs:
+        prompt = tok.encode(render_prompt(messages)).ids
+        target = tok.encode(answer).ids + [eos_id]
+        examples.append((prompt, target))
+    rng = random.Random(SEED + 1)
+    steps, bs, warmup = TRAIN_PARAMS["steps"], TRAIN_PARAMS["batch_size"], TRAIN_PARAMS["warmup"]
+    opt = torch.optim.AdamW(model.parameters(), lr=TRAIN_PARAMS["lr"], betas=(0.9, 0.98),
+                            weight_decay=0.0)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    loss_value = float("nan")
+    for step in range(steps):
+        batch = rng.sample(examples, bs)
+        width = min(MAX_TRAIN_TOKENS, max(len(p) + len(t) for p, t in batch))
+        ids = torch.full((bs, width), pad_id, dtype=torch.long)
+        labels = torch.full((bs, width), -100, dtype=torch.long)
+        for row, (prompt, target) in enumerate(batch):
+            seq = (prompt + target)[:width]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            # Loss only on the answer: the model must learn to write (and end) JSON, not prompts.
+            labels[row, len(prompt) : len(seq)] = torch.tensor(seq[len(prompt) :])
+        # Right padding under a causal mask never affects real tokens, so no attention mask.
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        loss_value = loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            _log(f"step {step:4d} loss {loss_value:.4f}")
+    model.eval()
+    return loss_value
+
+
+def build(out_dir: Path, *, trained: bool = True) -> Path:
+    """Build the model into ``out_dir`` (replaced if it holds an earlier build) and return it."""
+    import importlib.metadata as md
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    started = time.monotonic()
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "build-info.json").exists():
+        raise SystemExit(f"{out_dir} is not empty and holds no earlier build; refusing to replace")
+    torch.manual_seed(SEED)
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(TRAIN_PARAMS["threads"])
+
+    convs = conversations(TRAIN_PARAMS["conversations"])
+    tok = _train_tokenizer([render_prompt(m) + a + IM_END + "\n" for m, a in convs])
+    pad_id, eos_id = tok.token_to_id(ENDOFTEXT), tok.token_to_id(IM_END)
+    _log(f"tokenizer: {tok.get_vocab_size()} tokens ({time.monotonic() - started:.1f}s)")
+
+    config = Qwen2Config(
+        vocab_size=tok.get_vocab_size(), **MODEL_PARAMS,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id,
+        architectures=["Qwen2ForCausalLM"], dtype="float32",
+    )
+    model = Qwen2ForCausalLM(config).float()
+    final_loss = _train_model(model, tok, convs, pad_id, eos_id) if trained else None
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        tok.save(str(tmp / "tokenizer.json"))
+        _write_json(tmp / "tokenizer_config.json", _tokenizer_config(tok))
+        _write_json(tmp / "special_tokens_map.json",
+                    {"eos_token": IM_END, "pad_token": ENDOFTEXT})
+        cfg = config.to_dict()
+        cfg.pop("_name_or_path", None)
+        _write_json(tmp / "config.json", cfg)
+        # vLLM would otherwise read sampling defaults from it (unless --generation-config vllm).
+        _write_json(tmp / "generation_config.json",
+                    {"eos_token_id": [eos_id, pad_id], "pad_token_id": pad_id})
+        # Tied: lm_head shares the embedding storage, which safetensors refuses to save twice.
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+                 if k != "lm_head.weight"}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+        # The hand-written prompt renderer used for training must match the jinja template
+        # that vLLM applies, or the model learns a prompt it never sees.
+        hf_tok = AutoTokenizer.from_pretrained(str(tmp))
+        sample = convs[0][0]
+        rendered = hf_tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
+        if rendered != render_prompt(sample):
+            raise RuntimeError(f"chat template mismatch:\n{rendered!r}\n{render_prompt(sample)!r}")
+
+        versions = {d: md.version(d) for d in ("torch", "transformers", "tokenizers",
+                                               "safetensors")}
+        _write_json(tmp / "build-info.json", {
+            "name": NAME, "trained": trained, "key": cache_key(trained=trained),
+            "final_loss": None if final_loss is None else round(final_loss, 4),
+            "versions": versions, "model": MODEL_PARAMS, "train": TRAIN_PARAMS if trained else None,
+        })
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _log(f"built {out_dir} in {time.monotonic() - started:.1f}s")
+    return out_dir
+
+
+def ensure(out_dir: Path | None = None, *, trained: bool = True, force: bool = False) -> Path:
+    """Return a built model, reusing ``out_dir`` (default: the cache) when it holds this build."""
+    out = Path(out_dir).expanduser().resolve() if out_dir else default_path(trained=trained)
+    info = out / "build-info.json"
+    if not force and info.is_file():
+        try:
+            if json.loads(info.read_text()).get("key") == cache_key(trained=trained):
+                _log(f"reusing {out}")
+                return out
+        except (OSError, ValueError):
+            pass
+    return build(out, trained=trained)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="model directory (default: the cache path)")
+    parser.add_argument("--untrained", action="store_true", help="random weights, no training")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    path = ensure(args.out, trained=not args.untrained, force=args.force)
+    print(path, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

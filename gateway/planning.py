@@ -1,0 +1,178 @@
+"""From a client's chat request to what the gateway will ask vLLM and check afterwards.
+
+A request names a schema in one of two ways:
+- `response_format: {"type": "json_schema", "json_schema": {"name": "function_ir[@1]"}}`
+  without a `schema` (a registered schema), or with one (an ad-hoc schema, as
+  `client.chat.completions.parse(response_format=Model)` sends);
+- `model: "schema/function_ir[@1]"`: the default upstream model with that schema.
+Everything the gateway does not need to understand is passed to vLLM as it came.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from gateway.errors import InvalidRequestError
+from gateway.registry import RegisteredSchema, SchemaRegistry, adhoc_schema
+from gateway.settings import OutputPolicy, Settings
+from gateway.upstream.dialects import Dialect
+
+SCHEMA_MODEL_PREFIX = "schema/"
+
+
+class Mode(StrEnum):
+    SCHEMA = "schema"  # a registered or ad-hoc JSON Schema: parse + validate
+    JSON_OBJECT = "json_object"  # any JSON object: parse only
+    TOOL = "tool"  # one forced tool, served as a schema and answered as a tool call
+    PASSTHROUGH = "passthrough"  # plain text, or tool choice left to vLLM
+
+
+@dataclass
+class ChatPlan:
+    body: dict[str, Any]  # the client's body, untouched
+    mode: Mode
+    model_alias: str | None  # the `schema/...` model the client named, if any
+    schema: RegisteredSchema | None = None
+    policy: OutputPolicy = "repair"
+    stream: bool = False
+    include_usage: bool = False
+    max_tokens: int | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def checked(self) -> bool:
+        return self.mode is not Mode.PASSTHROUGH
+
+
+def _require_dict(value: Any, param: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"'{param}' must be an object", param=param)
+    return value
+
+
+def _positive_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequestError(f"'{key}' must be a positive integer", param=key)
+    return value
+
+
+def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
+    body = _require_dict(body, "body")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError("'model' is required and must be a string", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequestError("'stream' must be a boolean", param="stream")
+    stream_options = body.get("stream_options")
+    if stream_options is not None:
+        if not stream:
+            raise InvalidRequestError(
+                "'stream_options' is only allowed when 'stream' is true", param="stream_options"
+            )
+        _require_dict(stream_options, "stream_options")
+    include_usage = bool(stream_options and stream_options.get("include_usage"))
+    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+
+    alias_schema: RegisteredSchema | None = None
+    model_alias: str | None = None
+    if model.startswith(SCHEMA_MODEL_PREFIX):
+        model_alias = model
+        alias_schema = registry.resolve(model[len(SCHEMA_MODEL_PREFIX):], param="model")
+
+    plan = ChatPlan(body=body, mode=Mode.PASSTHROUGH, model_alias=model_alias, stream=stream,
+                    include_usage=include_usage, max_tokens=max_tokens)
+    response_format = body.get("response_format")
+    if response_format is not None:
+        _plan_response_format(plan, _require_dict(response_format, "response_format"),
+                              registry, settings)
+    if alias_schema is not None:
+        if plan.schema is not None and plan.schema is not alias_schema:
+            raise InvalidRequestError(
+                f"model {model!r} names schema {alias_schema.ref} but response_format names "
+                f"{plan.schema.ref}; name one", param="response_format",
+            )
+        if plan.mode is Mode.JSON_OBJECT:
+            raise InvalidRequestError(
+                f"model {model!r} names a schema; drop response_format json_object",
+                param="response_format",
+            )
+        plan.mode, plan.schema = Mode.SCHEMA, alias_schema
+    if plan.mode is Mode.SCHEMA and plan.schema is not None:
+        plan.policy = settings.output_policy or plan.schema.output_policy
+        plan.warnings.extend(plan.schema.unenforced)
+    elif plan.mode is Mode.JSON_OBJECT:
+        plan.policy = settings.output_policy or "repair"
+    if plan.checked:
+        n = body.get("n", 1)
+        if n != 1:
+            raise InvalidRequestError("'n' must be 1 for structured output", param="n")
+    return plan
+
+
+def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
+                          registry: SchemaRegistry, settings: Settings) -> None:
+    kind = response_format.get("type")
+    if kind == "text":
+        return
+    if kind == "json_object":
+        plan.mode = Mode.JSON_OBJECT
+        return
+    if kind != "json_schema":
+        raise InvalidRequestError(
+            "response_format.type must be one of 'text', 'json_object', 'json_schema'",
+            param="response_format.type",
+        )
+    spec = _require_dict(response_format.get("json_schema"), "response_format.json_schema")
+    name = spec.get("name")
+    if "schema" in spec:
+        if name is not None and not isinstance(name, str):
+            raise InvalidRequestError("response_format.json_schema.name must be a string",
+                                      param="response_format.json_schema.name")
+        plan.schema = adhoc_schema(name or "adhoc", spec["schema"], settings.adhoc_output_policy)
+    else:
+        if not isinstance(name, str) or not name:
+            raise InvalidRequestError(
+                "response_format.json_schema needs a 'name' of a registered schema, or a "
+                "'schema'", param="response_format.json_schema.name",
+            )
+        plan.schema = registry.resolve(name, param="response_format.json_schema.name")
+    plan.mode = Mode.SCHEMA
+
+
+def upstream_chat_body(plan: ChatPlan, dialect: Dialect, model: str,
+                       max_tokens: int | None) -> dict[str, Any]:
+    """The body vLLM gets: the client's, with the model, constraint and limits filled in."""
+    body = dict(plan.body)
+    body["model"] = model
+    if plan.mode is Mode.TOOL:
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            body.pop(key, None)
+    if plan.schema is not None and plan.mode in (Mode.SCHEMA, Mode.TOOL):
+        body.pop("response_format", None)
+        body.update(dialect.chat_constraint(plan.schema))
+    if max_tokens is not None:
+        body.pop("max_completion_tokens", None)
+        body["max_tokens"] = max_tokens
+    if plan.stream:
+        # Usage is always needed to settle token limits, whether the client asked or not.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A cheap over-estimate (about 3 bytes a token) for reserving TPM before the call;
+    settlement corrects it with vLLM's real count."""
+    return len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 3 + 8

@@ -1,0 +1,259 @@
+"""The named, versioned schema registry.
+
+A schema is a file in `schemas/` (`{"name", "version", "description", "schema",
+"output_policy"?}`), loaded and checked once at startup. Anything wrong with a file stops
+the server with a `SchemaFileError` naming that file, never a failure at request time.
+
+Each schema keeps the exact JSON text it is sent upstream with: vLLM caches compiled
+grammars by the schema's text, and xgrammar generates properties in the order they are
+written, so the text is made once, in file order, and reused byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from gateway.errors import InvalidSchemaError, SchemaNotFoundError
+from gateway.settings import OutputPolicy
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
+_POLICIES: tuple[OutputPolicy, ...] = ("repair", "retry", "error")
+
+# Keywords xgrammar 0.2.8 accepts but does not enforce while decoding (see the upstream
+# notes). A registered schema must not rely on them: the model would be free to break
+# them on every request and only the gateway's check would catch it.
+_UNENFORCED = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas",
+               "uniqueItems", "contains", "minContains", "maxContains", "multipleOf")
+_XGRAMMAR_FORMATS = frozenset({
+    "email", "date", "time", "date-time", "duration", "ipv4", "ipv6", "hostname", "uuid",
+    "uri", "uri-reference", "uri-template", "json-pointer", "relative-json-pointer",
+})
+
+
+class SchemaFileError(Exception):
+    """A schema file is unusable; the message starts with the file's path."""
+
+
+@dataclass(frozen=True)
+class RegisteredSchema:
+    name: str
+    version: int
+    description: str
+    schema: Mapping[str, Any]
+    output_policy: OutputPolicy
+    source: str
+    adhoc: bool = False
+    # Keywords the grammar will not enforce: validation still does, so this is a warning.
+    unenforced: tuple[str, ...] = ()
+    schema_json: bytes = field(init=False, repr=False, compare=False)
+    validator: Draft202012Validator = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "schema_json", orjson.dumps(self.schema))
+        object.__setattr__(
+            self,
+            "validator",
+            Draft202012Validator(self.schema, format_checker=Draft202012Validator.FORMAT_CHECKER),
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}" if not self.adhoc else f"{self.name} (ad-hoc)"
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "output_policy": self.output_policy,
+            "schema": self.schema,
+        }
+
+
+def unenforced_keywords(schema: Any) -> list[str]:
+    """Where `schema` relies on something xgrammar lets through unchecked, as `path: keyword`."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                walk(item, f"{path}/{i}")
+            return
+        if not isinstance(node, dict):
+            return
+        for key in _UNENFORCED:
+            if key in node:
+                found.append(f"{path or '/'}: {key}")
+        if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
+            found.append(f"{path or '/'}: allOf with several members")
+        if ("pattern" in node or "format" in node) and (
+            "minLength" in node or "maxLength" in node
+        ):
+            found.append(f"{path or '/'}: minLength/maxLength beside pattern/format")
+        fmt = node.get("format")
+        if isinstance(fmt, str) and fmt not in _XGRAMMAR_FORMATS:
+            found.append(f"{path or '/'}: format {fmt!r}")
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not ref.startswith("#"):
+            found.append(f"{path or '/'}: non-local $ref")
+        for key, value in node.items():
+            if key in ("properties", "$defs", "definitions", "patternProperties"):
+                if isinstance(value, dict):
+                    for sub, subschema in value.items():
+                        walk(subschema, f"{path}/{key}/{sub}")
+            elif isinstance(value, dict | list) and key not in ("enum", "const", "examples",
+                                                               "default", "required"):
+                walk(value, f"{path}/{key}")
+
+    walk(schema, "")
+    return found
+
+
+def check_json_schema(schema: Any, *, what: str) -> None:
+    """Raise InvalidSchemaError unless `schema` is a valid Draft 2020-12 schema."""
+    if not isinstance(schema, dict | bool):
+        raise InvalidSchemaError(f"{what} must be a JSON object", param="response_format")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
+        raise InvalidSchemaError(
+            f"{what} is not a valid JSON Schema (Draft 2020-12): at {pointer}: {exc.message}",
+            param="response_format.json_schema.schema",
+        ) from None
+
+
+def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSchema:
+    check_json_schema(schema, what="response_format.json_schema.schema")
+    schema_map = schema if isinstance(schema, dict) else {}
+    return RegisteredSchema(
+        name=name,
+        version=0,
+        description="ad-hoc schema sent with the request",
+        schema=schema_map,
+        output_policy=policy,
+        source="request",
+        adhoc=True,
+        unenforced=tuple(unenforced_keywords(schema_map)),
+    )
+
+
+class SchemaRegistry:
+    def __init__(self, schemas: list[RegisteredSchema]) -> None:
+        self._by_name: dict[str, dict[int, RegisteredSchema]] = {}
+        for item in schemas:
+            self._by_name.setdefault(item.name, {})[item.version] = item
+
+    @classmethod
+    def load(cls, directory: Path) -> SchemaRegistry:
+        if not directory.is_dir():
+            raise SchemaFileError(f"{directory}: schema directory does not exist")
+        seen: dict[tuple[str, int], Path] = {}
+        schemas: list[RegisteredSchema] = []
+        for path in sorted(directory.glob("*.json")):
+            item = _load_file(path)
+            if (item.name, item.version) in seen:
+                raise SchemaFileError(
+                    f"{path}: {item.ref} is already defined in {seen[(item.name, item.version)]}"
+                )
+            seen[(item.name, item.version)] = path
+            schemas.append(item)
+        if not schemas:
+            raise SchemaFileError(f"{directory}: no schema files (*.json) found")
+        return cls(schemas)
+
+    def __iter__(self) -> Iterator[RegisteredSchema]:
+        for versions in self._by_name.values():
+            yield from (versions[v] for v in sorted(versions))
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def versions(self, name: str) -> list[RegisteredSchema]:
+        versions = self._by_name.get(name)
+        if not versions:
+            raise SchemaNotFoundError(f"Schema {name!r} is not registered", param="name")
+        return [versions[v] for v in sorted(versions)]
+
+    def resolve(self, ref: str, *, param: str | None = None) -> RegisteredSchema:
+        """`name` (newest version) or `name@version`."""
+        match = _REF_RE.match(ref)
+        versions = self._by_name.get(match["name"]) if match else None
+        if match is None or not versions:
+            known = ", ".join(self.names())
+            raise SchemaNotFoundError(
+                f"Schema {ref!r} is not registered (registered: {known})", param=param
+            )
+        if match["version"] is None:
+            return versions[max(versions)]
+        version = int(match["version"])
+        if version not in versions:
+            have = ", ".join(f"{match['name']}@{v}" for v in sorted(versions))
+            raise SchemaNotFoundError(
+                f"Schema {ref!r} is not registered (versions: {have})", param=param
+            )
+        return versions[version]
+
+    def __contains__(self, ref: str) -> bool:
+        try:
+            self.resolve(ref)
+        except SchemaNotFoundError:
+            return False
+        return True
+
+
+def _load_file(path: Path) -> RegisteredSchema:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaFileError(f"{path}: cannot read JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SchemaFileError(f"{path}: must hold a JSON object")
+    data = cast(dict[str, Any], raw)
+    unknown = set(data) - {"name", "version", "description", "schema", "output_policy"}
+    if unknown:
+        raise SchemaFileError(f"{path}: unknown keys {sorted(unknown)}")
+    name, version = data.get("name"), data.get("version")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SchemaFileError(f"{path}: 'name' must match {_NAME_RE.pattern}")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SchemaFileError(f"{path}: 'version' must be a positive integer")
+    description = data.get("description")
+    if not isinstance(description, str) or not description.strip():
+        raise SchemaFileError(f"{path}: 'description' must be a non-empty string")
+    policy = data.get("output_policy", "repair")
+    if policy not in _POLICIES:
+        raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(_POLICIES)}")
+    schema = data.get("schema")
+    if not isinstance(schema, dict):
+        raise SchemaFileError(f"{path}: 'schema' must be a JSON object")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
+        raise SchemaFileError(
+            f"{path}: not a valid JSON Schema (Draft 2020-12) at schema{pointer}: {exc.message}"
+        ) from None
+    holes = unenforced_keywords(schema)
+    if holes:
+        raise SchemaFileError(
+            f"{path}: uses keywords xgrammar does not enforce while decoding: {'; '.join(holes)}"
+        )
+    return RegisteredSchema(
+        name=name,
+        version=version,
+        description=description,
+        schema=schema,
+        output_policy=cast(OutputPolicy, policy),
+        source=str(path),
+    )

@@ -1,0 +1,195 @@
+"""`POST /v1/chat/completions`.
+
+authenticate → resolve the schema → limit → call upstream → validate → respond.
+The schema is resolved before the limiter runs so that a request refused for its schema
+(404, 403) consumes no quota; resolving touches nothing shared.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
+from gateway.errors import (
+    GatewayError,
+    OutputTruncatedError,
+    OutputValidationError,
+    UpstreamError,
+)
+from gateway.planning import (
+    ChatPlan,
+    Mode,
+    estimate_prompt_tokens,
+    plan_chat,
+    upstream_chat_body,
+)
+from gateway.ratelimit.base import Admission
+from gateway.routes.common import read_json, request_id, services_of
+from gateway.services import Services
+from gateway.shapes import chat_completion, usage_of
+from gateway.streaming import StreamState, relay_chat
+from gateway.tools import as_tool_call_response, plan_tool_call
+from gateway.validation import CheckedOutput, CheckFailure, check_output
+
+router = APIRouter()
+
+
+@dataclass
+class Completed:
+    response: dict[str, Any]
+    outcome: str
+    attempts: int
+    tokens: int
+
+
+def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> GatewayError:
+    error_class = OutputTruncatedError if failure.truncated else OutputValidationError
+    message = (
+        f"the model's answer does not conform to the schema: {failure.describe()}"
+        if not failure.truncated
+        else f"{failure.reason}; raise max_tokens or use a schema with tighter bounds"
+    )
+    error = error_class(message, extra={**failure.error_extra(), "attempts": attempts})
+    error.tokens = tokens  # type: ignore[attr-defined]
+    return error
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    services = services_of(request)
+    principal = services.authenticator.authenticate(request.headers.get("authorization"))
+    plan = plan_chat(await read_json(request), services.registry, services.settings)
+    plan_tool_call(plan, services.registry, services.settings)
+    if plan.schema is not None:
+        services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
+    max_tokens = services.authenticator.cap_max_tokens(
+        principal, plan.max_tokens,
+        default=services.settings.default_max_tokens if plan.checked else None,
+    )
+
+    rid = request_id(request)
+    model = plan.body["model"]
+    upstream_model = await services.default_model() if plan.model_alias else model
+    dialect = await services.upstream.dialect()
+    body = upstream_chat_body(plan, dialect, upstream_model, max_tokens)
+    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
+    admission = await services.limiter.admit(principal, reserved)
+
+    headers = {"x-request-id": rid, **admission.headers}
+    if plan.schema is not None:
+        headers["x-irgw-schema"] = plan.schema.ref
+        if plan.warnings:
+            headers["x-irgw-schema-warnings"] = "; ".join(plan.warnings)[:1000]
+    if plan.stream:
+        return await _stream(services, plan, body, model, rid, headers, admission)
+
+    tokens: int | None = None
+    try:
+        completed = await until_disconnect(
+            request, _complete(services, plan, body, model, rid)
+        )
+        tokens = completed.tokens
+    except ClientDisconnectedError:
+        return Response(status_code=499)
+    except GatewayError as error:
+        tokens = getattr(error, "tokens", None)
+        error.headers.update(headers)
+        if plan.schema is not None and isinstance(error, OutputValidationError):
+            outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
+            services.metrics.outputs.labels(plan.schema.ref, outcome).inc()
+        raise
+    finally:
+        await admission.settle(tokens)
+        await admission.release()
+
+    if plan.checked:
+        headers["x-irgw-output"] = completed.outcome
+        headers["x-irgw-attempts"] = str(completed.attempts)
+        if plan.schema is not None:
+            services.metrics.outputs.labels(plan.schema.ref, completed.outcome).inc()
+    return JSONResponse(completed.response, headers=headers)
+
+
+async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
+                    rid: str) -> Completed:
+    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
+    tokens = 0
+    started = time.perf_counter()
+    for attempt in range(1, attempts + 1):
+        data = await services.upstream.post_json("/v1/chat/completions", body,
+                                                  {"x-request-id": rid})
+        usage = usage_of(data)
+        tokens += usage["total_tokens"] if usage else 0
+        response = chat_completion(data if isinstance(data, dict) else {}, model)
+        if not response["choices"]:
+            raise UpstreamError("the upstream answered without choices")
+        if not plan.checked:
+            return Completed(response, "passthrough", attempt, tokens)
+        choice = response["choices"][0]
+        try:
+            checked = check_output(
+                choice["message"]["content"],
+                plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
+                repair=plan.policy != "error",
+                truncated=choice["finish_reason"] == "length",
+            )
+        except CheckFailure as failure:
+            if failure.truncated or attempt == attempts:
+                raise failure_to_error(failure, attempt, tokens) from None
+            continue
+        services.metrics.upstream_seconds.labels("chat").observe(time.perf_counter() - started)
+        _present(plan, response, checked)
+        outcome = "retried" if attempt > 1 else checked.outcome.value
+        return Completed(response, outcome, attempt, tokens)
+    raise AssertionError("unreachable")
+
+
+def _present(plan: ChatPlan, response: dict[str, Any], checked: CheckedOutput) -> None:
+    choice = response["choices"][0]
+    choice["message"]["content"] = checked.text
+    if plan.mode is Mode.TOOL:
+        as_tool_call_response(plan, choice)
+
+
+async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
+                  rid: str, headers: dict[str, str], admission: Admission) -> Response:
+    stack = AsyncExitStack()
+    try:
+        events = await stack.enter_async_context(
+            services.upstream.stream("/v1/chat/completions", body, {"x-request-id": rid})
+        )
+    except BaseException:
+        await stack.aclose()
+        await admission.settle(None)
+        await admission.release()
+        raise
+    state = StreamState()
+
+    async def on_close() -> None:
+        await stack.aclose()
+        if state.usage is not None:
+            tokens: int | None = state.usage["total_tokens"]
+        elif state.content_chunks:
+            # Cut short before vLLM reported usage: what was generated still cost GPU time.
+            tokens = estimate_prompt_tokens(plan.body) + state.content_chunks
+        else:
+            tokens = None
+        await admission.settle(tokens)
+        await admission.release()
+        if plan.schema is not None and state.outcome in (
+            "passed", "repaired", "failed", "truncated"
+        ):
+            services.metrics.outputs.labels(plan.schema.ref, state.outcome).inc()
+
+    if plan.checked:
+        headers["x-irgw-output"] = "checked-at-end"
+    relay = relay_chat(events, plan, model, state, failure_to_error)
+    return SSEResponse(relay, headers=headers, on_close=on_close)
+

@@ -1,0 +1,41 @@
+"""Small pieces every handler uses."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequestError
+from gateway.services import Services
+
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def request_id(request: Request) -> str:
+    """The caller's `x-request-id` if it is sane, else a fresh one."""
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID_RE.match(given):
+        return given
+    return f"req_{uuid.uuid4().hex}"
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body:
+        raise InvalidRequestError("the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
+            f"column {exc.colno})"
+        ) from None

@@ -1,0 +1,180 @@
+"""`POST /v1/completions` (legacy text completions, what LlamaIndex's `OpenAILike` calls
+unless `is_chat_model=True`).
+
+A schema is named by `model: "schema/<name>[@v]"` or by `response_format` (as on chat).
+vLLM's completions endpoint never honoured `response_format`, so the constraint goes in
+the release's own field (`structured_outputs` or, before 0.10.2, `guided_json`).
+A structured stream is answered after checking, as one content chunk: a completion
+cannot be retracted once streamed, and this route has no error-event convention clients
+rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
+from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens, plan_chat
+from gateway.routes.chat import failure_to_error
+from gateway.routes.common import read_json, request_id, services_of
+from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
+from gateway.upstream.dialects import Dialect
+from gateway.validation import CheckFailure, check_output
+
+router = APIRouter()
+_VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
+                           "guided_choice", "guided_grammar", "guided_decoding_backend")
+
+
+def _plan(body: Any, request_services: Any) -> ChatPlan:
+    if not isinstance(body, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    if "prompt" not in body:
+        raise InvalidRequestError("'prompt' is required", param="prompt")
+    # Reuse the chat planner for model/response_format/schema resolution.
+    as_chat = {**body, "messages": [{"role": "user", "content": "-"}], "stream": False}
+    as_chat.pop("stream_options", None)
+    plan = plan_chat(as_chat, request_services.registry, request_services.settings)
+    plan.body = body
+    plan.stream = bool(body.get("stream"))
+    plan.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if plan.checked and any(k in body for k in _VLLM_CONSTRAINT_FIELDS):
+        raise InvalidRequestError("name the schema once: response_format/schema model, or "
+                                  "vLLM's own structured_outputs, not both")
+    return plan
+
+
+def _upstream_body(plan: ChatPlan, dialect: Dialect, model: str,
+                   max_tokens: int | None) -> dict[str, Any]:
+    body = {k: v for k, v in plan.body.items() if k not in ("response_format", "stream_options")}
+    body["model"] = model
+    if plan.mode is Mode.SCHEMA and plan.schema is not None:
+        body.update(dialect.completions_constraint(plan.schema))
+    elif plan.mode is Mode.JSON_OBJECT:
+        body.update(dialect.completions_json_object())
+    if max_tokens is not None:
+        body["max_tokens"] = max_tokens
+    if plan.checked:
+        body["stream"] = False
+    return body
+
+
+def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
+    choices = []
+    for index, raw in enumerate(data.get("choices") or []):
+        reason = raw.get("finish_reason")
+        choices.append({"index": raw.get("index", index), "text": raw.get("text") or "",
+                        "logprobs": raw.get("logprobs"),
+                        "finish_reason": reason if reason in FINISH_REASONS else "stop"})
+    result: dict[str, Any] = {"id": data.get("id") or "cmpl-gateway",
+                              "object": "text_completion", "created": data.get("created") or 0,
+                              "model": model, "choices": choices}
+    usage = usage_of(data)
+    if usage is not None:
+        result["usage"] = usage
+    return result
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    services = services_of(request)
+    principal = services.authenticator.authenticate(request.headers.get("authorization"))
+    plan = _plan(await read_json(request), services)
+    if plan.schema is not None:
+        services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
+    max_tokens = services.authenticator.cap_max_tokens(
+        principal, plan.max_tokens,
+        default=services.settings.default_max_tokens if plan.checked else None,
+    )
+    rid = request_id(request)
+    model = plan.body["model"]
+    upstream_model = await services.default_model() if plan.model_alias else model
+    body = _upstream_body(plan, await services.upstream.dialect(), upstream_model, max_tokens)
+    admission = await services.limiter.admit(
+        principal, estimate_prompt_tokens(plan.body) + (max_tokens or 0)
+    )
+    headers = {"x-request-id": rid, **admission.headers}
+    if plan.schema is not None:
+        headers["x-irgw-schema"] = plan.schema.ref
+
+    if plan.stream and not plan.checked:
+        return await _passthrough_stream(services, body, rid, headers, admission)
+    tokens: int | None = None
+    try:
+        data = await until_disconnect(
+            request, services.upstream.post_json("/v1/completions", body, {"x-request-id": rid})
+        )
+        usage = usage_of(data)
+        tokens = usage["total_tokens"] if usage else None
+        response = _shape(data if isinstance(data, dict) else {}, model)
+        if not response["choices"]:
+            raise UpstreamError("the upstream answered without choices")
+        if plan.checked:
+            choice = response["choices"][0]
+            try:
+                checked = check_output(
+                    choice["text"], plan.schema if plan.mode is Mode.SCHEMA else None,
+                    repair=plan.policy != "error", truncated=choice["finish_reason"] == "length",
+                )
+            except CheckFailure as failure:
+                raise failure_to_error(failure, 1, tokens or 0) from None
+            choice["text"] = checked.text
+            headers["x-irgw-output"] = checked.outcome.value
+    except ClientDisconnectedError:
+        return Response(status_code=499)
+    except GatewayError as error:
+        error.headers.update(headers)
+        raise
+    finally:
+        await admission.settle(tokens)
+        await admission.release()
+    if plan.stream:
+        return _single_chunk_stream(response, plan.include_usage, headers)
+    return JSONResponse(response, headers=headers)
+
+
+def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
+                         headers: dict[str, str]) -> Response:
+    chunk = {k: v for k, v in response.items() if k != "usage"}
+    events = [sse(chunk)]
+    if include_usage and "usage" in response:
+        events.append(sse({**chunk, "choices": [], "usage": response["usage"]}))
+    events.append(SSE_DONE)
+    return Response(b"".join(events), media_type="text/event-stream", headers=headers)
+
+
+async def _passthrough_stream(services: Any, body: dict[str, Any], rid: str,
+                              headers: dict[str, str], admission: Any) -> Response:
+    from contextlib import AsyncExitStack
+
+    stack = AsyncExitStack()
+    try:
+        events = await stack.enter_async_context(
+            services.upstream.stream("/v1/completions", body, {"x-request-id": rid}))
+    except BaseException:
+        await stack.aclose()
+        await admission.settle(None)
+        await admission.release()
+        raise
+    seen: dict[str, int | None] = {"tokens": None}
+
+    async def relay() -> Any:
+        async for data in events:
+            if data != b"[DONE]":
+                usage = usage_of(orjson.loads(data)) if b'"usage"' in data else None
+                if usage:
+                    seen["tokens"] = usage["total_tokens"]
+            yield b"data: " + data + b"\n\n"
+
+    async def on_close() -> None:
+        await stack.aclose()
+        await admission.settle(seen["tokens"])
+        await admission.release()
+
+    return SSEResponse(relay(), headers=headers, on_close=on_close)

@@ -1,0 +1,43 @@
+"""Liveness and readiness, for load balancers and `ir-gateway dev`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.asgi import JSONResponse
+from gateway.errors import GatewayError
+from gateway.routes.common import services_of
+from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
+
+router = APIRouter()
+_READY_DEADLINE_S = 2.0
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """Ready when vLLM answers `/version` now (no waiting out a cold start here)."""
+    services = services_of(request)
+    try:
+        data = await services.upstream.get_json("/version", deadline_s=0)
+        dialect = dialect_for(str(data.get("version")))
+    except (GatewayError, UnsupportedVersionError, AttributeError) as error:
+        return JSONResponse(
+            {"status": "unavailable", "upstream": services.settings.upstream_url,
+             "reason": str(error)},
+            status_code=503, headers={"retry-after": "5"},
+        )
+    return JSONResponse({"status": "ready", "upstream_version": data.get("version"),
+                           "dialect": dialect.name})
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(services_of(request).metrics.render(),
+                    media_type="text/plain; version=0.0.4")

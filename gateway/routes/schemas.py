@@ -1,0 +1,48 @@
+"""`GET /v1/schemas[/{name}]`: the registry, with versions and descriptions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.requests import Request
+
+from gateway.routes.common import services_of
+
+router = APIRouter()
+
+
+@router.get("/v1/schemas")
+async def list_schemas(request: Request) -> dict[str, Any]:
+    services = services_of(request)
+    services.authenticator.authenticate(request.headers.get("authorization"))
+    data = []
+    for name in services.registry.names():
+        versions = services.registry.versions(name)
+        latest = versions[-1]
+        data.append({
+            "object": "schema",
+            "name": name,
+            "latest_version": latest.version,
+            "versions": [v.version for v in versions],
+            "description": latest.description,
+            "model": f"schema/{name}",
+        })
+    return {"object": "list", "data": data}
+
+
+@router.get("/v1/schemas/{ref}")
+async def get_schema(ref: str, request: Request) -> dict[str, Any]:
+    """`name` (every version, newest last) or `name@version` (that one)."""
+    services = services_of(request)
+    services.authenticator.authenticate(request.headers.get("authorization"))
+    if "@" in ref:
+        return {"object": "schema.version", **services.registry.resolve(ref, param="name").public()}
+    versions = services.registry.versions(ref)
+    return {
+        "object": "schema",
+        "name": ref,
+        "latest_version": versions[-1].version,
+        "description": versions[-1].description,
+        "versions": [{"object": "schema.version", **v.public()} for v in versions],
+    }

@@ -1,0 +1,103 @@
+"""Settings, read once at startup and passed into `create_app`.
+
+Sources, strongest first: explicit arguments (the CLI), `IRGW_*` environment variables,
+then an optional TOML file (`--config FILE` / `IRGW_CONFIG_FILE`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+OutputPolicy = Literal["repair", "retry", "error"]
+
+_DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IRGW_", extra="forbid")
+
+    # -- the upstream vLLM server
+    upstream_url: str = "http://127.0.0.1:8000"
+    upstream_api_key: SecretStr | None = None
+    upstream_model: str | None = Field(
+        default=None,
+        description="Model used for schema aliases; default: the first model vLLM lists.",
+    )
+    connect_deadline_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long to keep retrying refused connections (vLLM booting, cold start).",
+    )
+    upstream_timeout_s: float = Field(default=300.0, gt=0, description="Read timeout → 504.")
+    upstream_pool_size: int = Field(default=256, ge=1)
+
+    # -- listening
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+    # -- schemas and output checking
+    schemas_dir: Path = _DEFAULT_SCHEMAS_DIR
+    output_policy: OutputPolicy | None = Field(
+        default=None, description="Overrides every schema's own policy when set."
+    )
+    max_retries: int = Field(default=2, ge=0, le=5)
+    adhoc_output_policy: OutputPolicy = "repair"
+    default_max_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="Applied when a structured request sets no max_tokens, so the GPU is never "
+        "held until the context is full.",
+    )
+
+    # -- keys and limits
+    auth_enabled: bool = True
+    keys_file: Path | None = None
+    ratelimit_backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    redis_failure_policy: Literal["open", "closed"] = "open"
+    max_inflight: int = Field(default=16, ge=1, description="Requests in flight to vLLM.")
+    queue_size: int = Field(default=16, ge=0, description="Requests waiting for a slot.")
+    queue_timeout_s: float = Field(default=5.0, ge=0)
+
+    log_level: str = "info"
+    config_file: Path | None = None
+
+    @field_validator("upstream_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _config_file_from(init_settings, env_settings)
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+
+def _config_file_from(*sources: PydanticBaseSettingsSource) -> Path | None:
+    for source in sources:
+        value = source().get("config_file")
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            return path
+    return None

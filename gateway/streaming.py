@@ -1,0 +1,124 @@
+"""Relaying a chat stream while checking it.
+
+Content chunks go to the client as they arrive. The chunk that carries `finish_reason`
+(and the usage chunk) is held back until the whole answer has been parsed and validated:
+a valid answer then ends normally; an invalid one ends with `data: {"error": ...}` before
+`data: [DONE]`, which makes the openai client raise instead of returning bad JSON.
+
+A stream cannot be retried once content has gone out, so the `retry` policy acts like
+`repair` here. The lossless repair (escaping raw control characters inside strings) is
+applied on the fly, so what the client assembles is the repaired text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.planning import ChatPlan, Mode
+from gateway.shapes import SSE_DONE, chat_chunk, sse, usage_of
+from gateway.tools import as_tool_call_chunk
+from gateway.upstream.client import normalise_error
+from gateway.validation import CheckFailure, Outcome, StreamingEscaper, check_output
+
+
+@dataclass
+class StreamState:
+    """What the relay learnt, read by the cleanup (token settlement, metrics)."""
+
+    usage: dict[str, int] | None = None
+    content_chunks: int = 0
+    outcome: str | None = None  # passed / repaired / failed / truncated / error
+    parts: list[str] = field(default_factory=list)
+
+
+def _error_event(error: GatewayError) -> bytes:
+    return sse(error.body())
+
+
+async def relay_chat(
+    events: AsyncIterator[bytes],
+    plan: ChatPlan,
+    model: str,
+    state: StreamState,
+    failure_to_error: Callable[[CheckFailure, int], GatewayError],
+) -> AsyncIterator[bytes]:
+    escaper = StreamingEscaper() if plan.checked and plan.policy != "error" else None
+    held: list[dict[str, Any]] = []
+    first = True
+    finish_reason: str | None = None
+    try:
+        async for data in events:
+            if data == b"[DONE]":
+                break
+            try:
+                raw = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(f"the upstream sent a stream event that is not JSON: "
+                                    f"{data[:200]!r}") from None
+            if not isinstance(raw, dict):
+                raise UpstreamError("the upstream sent a stream event that is not an object")
+            if "error" in raw:
+                raise normalise_error(int(_status_of(raw)), data)
+            state.usage = usage_of(raw) or state.usage
+            for choice in raw.get("choices") or []:
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if content:
+                    if escaper is not None:
+                        # Escaped before shaping, so a tool call carries the repaired text.
+                        content = delta["content"] = escaper.feed(content)
+                    state.parts.append(content)
+                    state.content_chunks += 1
+            chunk = chat_chunk(raw, model, include_usage=plan.include_usage)
+            for choice in chunk["choices"]:
+                if choice["finish_reason"] is not None:
+                    finish_reason = choice["finish_reason"]
+            if plan.mode is Mode.TOOL:
+                as_tool_call_chunk(plan, chunk, first=first)
+                first = False
+            if plan.checked and (finish_reason is not None or not chunk["choices"]):
+                held.append(chunk)
+            elif chunk["choices"] or plan.include_usage:
+                yield sse(chunk)
+        else:
+            raise UpstreamError("the upstream stream ended without [DONE]")
+    except GatewayError as error:
+        state.outcome = "error"
+        yield _error_event(error)
+        yield SSE_DONE
+        return
+
+    if plan.checked:
+        try:
+            checked = check_output(
+                "".join(state.parts),
+                plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
+                repair=False,
+                truncated=finish_reason == "length",
+            )
+        except CheckFailure as failure:
+            state.outcome = "truncated" if failure.truncated else "failed"
+            yield _error_event(failure_to_error(failure, 1))
+            yield SSE_DONE
+            return
+        repaired = escaper is not None and escaper.repaired
+        state.outcome = Outcome.REPAIRED if repaired else checked.outcome
+        for chunk in held:
+            if chunk["choices"] or plan.include_usage:
+                yield sse(chunk)
+        # An SSE comment: ignored by clients, visible to anyone debugging with curl.
+        yield f": irgw-output {state.outcome}\n\n".encode()
+    else:
+        state.outcome = "passthrough"
+    yield SSE_DONE
+
+
+def _status_of(raw: dict[str, Any]) -> int:
+    error = raw.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) and 400 <= code < 600 else 500

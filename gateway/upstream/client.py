@@ -1,0 +1,216 @@
+"""The one pooled HTTP client for vLLM (aiohttp: chosen by bench/upstream_client.py).
+
+Refused connections are retried with backoff up to `connect_deadline_s`: vLLM does not
+accept connections while it loads a model, and a Modal cold start looks the same from
+outside. Only connection failures are retried, since then the request never reached vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from gateway.settings import Settings
+from gateway.upstream.dialects import Dialect, dialect_for
+
+log = logging.getLogger("gateway.upstream")
+
+_RETRY_AFTER_S = 5
+_FIRST_BACKOFF_S = 0.05
+_MAX_BACKOFF_S = 2.0
+
+
+def normalise_error(status: int, body: bytes) -> GatewayError:
+    """vLLM's two error shapes (and the `--api-key` string) → one OpenAI-shaped error."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    message, error_type, param, code = None, None, None, None
+    if isinstance(data, dict):
+        inner = data.get("error")
+        if isinstance(inner, dict):  # vLLM >= 0.10.1
+            data = inner
+        elif isinstance(inner, str):  # `--api-key` rejection
+            data = {"message": inner}
+        message = data.get("message") if isinstance(data.get("message"), str) else None
+        error_type = data.get("type") if isinstance(data.get("type"), str) else None
+        param = data.get("param") if isinstance(data.get("param"), str) else None
+        raw_code = data.get("code")
+        code = str(raw_code) if isinstance(raw_code, str | int) else None
+    if status in (401, 403):
+        # The client's key was already accepted by the gateway: vLLM refusing the
+        # gateway's own credential is a deployment fault, not the caller's.
+        return UpstreamError("the upstream refused the gateway's credentials", code="upstream_auth")
+    if message is None:
+        snippet = body[:200].decode("utf-8", "replace")
+        return UpstreamError(f"upstream answered {status} with an unreadable body: {snippet!r}")
+    if status >= 500:
+        return UpstreamError(f"upstream error ({status}): {message}")
+    return UpstreamStatusError(status, message, error_type=error_type, param=param,
+                               code=code if code and not code.isdigit() else None)
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings) -> None:
+        self.base_url = settings.upstream_url
+        self.connect_deadline_s = settings.connect_deadline_s
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=5.0, sock_read=settings.upstream_timeout_s
+        )
+        self._headers = {"content-type": "application/json"}
+        if settings.upstream_api_key is not None:
+            self._headers["authorization"] = (
+                f"Bearer {settings.upstream_api_key.get_secret_value()}"
+            )
+        self._pool_size = settings.upstream_pool_size
+        self._session: aiohttp.ClientSession | None = None
+        self._dialect: Dialect | None = None
+        self._models: list[str] | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, auto_decompress=False,
+            json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("UpstreamClient.start() was not awaited")
+        return self._session
+
+    # -- discovery
+
+    async def dialect(self) -> Dialect:
+        """The dialect for the upstream's release, read from `GET /version` once."""
+        if self._dialect is None:
+            data = await self.get_json("/version")
+            version = data.get("version") if isinstance(data, dict) else None
+            if not isinstance(version, str):
+                raise UpstreamError("upstream /version did not return a version string")
+            self._dialect = dialect_for(version)
+            log.info("upstream vLLM %s: dialect %s", version, self._dialect.name)
+        return self._dialect
+
+    async def model_ids(self, *, refresh: bool = False) -> list[str]:
+        if self._models is None or refresh:
+            data = await self.get_json("/v1/models")
+            items = data.get("data") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise UpstreamError("upstream /v1/models did not return a model list")
+            self._models = [m["id"] for m in items if isinstance(m, dict) and "id" in m]
+        return self._models
+
+    def forget(self) -> None:
+        """After the upstream went away it may come back as another release."""
+        self._dialect = None
+        self._models = None
+
+    # -- requests
+
+    async def get_json(self, path: str, *, deadline_s: float | None = None) -> Any:
+        async with self._request("GET", path, None, {}, deadline_s) as response:
+            body = await response.read()
+        return _decode(body)
+
+    async def post_json(self, path: str, body: Mapping[str, Any],
+                        headers: Mapping[str, str]) -> Any:
+        async with self._request("POST", path, orjson.dumps(body), headers, None) as response:
+            raw = await response.read()
+        return _decode(raw)
+
+    @asynccontextmanager
+    async def stream(self, path: str, body: Mapping[str, Any],
+                     headers: Mapping[str, str]) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Yields an iterator over SSE `data:` payloads (bytes), as they arrive."""
+        async with self._request("POST", path, orjson.dumps(body), headers, None) as response:
+            yield _sse_data(response)
+
+    @asynccontextmanager
+    async def _request(self, method: str, path: str, data: bytes | None,
+                       headers: Mapping[str, str],
+                       deadline_s: float | None) -> AsyncIterator[aiohttp.ClientResponse]:
+        url = self.base_url + path
+        all_headers = {**self._headers, **headers}
+        deadline = time.monotonic() + (
+            self.connect_deadline_s if deadline_s is None else deadline_s
+        )
+        backoff = _FIRST_BACKOFF_S
+        while True:
+            try:
+                response = await self.session.request(method, url, data=data,
+                                                      headers=all_headers)
+                break
+            except aiohttp.ClientConnectorError as exc:
+                self.forget()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise UpstreamUnavailableError(
+                        f"the upstream model server at {self.base_url} is not accepting "
+                        "connections (starting up or down); try again shortly",
+                        headers={"retry-after": str(_RETRY_AFTER_S)},
+                    ) from exc
+                await asyncio.sleep(min(backoff, remaining))
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except TimeoutError as exc:
+                raise UpstreamTimeoutError("the upstream did not answer in time") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from exc
+        try:
+            if response.status >= 400:
+                raise normalise_error(response.status, await response.read())
+            yield response
+        except TimeoutError as exc:
+            raise UpstreamTimeoutError("the upstream stopped answering in time") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise UpstreamError("the upstream connection broke mid-answer") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from exc
+        finally:
+            if response.content.at_eof():
+                response.release()
+            else:
+                # Abandoned mid-answer (client gone, error): closing the connection is what
+                # makes vLLM abort the generation and free its GPU slot.
+                response.close()
+
+
+def _decode(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(
+            f"the upstream answered with a body that is not JSON: {body[:200]!r}"
+        ) from None
+
+
+async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    try:
+        async for line in response.content:
+            line = line.rstrip(b"\r\n")
+            if line.startswith(b"data:"):
+                yield line[5:].lstrip()
+    except TimeoutError as exc:
+        raise UpstreamTimeoutError("the upstream stopped streaming in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError("the upstream connection broke mid-stream") from exc

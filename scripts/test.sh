@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# `make test`: set up what the tests need, then run them all, printing each phase's time.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+total_started=$(date +%s)
+
+phase() {
+  local name=$1; shift
+  local started=$(date +%s)
+  echo "=== $name"
+  "$@"
+  echo "=== $name: $(( $(date +%s) - started ))s"
+}
+
+phase "setup: gateway venv" scripts/setup-venv.sh
+phase "setup: redis-server" scripts/setup-redis.sh
+phase "setup: vLLM (CPU) venv" scripts/setup-vllm-env.sh
+phase "lint: ruff" .venv/bin/ruff check gateway tests bench deploy
+phase "tests" .venv/bin/python -m pytest -q -rs --durations=15 "$@"
+echo "=== all phases: $(( $(date +%s) - total_started ))s"

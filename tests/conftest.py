@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.settings import Settings
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_server import RunningGateway, running_gateway
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unit_settings(upstream_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "upstream_url": upstream_url,
+        "auth_enabled": False,
+        "connect_deadline_s": 0.5,
+        "upstream_timeout_s": 10,
+        "schemas_dir": REPO / "schemas",
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+async def gateway(fake: FakeUpstream) -> AsyncIterator[RunningGateway]:
+    async with running_gateway(unit_settings(fake.url)) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(gateway: RunningGateway) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
+        yield http
