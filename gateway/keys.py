@@ -37,7 +37,7 @@ ID_LENGTH = 12
 SECRET_LENGTH = 40
 # Base62 only: `-` separates the parts, and `_` would make keys awkward to double-click.
 _ALPHABET = string.ascii_letters + string.digits
-_KEY_RE = re.compile(rf"^{KEY_PREFIX}-([A-Za-z0-9]{{{ID_LENGTH}}})-([A-Za-z0-9]{{32,128}})$")
+_KEY_RE = re.compile(rf"{KEY_PREFIX}-([A-Za-z0-9]{{{ID_LENGTH}}})-([A-Za-z0-9]{{32,128}})")
 _FILE_VERSION = 1
 # Compared against when the id is unknown, so an unknown id costs the same as a wrong secret.
 _DUMMY_SHA256 = hashlib.sha256(b"irgw-no-such-key").hexdigest()
@@ -128,7 +128,7 @@ def parse_key(plaintext: object) -> ParsedKey | None:
     """Split a presented key, or None if it is not shaped like one. Never raises."""
     if not isinstance(plaintext, str) or len(plaintext) > 256:
         return None
-    match = _KEY_RE.match(plaintext)
+    match = _KEY_RE.fullmatch(plaintext)
     if match is None:
         return None
     return ParsedKey(key_id=match.group(1), secret=match.group(2))

@@ -1,0 +1,230 @@
+"""Routes other than the chat happy path: discovery, health, errors, cold starts, dialects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import openai_spec
+from tests.conftest import unit_settings
+from tests.fake_upstream import FakeUpstream, Reply, Slow
+from tests.gateway_server import running_gateway
+from tests.ir_samples import FUNCTION_IR, VALID
+
+CHAT = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}]}
+
+
+async def test_models_list_has_upstream_models_and_schema_aliases(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/v1/models")
+    body = response.json()
+    openai_spec.validate("ListModelsResponse", body)
+    ids = [m["id"] for m in body["data"]]
+    assert ids[0] == "qwen-coder"
+    assert {"schema/function_ir", "schema/function_ir@1", "schema/module_ir",
+            "schema/test_plan_ir"} <= set(ids)
+    one = await client.get("/v1/models/schema/function_ir@1")
+    openai_spec.validate("Model", one.json())
+    missing = await client.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+async def test_schema_registry_routes(client: httpx.AsyncClient) -> None:
+    listing = (await client.get("/v1/schemas")).json()
+    names = {s["name"]: s for s in listing["data"]}
+    assert set(names) >= {"function_ir", "module_ir", "test_plan_ir"}
+    assert names["function_ir"]["versions"] == [1] and names["function_ir"]["description"]
+    one = (await client.get("/v1/schemas/function_ir")).json()
+    assert one["versions"][0]["schema"]["required"] == ["intent", "signature"]
+    pinned = (await client.get("/v1/schemas/function_ir@1")).json()
+    assert pinned["version"] == 1
+    missing = await client.get("/v1/schemas/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "schema_not_found"
+
+
+async def test_health_and_readiness(client: httpx.AsyncClient, fake: FakeUpstream) -> None:
+    assert (await client.get("/healthz")).json() == {"status": "ok"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["upstream_version"] == "0.32.0"
+    await fake.stop()
+    down = await client.get("/readyz")
+    assert down.status_code == 503 and down.headers["retry-after"]
+    assert (await client.get("/healthz")).status_code == 200
+    await fake.start()
+    assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "status", "code"), [
+    ("GET", "/v1/nothing", 404, "unknown_route"),
+    ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+    ("DELETE", "/v1/models", 405, "method_not_allowed"),
+])
+async def test_unknown_routes_and_methods_answer_in_openai_shape(
+    client: httpx.AsyncClient, method: str, path: str, status: int, code: str,
+) -> None:
+    response = await client.request(method, path)
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    openai_spec.validate("ErrorResponse", response.json())
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b'{"model": "x", "messages": [', "not valid JSON"),
+    (b"", "empty"),
+    (b'["a list"]', "must be an object"),
+    (b'{"messages": []}', "'model'"),
+    (b'{"model": "x", "messages": "hi"}', "'messages'"),
+    (b'{"model": "x", "messages": [{}], "response_format": {"type": "xml"}}', "response_format"),
+    (b'{"model": "x", "messages": [{}], "stream_options": {"include_usage": true}}',
+     "stream_options"),
+])
+async def test_malformed_requests_are_400(client: httpx.AsyncClient, fake: FakeUpstream,
+                                          content: bytes, needle: str) -> None:
+    response = await client.post("/v1/chat/completions", content=content,
+                                 headers={"content-type": "application/json"})
+    assert response.status_code == 400
+    assert needle in response.json()["error"]["message"]
+    openai_spec.validate("ErrorResponse", response.json())
+    assert not fake.requests
+
+
+async def test_connect_retry_rides_out_a_boot_then_gives_up_with_503(
+    fake: FakeUpstream,
+) -> None:
+    settings = unit_settings(fake.url, connect_deadline_s=3.0)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url,
+                                                                  timeout=20) as client:
+        await fake.stop()
+        fake.script(Reply(VALID))
+        pending = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await asyncio.sleep(0.8)
+        await fake.start()  # vLLM finished booting while the gateway kept retrying
+        response = await pending
+        assert response.status_code == 200, response.text
+        assert json.loads(response.json()["choices"][0]["message"]["content"]) == FUNCTION_IR
+
+    short = unit_settings(fake.url, connect_deadline_s=0.4)
+    async with running_gateway(short) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        await fake.stop()
+        response = await client.post("/v1/chat/completions", json=CHAT)
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "upstream_unavailable"
+        assert int(response.headers["retry-after"]) > 0
+        await fake.start()
+        fake.script(Reply(VALID))
+        assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+
+
+async def test_upstream_timeout_is_504(fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, upstream_timeout_s=0.3)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        await client.get("/readyz")
+        fake.script(Slow(2.0, then=Reply(VALID)))
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(("version", "field"), [
+    ("0.32.0", "structured_outputs"), ("0.11.1", "structured_outputs"), ("0.9.2", "guided_json"),
+])
+async def test_completions_dialect_follows_the_upstream_version(version: str, field: str) -> None:
+    async with FakeUpstream(version=version) as fake, running_gateway(
+        unit_settings(fake.url)) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Reply(VALID))
+        response = await client.post("/v1/completions", json={
+            "model": "schema/function_ir", "prompt": "IR for add:"})
+        assert response.status_code == 200, response.text
+        openai_spec.validate("CreateCompletionResponse", response.json())
+        sent = fake.requests[-1].json
+        assert field in sent and "response_format" not in sent
+        schema = sent[field]["json"] if field == "structured_outputs" else sent[field]
+        assert schema["required"] == ["intent", "signature"]
+        # Chat always uses response_format, whatever the release.
+        fake.script(Reply(VALID))
+        await client.post("/v1/chat/completions", json=CHAT)
+        sent = fake.requests[-1].json
+        assert sent["response_format"]["type"] == "json_schema"
+        assert not any(k.startswith("guided_") or k == "structured_outputs" for k in sent)
+
+
+async def test_completions_checks_the_answer(client: httpx.AsyncClient,
+                                             fake: FakeUpstream) -> None:
+    from tests.ir_samples import BAD_NAME
+
+    fake.script(Reply(BAD_NAME))
+    response = await client.post("/v1/completions", json={
+        "model": "qwen-coder", "prompt": "IR:",
+        "response_format": {"type": "json_schema", "json_schema": {"name": "function_ir"}}})
+    assert response.status_code == 422
+    assert response.json()["error"]["pointer"] == "/signature/name"
+
+
+def _tool_body(tool_choice: Any, parameters: Any = None, name: str = "function_ir",
+               **extra: Any) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "description": "Record the IR"}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"model": "qwen-coder", "messages": [{"role": "user", "content": "add"}],
+            "tools": [{"type": "function", "function": function}],
+            "tool_choice": tool_choice, **extra}
+
+
+@pytest.mark.parametrize("tool_choice", [
+    "required", {"type": "function", "function": {"name": "function_ir"}}])
+async def test_forced_tool_is_served_as_a_checked_schema(
+    client: httpx.AsyncClient, fake: FakeUpstream, tool_choice: Any,
+) -> None:
+    fake.script(Reply(VALID))
+    response = await client.post("/v1/chat/completions",
+                                 json=_tool_body(tool_choice, parallel_tool_calls=False))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    openai_spec.validate("CreateChatCompletionResponse", body)
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["function"]["name"] == "function_ir"
+    assert json.loads(call["function"]["arguments"]) == FUNCTION_IR
+    sent = fake.requests[-1].json
+    assert "tools" not in sent and "tool_choice" not in sent
+    # Empty parameters + a registered name: the registered schema is what vLLM gets.
+    assert sent["response_format"]["json_schema"]["schema"]["required"] == ["intent", "signature"]
+
+
+async def test_forced_tool_with_parameters_validates_arguments(client: httpx.AsyncClient,
+                                                               fake: FakeUpstream) -> None:
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}},
+                  "required": ["city"], "additionalProperties": False}
+    fake.script(Reply('{"town": "Paris"}'))
+    response = await client.post("/v1/chat/completions",
+                                 json=_tool_body("required", parameters, name="get_weather"))
+    assert response.status_code == 422
+    fake.script(Reply('{"city": "Paris"}'))
+    response = await client.post("/v1/chat/completions", json=_tool_body(
+        "required", parameters, name="get_weather", stream=True))
+    lines = [json.loads(line[5:]) for line in response.text.splitlines()
+             if line.startswith("data:") and "[DONE]" not in line]
+    for chunk in lines:
+        openai_spec.validate("CreateChatCompletionStreamResponse", chunk)
+    calls = [c["choices"][0]["delta"].get("tool_calls") for c in lines if c["choices"]]
+    arguments = "".join(c[0]["function"]["arguments"] for c in calls if c)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert calls[0][0]["function"]["name"] == "get_weather" and calls[0][0]["id"]
+    assert lines[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+async def test_auto_tool_choice_passes_through(client: httpx.AsyncClient,
+                                               fake: FakeUpstream) -> None:
+    fake.script(Reply("plain"))
+    body = _tool_body("auto", {"type": "object"})
+    await client.post("/v1/chat/completions", json=body)
+    sent = fake.requests[-1].json
+    assert sent["tool_choice"] == "auto" and sent["tools"] == body["tools"]
