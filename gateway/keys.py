@@ -85,9 +85,9 @@ class KeyPolicy(BaseModel):
 class KeyRecord(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str
+    id: str = Field(pattern=rf"^[A-Za-z0-9]{{{ID_LENGTH}}}$")
     name: str
-    secret_sha256: str
+    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     policy: KeyPolicy = Field(default_factory=KeyPolicy)
     created_at: datetime
     revoked_at: datetime | None = None

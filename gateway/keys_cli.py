@@ -67,6 +67,9 @@ def run_keys_command(args: argparse.Namespace) -> int:
     except KeyStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a bad argument the parser could not see, e.g. a blank name
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"error: unknown keys command {args.keys_command!r}", file=sys.stderr)
     return 2
 

@@ -168,7 +168,10 @@ def test_missing_or_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(KeyStoreError, match=re.escape(str(missing))):
         KeyStore(missing)
     corrupt = tmp_path / "corrupt.json"
-    for content in ("{", '{"version": 1, "keys": [{"id": 1}]}', '{"version": 7}'):
+    bad_hash = {"id": "a" * 12, "name": "x", "secret_sha256": "é" * 64,
+                "created_at": "2024-01-01T00:00:00Z"}
+    for content in ("{", '{"version": 1, "keys": [{"id": 1}]}', '{"version": 7}',
+                    json.dumps({"version": 1, "keys": [bad_hash]})):
         corrupt.write_text(content)
         with pytest.raises(KeyStoreError, match=re.escape(str(corrupt))):
             KeyStore(corrupt)
@@ -207,42 +210,55 @@ _WRITER = """
 import sys
 from gateway.keys import KeyStore
 store = KeyStore(sys.argv[1], create=True)
+if sys.argv[4] == "wait":
+    print("ready", flush=True)
+    sys.stdin.readline()
 for i in range(int(sys.argv[3])):
     record, plaintext = store.create(f"{sys.argv[2]}-{i}")
     print(plaintext, flush=True)
 """
 
 
-def _writer(keys_file: Path, tag: str, count: int) -> subprocess.Popen[str]:
+def _writer(keys_file: Path, tag: str, count: int, wait: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", _WRITER, str(keys_file), tag, str(count)],
+        [sys.executable, "-c", _WRITER, str(keys_file), tag, str(count), "wait" if wait else "go"],
         cwd=REPO,
+        stdin=subprocess.PIPE if wait else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
     )
 
 
 def test_concurrent_writers_lose_nothing(keys_file: Path) -> None:
-    writers = [_writer(keys_file, f"p{n}", 10) for n in range(6)]
+    writers = [_writer(keys_file, f"p{n}", 10, wait=True) for n in range(4)]
+    for writer in writers:  # all started and imported: release them together
+        assert writer.stdout is not None and writer.stdout.readline() == "ready\n"
+    for writer in writers:
+        assert writer.stdin is not None
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
     plaintexts = []
     for writer in writers:
         out, _ = writer.communicate(timeout=60)
         assert writer.returncode == 0
         plaintexts += out.split()
     store = KeyStore(keys_file)
-    assert len(plaintexts) == 60 and len(store.list()) == 60
+    assert len(plaintexts) == 40 and len(store.list()) == 40
     assert all(store.verify(p) is not None for p in plaintexts)
 
 
 def test_killed_writer_never_leaves_a_broken_file(keys_file: Path) -> None:
     KeyStore(keys_file, create=True)
-    for delay in (0.4, 0.55, 0.7):
+    for delay in (0.0, 0.01, 0.03, 0.07):
         writer = _writer(keys_file, "k", 100_000)
+        assert writer.stdout is not None
+        writer.stdout.readline()  # it is writing now
         time.sleep(delay)
         writer.send_signal(signal.SIGKILL)
         writer.wait()
+        writer.stdout.close()
         json.loads(keys_file.read_text())  # always a whole file, old or new
-        KeyStore(keys_file)
+        assert len(KeyStore(keys_file).list()) >= 1
 
 
 # -- reload on change
@@ -350,6 +366,8 @@ def test_cli_keys_file_from_env_and_errors(
     assert code == 0 and KEY_RE.fullmatch(out.strip())
     code, _, err = _cli(["keys", "revoke", "nosuchkey123"], capsys)
     assert code == 1 and "nosuchkey123" in err
+    code, _, err = _cli(["keys", "create", "--name", "  "], capsys)
+    assert code == 2 and "name" in err
     with pytest.raises(SystemExit):
         _cli(["keys", "create", "--name", "x", "--rpm", "0"], capsys)
 

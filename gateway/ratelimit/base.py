@@ -78,7 +78,12 @@ class Admission:
 
 class Limiter(Protocol):
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
-        """Admit or raise `RateLimitError` (429) / `OverloadedError` (503)."""
+        """Admit, or raise `RateLimitError` (429: a key limit), `OverloadedError` (503: the
+        in-flight cap, or Redis down with the `closed` policy) or `InvalidRequestError`
+        (400: `estimated_tokens` exceeds the key's TPM, so no wait would help).
+
+        `estimated_tokens` is the prompt estimate plus the `max_tokens` that will be sent.
+        """
         ...
 
     async def aclose(self) -> None: ...
@@ -119,6 +124,8 @@ def bucket_view(limit: int | None, level: float | None) -> BucketView | None:
 
 def check_fits(principal: Principal, estimated_tokens: int) -> None:
     """Refuse a request no wait could admit: a 429 would only invite useless retries."""
+    if estimated_tokens < 0:
+        raise ValueError(f"estimated_tokens must not be negative: {estimated_tokens}")
     tpm = principal.policy.tpm
     if tpm is not None and estimated_tokens > tpm:
         raise InvalidRequestError(

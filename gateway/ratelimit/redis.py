@@ -13,20 +13,22 @@ limits (a key can then get up to N times its limit across N instances), `closed`
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.auth import Principal
-from gateway.errors import OverloadedError
+from gateway.errors import OverloadedError, RateLimitError
+from gateway.ratelimit import scripts
 from gateway.ratelimit.base import (
     Admission,
     Verdict,
@@ -35,141 +37,39 @@ from gateway.ratelimit.base import (
     rate_limit_error,
     ratelimit_headers,
 )
+from gateway.ratelimit.circuit import Circuit, ThrottledLog
 from gateway.ratelimit.inflight import InflightGate
 from gateway.ratelimit.memory import MemoryQuotas
-
-logger = logging.getLogger(__name__)
 
 FailurePolicy = Literal["open", "closed"]
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
-# Shared by the scripts: `now` in µs from Redis's clock; buckets are hashes {level, ts},
-# absent when full. Levels travel as %.17g strings: replies and tostring() would round.
-_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local WINDOW = 60000000
-local EPS = 1e-6
-
-local function level(key, limit)
-  local s = redis.call('HMGET', key, 'level', 'ts')
-  if not s[1] then return limit end
-  local l = tonumber(s[1]) + (now - tonumber(s[2])) * limit / WINDOW
-  if l > limit then return limit end
-  return l
-end
-
-local function store(key, limit, l)
-  if l >= limit - EPS then
-    redis.call('DEL', key)
-    return
-  end
-  redis.call('HSET', key, 'level', string.format('%.17g', l), 'ts', string.format('%.0f', now))
-  redis.call('PEXPIRE', key, math.ceil((limit - l) * WINDOW / limit / 1000) + 1000)
-end
-"""
-
-# KEYS: requests bucket, tokens bucket, in-flight set. ARGV: rpm, tpm, concurrency (0 = no
-# limit), estimated tokens, lease member, lease µs. Checks all three, then commits all or none.
-_ADMIT = _PRELUDE + """
-local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local cost, lease = tonumber(ARGV[4]), tonumber(ARGV[6])
-local refused, wait, r, k, busy = 0, 0, 0, 0, 0
-if rpm > 0 then
-  r = level(KEYS[1], rpm)
-  if r < 1 - EPS then
-    refused = refused + 1
-    wait = math.max(wait, (1 - r) * WINDOW / rpm)
-  end
-end
-if tpm > 0 then
-  k = level(KEYS[2], tpm)
-  if k < cost - EPS then
-    refused = refused + 2
-    wait = math.max(wait, (cost - k) * WINDOW / tpm)
-  end
-end
-if conc > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  busy = redis.call('ZCARD', KEYS[3])
-  if busy >= conc then refused = refused + 4 end
-end
-if refused == 0 then
-  if rpm > 0 then r = r - 1; store(KEYS[1], rpm, r) end
-  if tpm > 0 then k = k - cost; store(KEYS[2], tpm, k) end
-  if conc > 0 then
-    redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
-    redis.call('PEXPIRE', KEYS[3], math.ceil(lease / 1000) + 1000)
-    busy = busy + 1
-  end
-end
-return {refused, string.format('%.17g', wait), string.format('%.17g', r),
-        string.format('%.17g', k), busy}
-"""
-
-# KEYS: requests bucket, tokens bucket. ARGV: rpm, requests delta, tpm, tokens delta.
-# A positive delta gives units back (capped at full), a negative one charges (may go into debt).
-_ADJUST = _PRELUDE + """
-for i = 1, 2 do
-  local limit, delta = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  if limit > 0 and delta ~= 0 then
-    local l = level(KEYS[i], limit) + delta
-    if l > limit then l = limit end
-    store(KEYS[i], limit, l)
-  end
-end
-return 1
-"""
-
-# KEYS: in-flight set. ARGV: lease µs, members. XX: never resurrect a released slot.
-_RENEW = _PRELUDE + """
-local lease = tonumber(ARGV[1])
-local renewed = 0
-for i = 2, #ARGV do
-  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + lease, ARGV[i])
-end
-if renewed > 0 then redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000) end
-return renewed
-"""
-
 _REFUSALS = ((1, "requests"), (2, "tokens"), (4, "concurrency"))
 
 
-class _ThrottledLog:
-    """At most one warning per interval, counting the ones it held back."""
-
-    def __init__(self, interval_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
-        self._interval_s = interval_s
-        self._clock = clock
-        self._next = 0.0
-        self._held = 0
-
-    def warning(self, message: str, *args: Any) -> None:
-        now = self._clock()
-        if now < self._next:
-            self._held += 1
-            return
-        if self._held:
-            message += f" ({self._held} similar warnings suppressed)"
-        self._next = now + self._interval_s
-        self._held = 0
-        logger.warning(message, *args)
-
-
 class RedisQuotas:
-    """Per-key RPM, TPM and concurrency in Redis. Backend errors propagate from `admit`."""
+    """Per-key RPM, TPM and concurrency in Redis. Backend errors propagate from `admit`;
+    settling, releasing and lease renewal swallow them (they run in `finally` blocks)."""
 
-    def __init__(self, client: Redis, *, prefix: str = "irgw:rl:", lease_s: float = 30.0):
+    def __init__(
+        self,
+        client: Redis,
+        circuit: Circuit,
+        *,
+        prefix: str = "irgw:rl:",
+        lease_s: float = 30.0,
+    ) -> None:
         self._client = client
+        self.circuit = circuit
         self._prefix = prefix
         self._lease_us = int(lease_s * 1_000_000)
         self._lease_s = lease_s
-        self._admit = client.register_script(_ADMIT)
-        self._adjust = client.register_script(_ADJUST)
-        self._renew = client.register_script(_RENEW)
+        self._admit = client.register_script(scripts.ADMIT)
+        self._adjust = client.register_script(scripts.ADJUST)
+        self._renew = client.register_script(scripts.RENEW)
         self._leases: dict[str, str] = {}  # member -> in-flight set key, while held here
         self._renewer: asyncio.Task[None] | None = None
-        self._log = _ThrottledLog()
+        self._log = ThrottledLog()
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         policy = principal.policy
@@ -211,25 +111,38 @@ class RedisQuotas:
         async def settle(actual_tokens: int | None) -> None:
             if tpm:
                 refund = reserved if actual_tokens is None else reserved - actual_tokens
-                await self._safely(self._adjust(keys=keys[:2], args=[0, 0, tpm, refund]))
+                await self._quietly(
+                    "settle", lambda: self._adjust(keys=keys[:2], args=[0, 0, tpm, refund])
+                )
 
         async def cancel() -> None:
-            await self._safely(self._adjust(keys=keys[:2], args=[rpm, 1, tpm, reserved]))
+            await self._quietly(
+                "refund", lambda: self._adjust(keys=keys[:2], args=[rpm, 1, tpm, reserved])
+            )
 
         async def release() -> None:
             if policy.concurrency is not None:
                 self._leases.pop(member, None)
-                await self._safely(self._client.zrem(keys[2], member))
+                await self._quietly("release", lambda: self._client.zrem(keys[2], member))
 
         return Admission(ratelimit_headers(verdict), settle=settle, release=release, cancel=cancel)
 
-    async def _safely(self, call: Any) -> None:
-        # Settling and releasing run in `finally` blocks: never raise from there. A lost
-        # release frees itself when the lease runs out; a lost settle leaves the estimate.
+    async def _quietly(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        # Skipped while Redis is down: a lost release frees itself when its lease runs out,
+        # a lost settle leaves the estimate charged. Either errs on the safe side.
+        if not self.circuit.try_call():
+            return None
+        ok: bool | None = None
         try:
-            await call
+            result = await call()
+            ok = True
+            return result
         except _BACKEND_ERRORS as exc:
-            self._log.warning("rate-limit backend: could not settle or release: %r", exc)
+            ok = False
+            self._log.warning("rate-limit backend: could not %s: %r", what, exc)
+            return None
+        finally:
+            self.circuit.record(ok)
 
     def _hold(self, member: str, inflight_key: str) -> None:
         self._leases[member] = inflight_key
@@ -244,12 +157,11 @@ class RedisQuotas:
                 by_key.setdefault(inflight_key, []).append(member)
             for inflight_key, members in by_key.items():
                 args = [self._lease_us, *members]
-                try:
-                    renewed = await self._renew(keys=[inflight_key], args=args)
-                except _BACKEND_ERRORS as exc:
-                    self._log.warning("rate-limit backend: could not renew leases: %r", exc)
-                    continue
-                if int(renewed) < len(members):
+                renewed = await self._quietly(
+                    "renew leases",
+                    lambda key=inflight_key, args=args: self._renew(keys=[key], args=args),
+                )
+                if renewed is not None and int(renewed) < len(members):
                     # Redis lost them (restart, eviction): those requests run uncounted.
                     self._log.warning(
                         "rate-limit backend: %d in-flight slots of %s were lost",
@@ -260,10 +172,8 @@ class RedisQuotas:
     async def aclose(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-            except asyncio.CancelledError:
-                pass
 
 
 class RedisLimiter:
@@ -283,17 +193,15 @@ class RedisLimiter:
         owns_client: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.quotas = RedisQuotas(client, prefix=prefix, lease_s=lease_s)
+        self.circuit = Circuit(probe_interval_s, clock)
+        self.quotas = RedisQuotas(client, self.circuit, prefix=prefix, lease_s=lease_s)
         self.fallback = MemoryQuotas(clock)
         self.gate = InflightGate(max_inflight, queue_size, queue_timeout_s)
         self.failure_policy = failure_policy
         self._client = client
         self._owns_client = owns_client
         self._probe_interval_s = probe_interval_s
-        self._clock = clock
-        self._down_until = 0.0
-        self._down_since: float | None = None
-        self._log = _ThrottledLog(clock=clock)
+        self._log = ThrottledLog(clock=clock)
 
     @classmethod
     def from_url(
@@ -301,22 +209,28 @@ class RedisLimiter:
         url: str,
         *,
         socket_timeout_s: float = 0.5,
-        connect_timeout_s: float = 0.25,
+        connect_timeout_s: float = 0.5,
+        max_connections: int = 32,
+        pool_timeout_s: float = 1.0,
         **kwargs: Any,
     ) -> RedisLimiter:
-        client = Redis.from_url(
+        # A bounded pool that makes callers wait for a connection: a burst of requests
+        # would otherwise open a connection each, and time out while connecting.
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=connect_timeout_s,
             # One retry, on connection errors only: it replaces a pooled connection that died
             # with a restarted Redis. Never retry timeouts: the script may have run.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
-        return cls(client, owns_client=True, **kwargs)
+        return cls(Redis.from_pool(pool), owns_client=True, **kwargs)
 
     @property
     def backend_down(self) -> bool:
-        return self._down_since is not None
+        return self.circuit.down
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         admission = await self._admit_quotas(principal, estimated_tokens)
@@ -326,36 +240,34 @@ class RedisLimiter:
         if not principal.policy.has_rate_limits:
             return Admission({})  # nothing to enforce, so no reason to touch Redis
         check_fits(principal, estimated_tokens)
-        if self._clock() < self._down_until:
+        if not self.circuit.try_call():
             return self._degraded(principal, estimated_tokens)
+        ok: bool | None = None
         try:
             admission = await self.quotas.admit(principal, estimated_tokens)
+            ok = True
+            return admission
+        except RateLimitError:
+            ok = True  # Redis answered; the key is over its limit
+            raise
         except _BACKEND_ERRORS as exc:
-            now = self._clock()
-            self._down_until = now + self._probe_interval_s
-            if self._down_since is None:
-                self._down_since = now
+            ok = False
             self._log.warning(
                 "rate-limit backend unreachable (%r); failure policy %r: %s",
                 exc,
                 self.failure_policy,
                 "per-instance limits" if self.failure_policy == "open" else "answering 503",
             )
-            return self._degraded(principal, estimated_tokens)
-        if self._down_since is not None:
-            logger.warning(
-                "rate-limit backend answers again after %.1fs; shared limits resumed",
-                self._clock() - self._down_since,
-            )
-            self._down_since = None
-        return admission
+        finally:
+            self.circuit.record(ok)
+        return self._degraded(principal, estimated_tokens)
 
     def _degraded(self, principal: Principal, estimated_tokens: int) -> Admission:
         if self.failure_policy == "closed":
             raise OverloadedError(
                 "Rate limits cannot be checked right now; try again shortly.",
                 code="ratelimit_backend_unavailable",
-                headers={"retry-after": str(max(1, round(self._probe_interval_s)))},
+                headers={"retry-after": str(max(1, math.ceil(self._probe_interval_s)))},
             )
         return self.fallback.admit(principal, estimated_tokens)
 

@@ -1,0 +1,92 @@
+"""The Lua scripts of the Redis backend, each one atomic check-and-update.
+
+They read `now` from Redis's own clock (`TIME`), in µs. A bucket is a hash {level, ts},
+absent when full; levels travel as %.17g strings because replies and tostring() round.
+"""
+
+PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local WINDOW = 60000000
+local EPS = 1e-6
+
+local function level(key, limit)
+  local s = redis.call('HMGET', key, 'level', 'ts')
+  if not s[1] then return limit end
+  local l = tonumber(s[1]) + (now - tonumber(s[2])) * limit / WINDOW
+  if l > limit then return limit end
+  return l
+end
+
+local function store(key, limit, l)
+  if l >= limit - EPS then
+    redis.call('DEL', key)
+    return
+  end
+  redis.call('HSET', key, 'level', string.format('%.17g', l), 'ts', string.format('%.0f', now))
+  redis.call('PEXPIRE', key, math.ceil((limit - l) * WINDOW / limit / 1000) + 1000)
+end
+"""
+
+# KEYS: requests bucket, tokens bucket, in-flight set. ARGV: rpm, tpm, concurrency (0 = no
+# limit), estimated tokens, lease member, lease µs. Checks all three, then commits all or none.
+ADMIT = PRELUDE + """
+local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local cost, lease = tonumber(ARGV[4]), tonumber(ARGV[6])
+local refused, wait, r, k, busy = 0, 0, 0, 0, 0
+if rpm > 0 then
+  r = level(KEYS[1], rpm)
+  if r < 1 - EPS then
+    refused = refused + 1
+    wait = math.max(wait, (1 - r) * WINDOW / rpm)
+  end
+end
+if tpm > 0 then
+  k = level(KEYS[2], tpm)
+  if k < cost - EPS then
+    refused = refused + 2
+    wait = math.max(wait, (cost - k) * WINDOW / tpm)
+  end
+end
+if conc > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  busy = redis.call('ZCARD', KEYS[3])
+  if busy >= conc then refused = refused + 4 end
+end
+if refused == 0 then
+  if rpm > 0 then r = r - 1; store(KEYS[1], rpm, r) end
+  if tpm > 0 then k = k - cost; store(KEYS[2], tpm, k) end
+  if conc > 0 then
+    redis.call('ZADD', KEYS[3], now + lease, ARGV[5])
+    redis.call('PEXPIRE', KEYS[3], math.ceil(lease / 1000) + 1000)
+    busy = busy + 1
+  end
+end
+return {refused, string.format('%.17g', wait), string.format('%.17g', r),
+        string.format('%.17g', k), busy}
+"""
+
+# KEYS: requests bucket, tokens bucket. ARGV: rpm, requests delta, tpm, tokens delta.
+# A positive delta gives units back (capped at full), a negative one charges (may go into debt).
+ADJUST = PRELUDE + """
+for i = 1, 2 do
+  local limit, delta = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
+  if limit > 0 and delta ~= 0 then
+    local l = level(KEYS[i], limit) + delta
+    if l > limit then l = limit end
+    store(KEYS[i], limit, l)
+  end
+end
+return 1
+"""
+
+# KEYS: in-flight set. ARGV: lease µs, members. XX: never resurrect a released slot.
+RENEW = PRELUDE + """
+local lease = tonumber(ARGV[1])
+local renewed = 0
+for i = 2, #ARGV do
+  renewed = renewed + redis.call('ZADD', KEYS[1], 'XX', 'CH', now + lease, ARGV[i])
+end
+if renewed > 0 then redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000) end
+return renewed
+"""

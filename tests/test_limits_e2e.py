@@ -1,0 +1,244 @@
+"""Keys and limits through real gateway instances (uvicorn) against the fake upstream.
+
+The limiter's own arithmetic is tested in test_ratelimit.py; here the question is what a
+client sees: exact admission counts across instances, headers on every response
+(streamed ones included), nothing charged for refused requests, and keys that never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.keys import KeyPolicy, KeyStore
+from tests import openai_spec
+from tests.conftest import unit_settings
+from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, Slow
+from tests.gateway_server import running_gateway
+from tests.ir_samples import VALID
+from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
+
+BODY = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}],
+        "max_tokens": 50}
+
+
+def keyed_settings(fake: FakeUpstream, keys_file: Path, **overrides: Any) -> Any:
+    return unit_settings(fake.url, auth_enabled=True, keys_file=keys_file, max_inflight=256,
+                         queue_size=256, **overrides)
+
+
+def new_key(tmp_path: Path, **policy: Any) -> tuple[KeyStore, str, str]:
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    record, plaintext = store.create("team-a", KeyPolicy(**policy))
+    return store, record.id, plaintext
+
+
+async def burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:
+    responses, _ = await timed_burst(urls, key, n)
+    return responses
+
+
+async def timed_burst(urls: list[str], key: str, n: int) -> tuple[list[httpx.Response], float]:
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        started = time.monotonic()
+        responses = await asyncio.gather(*(
+            client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=BODY,
+                        headers={"authorization": f"Bearer {key}"})
+            for i in range(n)
+        ))
+        return list(responses), time.monotonic() - started
+
+
+def assert_exact_rpm(responses: list[httpx.Response], elapsed_s: float, rpm: int) -> None:
+    """Exactly `rpm` in the burst, plus what the smooth limit refilled while it lasted
+    (one every 60/rpm s): a fixed window would admit up to twice `rpm` at its edge."""
+    statuses = Counter(r.status_code for r in responses)
+    refills = int(elapsed_s * rpm / 60)
+    print(f"\nburst of {len(responses)} in {elapsed_s:.2f}s: {dict(statuses)}; "
+          f"refills allowed by the smooth limit in that time: {refills}")
+    assert set(statuses) <= {200, 429}
+    assert rpm <= statuses[200] <= rpm + refills
+
+
+def check_429(response: httpx.Response) -> None:
+    assert response.json()["error"]["code"] == "rate_limit_exceeded"
+    openai_spec.validate("ErrorResponse", response.json())
+    assert int(response.headers["retry-after"]) >= 1
+    assert int(response.headers["retry-after-ms"]) > 0
+    assert response.headers["x-ratelimit-limit-requests"] == "50"
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+async def test_rpm_is_exact_across_two_instances_sharing_redis(
+    fake: FakeUpstream, tmp_path: Path, redis_url: str,  # noqa: F811
+) -> None:
+    fake.default = Reply(VALID)
+    _, _, key = new_key(tmp_path, rpm=50)
+    settings = keyed_settings(fake, tmp_path / "keys.json", ratelimit_backend="redis",
+                              redis_url=redis_url)
+    async with running_gateway(settings) as one, running_gateway(settings) as two:
+        responses, elapsed = await timed_burst([one.url, two.url], key, 200)
+    assert_exact_rpm(responses, elapsed, 50)
+    assert len(fake.requests) == sum(r.status_code == 200 for r in responses)
+    for response in responses:
+        if response.status_code == 429:
+            check_429(response)
+        else:
+            assert response.headers["x-ratelimit-limit-requests"] == "50"
+            assert response.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+async def test_rpm_is_exact_with_one_instance_in_memory(fake: FakeUpstream,
+                                                        tmp_path: Path) -> None:
+    fake.default = Reply(VALID)
+    _, _, key = new_key(tmp_path, rpm=50)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw:
+        responses, elapsed = await timed_burst([gw.url], key, 200)
+    assert_exact_rpm(responses, elapsed, 50)
+    for response in responses:
+        if response.status_code == 429:
+            check_429(response)
+
+
+async def test_streamed_responses_carry_rate_limit_headers(fake: FakeUpstream,
+                                                           tmp_path: Path) -> None:
+    _, _, key = new_key(tmp_path, rpm=10, tpm=100_000)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Reply(VALID))
+        async with client.stream("POST", "/v1/chat/completions",
+                                 json={**BODY, "stream": True},
+                                 headers={"authorization": f"Bearer {key}"}) as response:
+            await response.aread()
+    assert response.headers["x-ratelimit-limit-requests"] == "10"
+    assert response.headers["x-ratelimit-remaining-requests"] == "9"
+    assert response.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert "x-ratelimit-reset-tokens" in response.headers
+
+
+async def test_concurrency_cap_refuses_without_charging(fake: FakeUpstream,
+                                                        tmp_path: Path) -> None:
+    fake.default = Slow(0.6, then=Reply(VALID))
+    _, _, key = new_key(tmp_path, concurrency=3, rpm=100)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw:
+        responses = await burst([gw.url], key, 8)
+        assert Counter(r.status_code for r in responses) == {200: 3, 429: 5}
+        assert len(fake.requests) == 3
+        # The five refused for concurrency consumed nothing from the request budget.
+        fake.default = Reply(VALID)
+        after = await burst([gw.url], key, 1)
+    # 100 - 3 - 1 = 96, plus a refill or two while the slow calls ran; had the refused
+    # five been charged it would be 91 plus the same refills.
+    assert int(after[0].headers["x-ratelimit-remaining-requests"]) >= 95
+
+
+async def test_tokens_are_reserved_then_settled_or_refunded(fake: FakeUpstream,
+                                                            tmp_path: Path) -> None:
+    from gateway.planning import estimate_prompt_tokens
+
+    reservation = estimate_prompt_tokens(BODY) + BODY["max_tokens"]
+    _, _, key = new_key(tmp_path, tpm=1000)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+
+        async def remaining_after(reply: Any) -> tuple[int, int]:
+            fake.script(reply)
+            response = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+            return response.status_code, int(response.headers["x-ratelimit-remaining-tokens"])
+
+        status, first = await remaining_after(ErrorReply.new_shape(400, "bad prompt"))
+        assert status == 400 and first == 1000 - reservation
+        # The failed call's reservation came back whole before the next one was taken.
+        used = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+        status, second = await remaining_after(Reply(VALID, usage=used))
+        assert status == 200 and 1000 - reservation <= second < 1000 - reservation + 10
+        # ...and the successful one was settled at its real usage (30), not its reservation.
+        _, third = await remaining_after(Reply(VALID, usage=used))
+        assert 1000 - 30 - reservation <= third < 1000 - 30 - reservation + 10
+
+
+async def test_wrong_missing_and_revoked_keys_are_401_within_a_second(
+    fake: FakeUpstream, tmp_path: Path,
+) -> None:
+    store, key_id, key = new_key(tmp_path)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        fake.default = Reply(VALID)
+        good = {"authorization": f"Bearer {key}"}
+        assert (await client.post("/v1/chat/completions", json=BODY, headers=good)
+                ).status_code == 200
+        for headers in ({}, {"authorization": "Bearer irgw-nope-nope"},
+                        {"authorization": f"Basic {key}"}):
+            response = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "invalid_api_key"
+        assert (await client.get("/v1/models")).status_code == 401
+        store.revoke(key_id)
+        revoked_at = time.monotonic()
+        while (await client.post("/v1/chat/completions", json=BODY, headers=good)
+               ).status_code != 401:
+            assert time.monotonic() - revoked_at < 1.0
+            await asyncio.sleep(0.05)
+
+
+async def test_schema_scopes_and_adhoc_permission_are_403(fake: FakeUpstream,
+                                                          tmp_path: Path) -> None:
+    _, _, key = new_key(tmp_path, schemas=["module_ir"], allow_adhoc=False)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        refused = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+        assert refused.status_code == 403 and "function_ir" in refused.json()["error"]["message"]
+        adhoc = await client.post("/v1/chat/completions", headers=headers, json={
+            **BODY, "model": "qwen-coder", "response_format": {"type": "json_schema",
+            "json_schema": {"name": "X", "schema": {"type": "object"}}}})
+        assert adhoc.status_code == 403 and "ad-hoc" in adhoc.json()["error"]["message"]
+    assert not fake.requests
+
+
+async def test_keys_never_leak_into_logs_bodies_or_metrics(
+    fake: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    store, _, valid = new_key(tmp_path, rpm=2)
+    _, revoked = store.create("old", KeyPolicy())
+    store.revoke(revoked.split("-")[1])
+    malformed = valid[:-3] + "!!!"
+    wrong_secret = valid[:-4] + "abcd"
+    secrets = [valid, revoked, malformed, wrong_secret]
+    captured: list[str] = []
+    caplog.set_level(logging.DEBUG)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        fake.default = Reply(VALID)
+        for key in secrets * 2:  # twice: the valid key also runs into its rpm limit
+            for path, body in (("/v1/chat/completions", BODY),
+                               ("/v1/chat/completions", {**BODY, "model": "schema/nope"}),
+                               ("/v1/chat/completions", {"broken": True}),
+                               ("/v1/models", None)):
+                headers = {"authorization": f"Bearer {key}", "x-api-key": key}
+                response = (await client.post(path, json=body, headers=headers) if body
+                            else await client.get(path, headers=headers))
+                captured.append(response.text)
+                captured.extend(f"{k}: {v}" for k, v in response.headers.items())
+        captured.append((await client.get("/metrics")).text)
+    captured.extend(record.getMessage() for record in caplog.records)
+    captured.extend(str(record.exc_info) for record in caplog.records if record.exc_info)
+    out, err = capfd.readouterr()
+    captured.extend([out, err])
+    # The upstream must never see the client's key either.
+    captured.extend(str(dict(r.headers)) for r in fake.requests)
+    haystack = "\n".join(captured)
+    assert fake.requests, "the valid key reached the upstream at least once"
+    for secret in secrets:
+        assert secret not in haystack
+        assert secret.split("-")[-1][:16] not in haystack
