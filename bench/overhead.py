@@ -276,6 +276,18 @@ def proc_status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def run_queue_wait_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (schedstat field 2)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    except OSError:
+        return float("nan")
+    return total / 1e9
+
+
 def system_busy_seconds() -> float:
     """Busy (non-idle, non-iowait) CPU seconds of the whole machine, from /proc/stat."""
     ticks = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
@@ -413,6 +425,7 @@ class Phase:
     fake_cpu_s: float = 0.0
     own_cpu_s: float = 0.0
     other_cpu_s: float = 0.0  # machine busy time not used by the bench's own processes
+    target_wait_s: float = 0.0  # target process: runnable but waiting for a CPU
     rss_peak_kb: int = 0
 
     @property
@@ -452,16 +465,17 @@ class Meter:
     def __init__(self, target: Target, fake: Child, others: list[int]) -> None:
         self.target, self.fake, self.others = target, fake, others
 
-    def snapshot(self) -> tuple[float, float, float, float, float]:
+    def snapshot(self) -> tuple[float, ...]:
         own = time.process_time()
         other_own = sum(proc_cpu_seconds(pid) for pid in self.others)
         return (proc_cpu_seconds(self.target.pid), self.fake.cpu(), own, other_own,
-                system_busy_seconds())
+                system_busy_seconds(), run_queue_wait_seconds(self.target.pid))
 
-    def fill(self, phase: Phase, before: tuple[float, float, float, float, float]) -> None:
+    def fill(self, phase: Phase, before: tuple[float, ...]) -> None:
         after = self.snapshot()
         d = [a - b for a, b in zip(after, before, strict=True)]
         phase.target_cpu_s, phase.fake_cpu_s, phase.own_cpu_s = d[0], d[1], d[2]
+        phase.target_wait_s = d[5]
         ours = d[0] + d[1] + d[2] + d[3]
         if self.target.pid in self.others or self.target.pid == self.fake.pid:
             ours -= d[0]
@@ -677,7 +691,8 @@ def describe(phase: Phase) -> str:
     return (f"{phase.target:>13} {phase.label:<14} ok {phase.ok:>6}  err {phase.n_errors:>4}  "
             f"p50 {phase.pct(50):7.2f} ms  p99 {phase.pct(99):7.2f} ms  "
             f"{phase.achieved_rps:7.0f}/s  gw-CPU {cpu_us(phase, phase.target_cpu_s):6.0f} "
-            f"us/req  other load {100 * phase.other_cpu_s / max(phase.wall_s, 1e-9):3.0f}%")
+            f"us/req  wait {cpu_us(phase, phase.target_wait_s):6.0f} us/req  "
+            f"other load {100 * phase.other_cpu_s / max(phase.wall_s, 1e-9):3.0f}%")
 
 
 def cpu_us(phase: Phase, seconds: float) -> float:
@@ -848,6 +863,7 @@ class Summary:
     p99_send: float
     lag_p99: float
     cpu_us: float
+    wait_us: float
     other_pct: float
     rss_peak_mb: float
 
@@ -865,6 +881,7 @@ def summarise(phases: list[Phase]) -> Summary:
         max=max(lat, default=float("nan")), p50_send=percentile(send, 50),
         p99_send=percentile(send, 99), lag_p99=percentile(lag, 99),
         cpu_us=1e6 * cpu / ok if ok else float("nan"),
+        wait_us=1e6 * sum(ph.target_wait_s for ph in phases) / ok if ok else float("nan"),
         other_pct=100 * sum(ph.other_cpu_s for ph in phases) / wall if wall else 0.0,
         rss_peak_mb=max(ph.rss_peak_kb for ph in phases) / 1024,
     )
@@ -914,9 +931,9 @@ def write_plot(run: Run, summaries: dict[str, Summary]) -> None:
                 label="direct p99 (probe)")
     for ph in run.steps:
         if ph.n_errors or ph.achieved_rps < MAX_RATE_ACHIEVED * ph.offered_rps:
-            ax.annotate(f"{ph.n_errors} err\n{ph.achieved_rps:.0f}/s done",
-                        (ph.offered_rps, ph.pct(99)), fontsize=8,
-                        textcoords="offset points", xytext=(-60, 8))
+            ax.annotate(f"{ph.n_errors} errors\n{ph.achieved_rps:.0f}/s done",
+                        (ph.offered_rps, ph.pct(50)), fontsize=8, ha="center", va="top",
+                        textcoords="offset points", xytext=(0, -10))
     ax.axhline(MAX_RATE_P99_MS, color="grey", ls="--", lw=1, label=f"{MAX_RATE_P99_MS:g} ms limit")
     if run.max_rate:
         ax.axvline(run.max_rate, color="tab:green", ls=":", lw=1.2,
@@ -925,7 +942,7 @@ def write_plot(run: Run, summaries: dict[str, Summary]) -> None:
     ax.set_xlabel("offered rate, req/s (open loop)")
     ax.set_ylabel("latency, ms (log scale)")
     ax.set_title("Gateway latency vs offered rate")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(True, which="both", alpha=0.3)
 
     ax = axes[2]
@@ -962,13 +979,14 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     rows = ["| target | ok | errors | p50 ms | p90 ms | p99 ms | max ms | p50 / p99 from send ms "
-            "| target CPU µs/req | other load (% of 1 core) | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| target CPU µs/req | target run-queue wait µs/req | other load (% of 1 core) "
+            "| peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in (d, g, a):
         rss = "-" if s.name == "direct" else fmt(s.rss_peak_mb, 1)
         rows.append(f"| {s.name} | {s.n} | {s.errors} | {fmt(s.p50)} | {fmt(s.p90)} | "
                     f"{fmt(s.p99)} | {fmt(s.max, 1)} | {fmt(s.p50_send)} / {fmt(s.p99_send)} | "
-                    f"{fmt(s.cpu_us, 0)} | {s.other_pct:.0f} | {rss} |")
+                    f"{fmt(s.cpu_us, 0)} | {fmt(s.wait_us, 0)} | {s.other_pct:.0f} | {rss} |")
     main_table = "\n".join(rows)
 
     added = [
@@ -993,8 +1011,9 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
             f"{gg.pct(99) - dd.pct(99):+.2f} | {other:.0f} |")
 
     steps = ["| offered req/s | sent | ok | errors | achieved req/s | p50 ms | p99 ms | max ms | "
-             "gateway CPU µs/req | gateway CPU % of 1 core | peak RSS MiB | other load % | "
-             "verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gateway CPU µs/req | gateway CPU % of 1 core | gateway run-queue wait µs/req | "
+             "peak RSS MiB | other load % | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for ph in run.steps:
         ok, why = step_passes(ph)
         busy = 100 * ph.target_cpu_s / ph.wall_s if ph.wall_s else 0.0
@@ -1002,38 +1021,42 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
             f"| {ph.offered_rps:.0f} | {ph.sent} | {ph.ok} | {ph.n_errors} | "
             f"{ph.achieved_rps:.0f} | {fmt(ph.pct(50))} | {fmt(ph.pct(99))} | "
             f"{fmt(max(ph.latencies_ms, default=float('nan')), 1)} | "
-            f"{fmt(cpu_us(ph, ph.target_cpu_s), 0)} | {busy:.0f} | {ph.rss_peak_kb / 1024:.1f} | "
+            f"{fmt(cpu_us(ph, ph.target_cpu_s), 0)} | {busy:.0f} | "
+            f"{fmt(cpu_us(ph, ph.target_wait_s), 0)} | {ph.rss_peak_kb / 1024:.1f} | "
             f"{100 * ph.other_cpu_s / ph.wall_s:.0f} | {'pass' if ok else 'FAIL: ' + why} |")
     for ph in run.step_direct:
         ok, why = step_passes(ph)
         steps.append(
             f"| {ph.offered_rps:.0f} (direct probe) | {ph.sent} | {ph.ok} | {ph.n_errors} | "
             f"{ph.achieved_rps:.0f} | {fmt(ph.pct(50))} | {fmt(ph.pct(99))} | "
-            f"{fmt(max(ph.latencies_ms, default=float('nan')), 1)} | - | - | - | "
+            f"{fmt(max(ph.latencies_ms, default=float('nan')), 1)} | - | - | - | - | "
             f"{100 * ph.other_cpu_s / ph.wall_s:.0f} | {'pass' if ok else 'FAIL: ' + why} |")
 
     closed = ["| target | requests | errors | req/s | p50 ms | p99 ms | target CPU µs/req | "
-              "target CPU % of 1 core | other load % |", "|---|---|---|---|---|---|---|---|---|"]
+              "target CPU % of 1 core | target run-queue wait µs/req | other load % |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for ph in run.closed:
         closed.append(
             f"| {ph.target} | {ph.ok} | {ph.n_errors} | {ph.achieved_rps:,.0f} | "
             f"{fmt(ph.pct(50))} | {fmt(ph.pct(99))} | {fmt(cpu_us(ph, ph.target_cpu_s), 0)} | "
-            f"{100 * ph.target_cpu_s / ph.wall_s:.0f} | "
+            f"{100 * ph.target_cpu_s / ph.wall_s:.0f} | {fmt(cpu_us(ph, ph.target_wait_s), 0)} | "
             f"{100 * ph.other_cpu_s / ph.wall_s:.0f} |")
 
     seq_rows = ["| target | requests | p50 ms | p99 ms | added p50 ms | added p99 ms | "
-                "target CPU µs/req | other load % |", "|---|---|---|---|---|---|---|---|"]
-    seq_added50 = float("nan")
+                "target CPU µs/req | target run-queue wait µs/req | other load % |",
+                "|---|---|---|---|---|---|---|---|---|"]
+    seq_added50 = seq_cpu = float("nan")
     if run.seq:
         seq_sum = {name: summarise([r[name] for r in run.seq])
                    for name in ("direct", "gateway", "gateway+auth")}
         sd = seq_sum["direct"]
         seq_added50 = seq_sum["gateway"].p50 - sd.p50
+        seq_cpu = seq_sum["gateway"].cpu_us
         for s in seq_sum.values():
             a50 = "-" if s.name == "direct" else f"{s.p50 - sd.p50:+.2f}"
             a99 = "-" if s.name == "direct" else f"{s.p99 - sd.p99:+.2f}"
             seq_rows.append(f"| {s.name} | {s.n} | {fmt(s.p50)} | {fmt(s.p99)} | {a50} | {a99} | "
-                            f"{fmt(s.cpu_us, 0)} | {s.other_pct:.0f} |")
+                            f"{fmt(s.cpu_us, 0)} | {fmt(s.wait_us, 0)} | {s.other_pct:.0f} |")
 
     step_peak = max((ph.rss_peak_kb for ph in run.steps), default=0) / 1024
     mem = [f"- {name}: {kb / 1024:.1f} MiB" for name, kb in run.rss.items()]
@@ -1048,9 +1071,11 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
     else:
         max_text = f"**{run.max_rate} req/s**"
     fail_text = ""
-    if run.first_fail is not None:
-        _, why = step_passes(run.first_fail)
-        fail_text = f" (next step {run.first_fail.offered_rps:.0f} req/s failed: {why})"
+    above = [ph for ph in run.steps
+             if ph.offered_rps > (run.max_rate or 0) and not step_passes(ph)[0]]
+    if above:
+        nxt = min(above, key=lambda ph: ph.offered_rps)
+        fail_text = f" (next step {nxt.offered_rps:.0f} req/s failed: {step_passes(nxt)[1]})"
     elif run.steps:
         fail_text = " (the step ladder ended without a failing step: the real limit is higher)"
 
@@ -1089,7 +1114,9 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         f"Budget: added latency at {BUDGET_RATE} req/s, median <= {BUDGET_P50_MS:g} ms and "
         f"p99 <= {BUDGET_P99_MS:g} ms. **{verdict}**: added p50 {add50:+.2f} ms, added p99 "
         f"{add99:+.2f} ms (auth on: {auth50:+.2f} / {auth99:+.2f} ms). Gateway CPU per request "
-        f"{g.cpu_us:.0f} µs (auth on: {a.cpu_us:.0f} µs).",
+        f"{g.cpu_us:.0f} µs (auth on: {a.cpu_us:.0f} µs), so one worker with a whole core to "
+        f"itself would top out near {1e6 / g.cpu_us:,.0f} req/s (CPU-bound estimate; the "
+        f"sequential test measured {seq_cpu:.0f} µs/req, i.e. ~{1e6 / seq_cpu:,.0f} req/s).",
         "",
         f"For scale: LiteLLM's proxy adds about {LITELLM_MS:g} ms per request and Bifrost (Go) "
         f"about {BIFROST_MS:g} ms in an independent sequential test. This gateway's median "
@@ -1123,7 +1150,9 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "the generator's own timer/loop lag: p99 "
         f"{d.lag_p99:.2f} / {g.lag_p99:.2f} / {a.lag_p99:.2f} ms for direct / gateway / "
         "gateway+auth; it hits both sides alike). 'target CPU' is the user+system CPU of the "
-        "target process (the fake for direct, the gateway process otherwise) per request.",
+        "target process (the fake for direct, the gateway process otherwise) per request; "
+        "'run-queue wait' is the time its threads were runnable but had no CPU "
+        "(`/proc/<pid>/task/*/schedstat`), per request: the direct cost of sharing the cores.",
         "",
         "### Per round",
         "",
@@ -1145,7 +1174,7 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "response). At the first failing step the same rates are sent to the fake directly, "
         "to tell a gateway limit from a load-generator/machine limit. The gateway runs with "
         "its default in-flight cap (max_inflight 16, queue 16, queue timeout 5 s): beyond "
-        "that it answers 429, which counts as an error here.",
+        "that it sheds load with 503 `overloaded`, which counts as an error here.",
         "",
         "\n".join(steps),
         "",
@@ -1176,9 +1205,11 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         f"passed`. Direct request: the same messages with model `qwen-coder`, the same "
         f"`response_format` and `max_tokens: 1024` ({len(direct_body())} bytes; the gateway's "
         f"upstream body measured at the fake: {run.upstream_body_bytes.get('gateway', 0)} "
-        "bytes). Upstream calls counted at the fake during the rounds: "
-        + ", ".join(f"{k} {v}" for k, v in run.upstream_calls.items())
-        + " (one per request: no retries).",
+        "bytes). Upstream calls counted at the fake during the rounds vs successful answers: "
+        + ", ".join(f"{k} {v} calls / {sum(r[k].ok for r in run.rounds)} ok"
+                    for k, v in run.upstream_calls.items())
+        + " (no retries happen; requests refused with 503 by the gateway's in-flight cap "
+        "never reach the fake).",
         "- load generator: this process, aiohttp on uvloop, one pooled keep-alive session per "
         "target; open loop: sends are scheduled on a fixed clock (rate x duration requests) "
         "and never wait for earlier responses. Warm-up "
@@ -1203,6 +1234,7 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
             "p50_from_send_ms": ph.pct(50, ph.from_send_ms),
             "p99_from_send_ms": ph.pct(99, ph.from_send_ms),
             "target_cpu_us_per_req": cpu_us(ph, ph.target_cpu_s),
+            "target_run_queue_wait_us_per_req": cpu_us(ph, ph.target_wait_s),
             "fake_cpu_us_per_req": cpu_us(ph, ph.fake_cpu_s),
             "generator_cpu_us_per_req": cpu_us(ph, ph.own_cpu_s),
             "other_load_pct": 100 * ph.other_cpu_s / ph.wall_s if ph.wall_s else None,

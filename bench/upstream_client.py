@@ -633,11 +633,12 @@ def table(results: list[Result]) -> str:
     sep = "|" + "---|" * 13
     rows = [head, sep]
     for r in results:
+        spread = f"(±{spread_pct(r.conc_rps) / 2:.0f}%)" if len(r.conc_rps) > 1 else "(1 round)"
         rows.append(
             f"| {r.name} "
             f"| {pct(r.seq_lat_us, 50):.0f} | {pct(r.seq_lat_us, 99):.0f} "
             f"| {med(r.seq_cpu_us):.0f} "
-            f"| {med(r.conc_rps):,.0f} (±{spread_pct(r.conc_rps) / 2:.0f}%) "
+            f"| {med(r.conc_rps):,.0f} {spread} "
             f"| {1e6 / med(r.conc_cpu_us):,.0f} "
             f"| {pct(r.conc_lat_us, 50):.0f} / {pct(r.conc_lat_us, 99):.0f} "
             f"| {med(r.conc_cpu_us):.0f} "
@@ -678,12 +679,16 @@ def conclusion(results: list[Result]) -> str:
     if win in (aio, tuned):
         other = tuned if win is aio else aio
         diff = 100 * (med(other.conc_cpu_us) / med(win.conc_cpu_us) - 1)
+        rounds = min(len(aio.conc_cpu_us), len(tuned.conc_cpu_us))
         noise = max(spread_pct(aio.conc_cpu_us), spread_pct(tuned.conc_cpu_us)) / 2
-        verdict = "within noise" if abs(diff) <= max(noise, 5) else "a real difference"
+        if rounds < 2:
+            noise_text, threshold = "one round only, noise not estimated", 10.0
+        else:
+            noise_text, threshold = f"round-to-round noise ±{noise:.0f}%", max(noise, 5.0)
+        verdict = "within noise" if abs(diff) <= threshold else "a real difference"
         text += (
             f" The two aiohttp configurations differ by {abs(diff):.0f}% in c32 CPU/request "
-            f"({other.name} {'higher' if diff > 0 else 'lower'}; round-to-round noise "
-            f"±{noise:.0f}%): {verdict}."
+            f"({other.name} {'higher' if diff > 0 else 'lower'}; {noise_text}): {verdict}."
         )
     hx2 = by_name.get("httpx2.AsyncClient")
     if hx2 is not None and hx2 is not win:
@@ -742,7 +747,7 @@ class RunInfo:
     loadavg_start: tuple[float, float, float]
 
 
-def write_report(results: list[Result], sizes: Sizes, info: RunInfo) -> str:
+def write_report(results: list[Result], sizes: Sizes, info: RunInfo, out: Path) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = (
         f"- date: {now}\n"
@@ -785,8 +790,8 @@ def write_report(results: list[Result], sizes: Sizes, info: RunInfo) -> str:
         f"{machine}\n## Results\n\n{table(results)}\n\n## Method\n\n{method}\n\n"
         f"## Conclusion\n\n{conclusion(results)}\n"
     )
-    RESULTS_MD.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_MD.write_text(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(md)
     return md
 
 
@@ -795,6 +800,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, one round")
     parser.add_argument(
         "--loop", choices=["uvloop", "asyncio"], default="uvloop", help="client event loop"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_MD, help=f"markdown report (default {RESULTS_MD})"
     )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -825,10 +833,10 @@ def main() -> None:
     finally:
         upstream.close()
     info = RunInfo(args.loop, time.monotonic() - started, background, loadavg)
-    md = write_report(results, sizes, info)
+    md = write_report(results, sizes, info, args.out)
     print()
     print(md)
-    print(f"written to {RESULTS_MD}")
+    print(f"written to {args.out}")
 
 
 if __name__ == "__main__":

@@ -336,7 +336,7 @@ class KeyStore:
         # held on it would not exclude a writer that opened the new one.
         lock_path = self.path.parent / f".{self.path.name}.lock"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise KeyStoreError(f"cannot lock keys file {self.path}: {exc}") from None

@@ -39,3 +39,52 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)
+
+
+@asynccontextmanager
+async def gateway_process(settings: Settings) -> AsyncIterator[str]:
+    """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
+    several instances share must then really cross process boundaries."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name in ("host", "port", "config_file"):
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"IRGW_{name.upper()}"] = str(value)
+    env["IRGW_LOG_LEVEL"] = "warning"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--port", str(port)], env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(300):
+                if process.poll() is not None:
+                    raise RuntimeError(f"gateway exited with {process.returncode}")
+                try:
+                    if (await client.get(f"{url}/healthz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                raise RuntimeError("gateway did not start in 15 s")
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -21,7 +21,7 @@ from gateway.keys import KeyPolicy, KeyStore
 from tests import openai_spec
 from tests.conftest import unit_settings
 from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, Slow
-from tests.gateway_server import running_gateway
+from tests.gateway_server import gateway_process, running_gateway
 from tests.ir_samples import VALID
 from tests.redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
@@ -84,8 +84,8 @@ async def test_rpm_is_exact_across_two_instances_sharing_redis(
     _, _, key = new_key(tmp_path, rpm=50)
     settings = keyed_settings(fake, tmp_path / "keys.json", ratelimit_backend="redis",
                               redis_url=redis_url)
-    async with running_gateway(settings) as one, running_gateway(settings) as two:
-        responses, elapsed = await timed_burst([one.url, two.url], key, 200)
+    async with gateway_process(settings) as one, gateway_process(settings) as two:
+        responses, elapsed = await timed_burst([one, two], key, 200)
     assert_exact_rpm(responses, elapsed, 50)
     assert len(fake.requests) == sum(r.status_code == 200 for r in responses)
     for response in responses:

@@ -451,6 +451,9 @@ def build(out_dir: Path, *, trained: bool = True) -> Path:
         state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
                  if k != "lm_head.weight"}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # mkdtemp/safetensors create owner-only modes; the model is shared with vLLM and CI.
+        os.chmod(tmp, 0o755)
+        os.chmod(tmp / "model.safetensors", 0o644)
 
         # The hand-written prompt renderer used for training must match the jinja template
         # that vLLM applies, or the model learns a prompt it never sees.

