@@ -122,15 +122,16 @@ def _env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
-# Deploy-time knobs, read from the shell that runs `modal deploy`.
+# Deploy-time knobs, read from the shell that runs `modal deploy`. The gateway's is also passed
+# into its containers, which check it against the rate-limit backend at start.
+MAX_CONTAINERS_ENV = "IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS"
 # More than one gateway container needs Redis: in-process limits would be per container.
-GATEWAY_MAX_CONTAINERS = _env_int("IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS", 1)
+GATEWAY_MAX_CONTAINERS = _env_int(MAX_CONTAINERS_ENV, 1)
 # 1 keeps a GPU warm around the clock (no cold starts, ~24 x the hourly price a day).
 VLLM_MIN_CONTAINERS = _env_int("IRGW_DEPLOY_VLLM_MIN_CONTAINERS", 0)
-MAX_CONTAINERS_ENV = "IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS"
 
-# Host 0.0.0.0: Modal's proxy reaches the container over its network interface. The proxy
-# (with auth) is the only way in; nothing else can reach the container's port.
+# Host 0.0.0.0: Modal's proxy reaches the server over the container's network interface, and
+# outside traffic reaches the container only through that proxy (which requires proxy auth).
 VLLM_ARGS: list[str] = vllm_flags.server_args(
     model=MODEL,
     served_model_name=SERVED_MODEL_NAME,
@@ -145,7 +146,7 @@ app = modal.App(APP_NAME)
 hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 vllm_cache = modal.Volume.from_name(VLLM_CACHE_VOLUME, create_if_missing=True)
 vllm_secret = modal.Secret.from_name(VLLM_SECRET_NAME, required_keys=[vllm_flags.API_KEY_ENV])
-gateway_secret = modal.Secret.from_name(GATEWAY_SECRET_NAME)
+gateway_secret = modal.Secret.from_name(GATEWAY_SECRET_NAME, required_keys=["IRGW_KEYS_JSON"])
 proxy_auth_secret = modal.Secret.from_name(
     PROXY_AUTH_SECRET_NAME, required_keys=["PROXY_AUTH_TOKEN_ID", "PROXY_AUTH_TOKEN_SECRET"]
 )
@@ -181,7 +182,7 @@ gateway_image = (
 
 
 def vllm_command(python: str = sys.executable) -> list[str]:
-    return [python, "-m", vllm_flags.MODULE, *VLLM_ARGS]
+    return vllm_flags.server_command(python, VLLM_ARGS)
 
 
 def _exit_when_vllm_exits(process: subprocess.Popen[bytes]) -> None:
@@ -247,7 +248,7 @@ def gateway_settings(
             )
         try:
             json.loads(keys_json)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             # The message names the problem, never the content.
             raise DeploymentConfigError(f"IRGW_KEYS_JSON is not JSON: {exc.msg}") from None
         keys_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +265,8 @@ def gateway_settings(
             )
         overrides["upstream_api_key"] = key
 
+    if not env.get("IRGW_UPSTREAM_HEADERS"):
+        overrides["upstream_headers"] = upstream_proxy_headers(env)
     if not env.get("IRGW_UPSTREAM_URL"):
         overrides["upstream_url"] = upstream_url()
     if not env.get("IRGW_UPSTREAM_MODEL"):
@@ -298,24 +301,18 @@ def upstream_proxy_headers(env: Mapping[str, str]) -> dict[str, str]:
     return {"Modal-Key": token_id, "Modal-Secret": token_secret}
 
 
-def attach_upstream_headers(gateway_app: FastAPI, headers: Mapping[str, str]) -> None:
-    """Add fixed headers to every request the gateway sends to vLLM.
-
-    Stopgap: the gateway's settings have no field for extra upstream headers yet (only
-    `upstream_api_key` -> Authorization), so this reaches into its upstream client. Replace it
-    with a setting (e.g. `IRGW_UPSTREAM_HEADERS`) when the gateway grows one.
-    """
-    upstream = getattr(getattr(gateway_app.state, "services", None), "upstream", None)
-    base_headers = getattr(upstream, "_headers", None)
-    if not isinstance(base_headers, dict):
-        raise RuntimeError("the gateway's upstream client changed: cannot add proxy-auth headers")
-    base_headers.update(headers)
-
-
 def _vllm_web_url() -> str:
-    url = vllm_server.get_web_url()
+    # Inside the app's own containers its functions are normally hydrated; the lookup by name
+    # is the fallback (it finds the deployed app's function).
+    url: str | None = None
+    try:
+        url = vllm_server.get_web_url()
+    except Exception as error:  # any failure here has the same remedy: look it up by name
+        log.warning("vllm_server URL not available in-app (%s); looking it up by name", error)
     if not url:
-        raise DeploymentConfigError("vllm_server has no web URL (is it deployed in this app?)")
+        url = modal.Function.from_name(APP_NAME, "vllm_server").get_web_url()
+    if not url:
+        raise DeploymentConfigError(f"no web URL for vllm_server in app {APP_NAME!r}")
     return url
 
 
@@ -337,7 +334,6 @@ def gateway_api() -> FastAPI:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gateway_app = create_app(settings)
-    attach_upstream_headers(gateway_app, upstream_proxy_headers(os.environ))
     log.info("gateway in front of %s (model %s, limits in %s)", settings.upstream_url,
              settings.upstream_model, settings.ratelimit_backend)
     return gateway_app
@@ -411,13 +407,19 @@ def run_smoke(base_url: str, key: str, *, wait_s: float = 900.0,
         "max_tokens": 512,
     }
     sent = time.monotonic()
-    status, body = _http("POST", base_url + "/v1/chat/completions", key=key, body=request,
-                         timeout_s=300)
+    try:
+        status, body = _http("POST", base_url + "/v1/chat/completions", key=key, body=request,
+                             timeout_s=300)
+    except (urllib.error.URLError, TimeoutError, OSError) as error:
+        raise SmokeError(f"chat completion failed: {type(error).__name__}: {error}") from None
     latency = time.monotonic() - sent
     if status != 200 or body is None:
         raise SmokeError(f"chat completion failed: HTTP {status}: {body}")
-    content = body["choices"][0]["message"]["content"]
-    ir: dict[str, Any] = json.loads(content)
+    try:
+        content = body["choices"][0]["message"]["content"]
+        ir: dict[str, Any] = json.loads(content)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise SmokeError(f"answer is not the expected JSON ({error!r}): {body}") from None
     usage = body.get("usage") or {}
     completion_tokens = usage.get("completion_tokens")
     rate = f", {completion_tokens / latency:.1f} tok/s" if completion_tokens else ""

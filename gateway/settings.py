@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     # -- the upstream vLLM server
     upstream_url: str = "http://127.0.0.1:8000"
     upstream_api_key: SecretStr | None = None
+    upstream_headers: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Extra headers on every request to vLLM, e.g. Modal's proxy-auth "
+        "Modal-Key/Modal-Secret (JSON object in IRGW_UPSTREAM_HEADERS).",
+    )
     upstream_model: str | None = Field(
         default=None,
         description="Model used for schema aliases; default: the first model vLLM lists.",

@@ -86,7 +86,8 @@ def server_args(
 
     ``model`` is a hub id (a10g) or a local directory (cpu). ``revision`` pins a hub commit
     (the tokenizer follows it). ``tool_calling`` enables OpenAI ``tools``: without a
-    ``--tool-call-parser`` vLLM 0.32 answers 400 even for a named ``tool_choice``.
+    ``--tool-call-parser`` vLLM 0.32 answers 400 even for a named ``tool_choice``, and
+    without ``--tool-strict-level parameter`` forced calls' arguments are unconstrained.
     """
     if target not in _TARGET_FLAGS:
         raise ValueError(f"unknown target {target!r}; expected one of {sorted(_TARGET_FLAGS)}")
@@ -114,9 +115,18 @@ def server_args(
     if revision is not None:
         args += ["--revision", revision]
     if tool_calling:
-        # hermes = Qwen2.5's <tool_call>...</tool_call> format; its parser is text-based in
-        # 0.32, so it also starts with a tokenizer that lacks those tokens (the tiny model).
-        args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+        args += [
+            "--enable-auto-tool-choice",
+            # Qwen2.5's <tool_call>{"name": ..., "arguments": ...}</tool_call> format. The
+            # parser works on text, so any tokenizer starts with it; the tiny model also has
+            # <tool_call> tokens like Qwen2.5.
+            "--tool-call-parser", "hermes",
+            # 0.32's default ("auto") constrains only the tool-call envelope for a named or
+            # "required" tool_choice: arguments are any JSON unless the client marked the tool
+            # "strict": true (LangChain and LlamaIndex do not). "parameter" pins every tool's
+            # arguments to its parameters schema.
+            "--tool-strict-level", "parameter",
+        ]
     return args
 
 

@@ -228,3 +228,15 @@ async def test_auto_tool_choice_passes_through(client: httpx.AsyncClient,
     await client.post("/v1/chat/completions", json=body)
     sent = fake.requests[-1].json
     assert sent["tool_choice"] == "auto" and sent["tools"] == body["tools"]
+
+
+async def test_gateway_credentials_go_upstream_never_the_clients(fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, upstream_api_key="vllm-key",
+                             upstream_headers={"Modal-Key": "wk-1", "Modal-Secret": "ws-1"})
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Reply(VALID))
+        await client.post("/v1/chat/completions", json=CHAT,
+                          headers={"authorization": "Bearer client-key"})
+    sent = fake.requests[-1].headers
+    assert sent["authorization"] == "Bearer vllm-key"
+    assert (sent["modal-key"], sent["modal-secret"]) == ("wk-1", "ws-1")

@@ -2,7 +2,7 @@
 
 Why: the integration tests need a real vLLM serving a real chat model, but the Hugging Face Hub
 is unreachable here and real models are too slow on 2 CPU cores. This builder trains a small
-byte-level BPE tokenizer and (unless ``--untrained``) a ~0.8M-parameter Qwen2 on ChatML
+byte-level BPE tokenizer and (unless ``--untrained``) a ~0.57M-parameter Qwen2 on ChatML
 conversations whose answers are compact JSON shaped like the gateway's IR schemas, so greedy
 decoding under a JSON grammar closes its braces and stops with ``<|im_end|>``.
 
@@ -11,8 +11,10 @@ Run it with the vLLM environment (torch, transformers, tokenizers, safetensors):
     PYTHONPATH=. .venv-vllm/bin/python -m gateway.devmodels.tiny [--out DIR] [--untrained]
 
 The last stdout line is the model directory. Without ``--out`` it is
-``~/.cache/ir-gateway/models/<name>-<hash>``, where the hash covers this file's source and the
-build parameters: editing the builder rebuilds, an unchanged builder reuses the cache.
+``~/.cache/ir-gateway/models/<name>-<hash>`` (``$IR_GATEWAY_CACHE`` or ``$XDG_CACHE_HOME``
+move it), where the hash covers this file's source and the build parameters: editing the
+builder rebuilds, an unchanged builder reuses the cache. Rebuilds are byte-identical
+(seeded, deterministic single-thread training, sorted JSON, no timestamps).
 Importing this module is stdlib-only, so the gateway's environment can call `default_path`.
 """
 
@@ -59,6 +61,18 @@ TRAIN_PARAMS: dict[str, Any] = {
 }
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
+# Added but not special, as in Qwen2.5: the hermes tool parser reads them from the text, so
+# they must survive skip_special_tokens.
+TOOL_TOKENS = ("<tool_call>", "</tool_call>")
+TOOLS_HEADER = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+TOOLS_FOOTER = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
 DEFAULT_SYSTEM = "You are a helpful assistant."
 
 # Qwen2.5's ChatML template (tools included, so `tools=` requests render like production),
@@ -227,7 +241,7 @@ def module_ir(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 
 def test_plan_ir(rng: random.Random) -> tuple[str, dict[str, Any]]:
-    verb, noun, params, ret, name = _fn_parts(rng)
+    _, noun, params, ret, name = _fn_parts(rng)
     cases = []
     for kind in rng.sample(["typical", "edge", "error"], rng.randint(1, 3)):
         p = params[0]
@@ -264,27 +278,56 @@ def misc_json(rng: random.Random) -> tuple[str, dict[str, Any]]:
                        "Extract the fields for this {n}."]).format(n=noun), obj
 
 
-def conversations(n: int, seed: int = SEED) -> list[tuple[list[dict[str, str]], str]]:
-    """(messages, compact JSON answer) pairs; key order follows the schemas (= generation
-    order), separators match xgrammar with disable_any_whitespace."""
+Conversation = tuple[list[dict[str, str]], list[dict[str, Any]] | None, str]
+TOOL_NAMES = {function_ir: "emit_function_ir", module_ir: "emit_module_ir",
+              test_plan_ir: "emit_test_plan", misc_json: "emit_record"}
+
+
+def conversations(n: int, seed: int = SEED) -> list[Conversation]:
+    """(messages, tools, answer) triples. Answers are compact JSON with keys in schema order
+    (= generation order) and separators as xgrammar emits them with disable_any_whitespace;
+    about one in eight is a hermes tool call, so forced tool calls also close and stop."""
     rng = random.Random(seed)
     makers = [function_ir] * 4 + [module_ir] * 2 + [test_plan_ir] * 2 + [misc_json]
-    out = []
+    out: list[Conversation] = []
     for _ in range(n):
-        request, obj = rng.choice(makers)(rng)
+        maker = rng.choice(makers)
+        request, obj = maker(rng)
         system = rng.choice(SYSTEMS)
         messages = ([{"role": "system", "content": system}] if system else [])
         messages.append({"role": "user", "content": request})
-        out.append((messages, json.dumps(obj, separators=(",", ":"), ensure_ascii=False)))
+        answer = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        tools = None
+        if rng.random() < 0.125:
+            # Short parameter schemas keep prompts cheap to train on; the envelope is what
+            # the model has to learn, vLLM's structural tag constrains the arguments.
+            name = TOOL_NAMES[maker]
+            tools = [{"type": "function", "function": {
+                "name": name, "description": f"Record the {name[5:].replace('_', ' ')}.",
+                "parameters": {"type": "object", "properties": {
+                    k: {"type": "object" if isinstance(v, dict) else "string"}
+                    for k, v in obj.items()}}}}]
+            answer = f'<tool_call>\n{{"name": "{name}", "arguments": {answer}}}\n</tool_call>'
+        out.append((messages, tools, answer))
     return out
 
 
-def render_prompt(messages: list[dict[str, str]]) -> str:
-    """CHAT_TEMPLATE without tools, add_generation_prompt=True (checked against jinja at build)."""
-    parts = []
-    if messages[0]["role"] != "system":
-        parts.append(f"{IM_START}system\n{DEFAULT_SYSTEM}{IM_END}\n")
-    parts += [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages]
+def render_prompt(messages: list[dict[str, str]],
+                  tools: list[dict[str, Any]] | None = None) -> str:
+    """CHAT_TEMPLATE with add_generation_prompt=True for plain user/system turns (checked
+    against the jinja rendering at build time)."""
+    first_system = messages[0]["role"] == "system"
+    if tools:
+        head = messages[0]["content"] if first_system else DEFAULT_SYSTEM
+        # transformers' tojson = json.dumps with default separators, key order kept.
+        listed = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+        parts = [f"{IM_START}system\n{head}{TOOLS_HEADER}{listed}{TOOLS_FOOTER}{IM_END}\n"]
+    elif first_system:
+        parts = [f"{IM_START}system\n{messages[0]['content']}{IM_END}\n"]
+    else:
+        parts = [f"{IM_START}system\n{DEFAULT_SYSTEM}{IM_END}\n"]
+    rest = messages[1:] if first_system else messages
+    parts += [f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in rest]
     return "".join(parts) + f"{IM_START}assistant\n"
 
 
@@ -314,7 +357,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _train_tokenizer(texts: list[str]) -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -324,14 +367,16 @@ def _train_tokenizer(texts: list[str]) -> Any:
         # Every byte must be encodable, or a grammar could demand a character with no token.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TOOL_TOKENS])
     return tok
 
 
 def _tokenizer_config(tok: Any) -> dict[str, Any]:
     added = {
         str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False,
-                                  "rstrip": False, "single_word": False, "special": True}
-        for t in SPECIAL_TOKENS
+                                  "rstrip": False, "single_word": False,
+                                  "special": t in SPECIAL_TOKENS}
+        for t in SPECIAL_TOKENS + TOOL_TOKENS
     }
     return {
         "add_bos_token": False, "add_prefix_space": False, "added_tokens_decoder": added,
@@ -359,14 +404,14 @@ def _length_bucketed_batches(examples: list[tuple[list[int], list[int]]], steps:
     return batches[:steps]
 
 
-def _train_model(model: Any, tok: Any, convs: list[tuple[list[dict[str, str]], str]],
+def _train_model(model: Any, tok: Any, convs: list[Conversation],
                  pad_id: int, eos_id: int) -> float:
     import torch
 
     examples = []
-    for messages, answer in convs:
-        prompt = tok.encode(render_prompt(messages)).ids
-        target = tok.encode(answer).ids + [eos_id]
+    for messages, tools, answer in convs:
+        prompt = tok.encode(render_prompt(messages, tools)).ids
+        target = [*tok.encode(answer).ids, eos_id]
         examples.append((prompt, target))
     steps, bs, warmup = TRAIN_PARAMS["steps"], TRAIN_PARAMS["batch_size"], TRAIN_PARAMS["warmup"]
     batches = _length_bucketed_batches(examples, steps, bs, random.Random(SEED + 1))
@@ -421,7 +466,7 @@ def build(out_dir: Path, *, trained: bool = True) -> Path:
     torch.set_num_threads(TRAIN_PARAMS["threads"])
 
     convs = conversations(TRAIN_PARAMS["conversations"])
-    tok = _train_tokenizer([render_prompt(m) + a + IM_END + "\n" for m, a in convs])
+    tok = _train_tokenizer([render_prompt(m, t) + a + IM_END + "\n" for m, t, a in convs])
     pad_id, eos_id = tok.token_to_id(ENDOFTEXT), tok.token_to_id(IM_END)
     _log(f"tokenizer: {tok.get_vocab_size()} tokens ({time.monotonic() - started:.1f}s)")
 
@@ -458,10 +503,15 @@ def build(out_dir: Path, *, trained: bool = True) -> Path:
         # The hand-written prompt renderer used for training must match the jinja template
         # that vLLM applies, or the model learns a prompt it never sees.
         hf_tok = AutoTokenizer.from_pretrained(str(tmp))
-        sample = convs[0][0]
-        rendered = hf_tok.apply_chat_template(sample, tokenize=False, add_generation_prompt=True)
-        if rendered != render_prompt(sample):
-            raise RuntimeError(f"chat template mismatch:\n{rendered!r}\n{render_prompt(sample)!r}")
+        samples = [next(c for c in convs if c[1] is None and c[0][0]["role"] == "system"),
+                   next(c for c in convs if c[1] is None and c[0][0]["role"] == "user"),
+                   next(c for c in convs if c[1] is not None)]
+        for messages, tools, _ in samples:
+            rendered = hf_tok.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                  add_generation_prompt=True)
+            if rendered != render_prompt(messages, tools):
+                raise RuntimeError(f"chat template mismatch:\n{rendered!r}\n"
+                                   f"{render_prompt(messages, tools)!r}")
 
         versions = {d: md.version(d) for d in ("torch", "transformers", "tokenizers",
                                                "safetensors")}
@@ -470,6 +520,11 @@ def build(out_dir: Path, *, trained: bool = True) -> Path:
             "final_loss": None if final_loss is None else round(final_loss, 4),
             "versions": versions, "model": MODEL_PARAMS, "train": TRAIN_PARAMS if trained else None,
         })
+        if _holds_build(out_dir, trained):
+            # A concurrent build (another test process) finished first; its files are
+            # identical and may already be in use by a running vLLM, so keep them.
+            _log(f"{out_dir} appeared meanwhile; keeping it")
+            return out_dir
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -479,17 +534,22 @@ def build(out_dir: Path, *, trained: bool = True) -> Path:
     return out_dir
 
 
+def _holds_build(path: Path, trained: bool) -> bool:
+    try:
+        info = json.loads((path / "build-info.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(info.get("key") == cache_key(trained=trained))
+
+
 def ensure(out_dir: Path | None = None, *, trained: bool = True, force: bool = False) -> Path:
     """Return a built model, reusing ``out_dir`` (default: the cache) when it holds this build."""
     out = Path(out_dir).expanduser().resolve() if out_dir else default_path(trained=trained)
-    info = out / "build-info.json"
-    if not force and info.is_file():
-        try:
-            if json.loads(info.read_text()).get("key") == cache_key(trained=trained):
-                _log(f"reusing {out}")
-                return out
-        except (OSError, ValueError):
-            pass
+    if not force and _holds_build(out, trained):
+        _log(f"reusing {out}")
+        return out
+    if force and out.exists():
+        shutil.rmtree(out)
     return build(out, trained=trained)
 
 
@@ -498,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="model directory (default: the cache path)")
     parser.add_argument("--untrained", action="store_true", help="random weights, no training")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    # Accepted for callers that spell it out; the path is always the last stdout line.
+    parser.add_argument("--print-path", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     path = ensure(args.out, trained=not args.untrained, force=args.force)
     print(path, flush=True)

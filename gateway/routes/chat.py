@@ -97,6 +97,9 @@ async def chat_completions(request: Request) -> Response:
         )
         tokens = completed.tokens
     except ClientDisconnectedError:
+        # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
+        # reservation charged rather than refund it.
+        tokens = reserved
         return Response(status_code=499)
     except GatewayError as error:
         tokens = getattr(error, "tokens", None)

@@ -96,9 +96,8 @@ async def completions(request: Request) -> Response:
     model = plan.body["model"]
     upstream_model = await services.default_model() if plan.model_alias else model
     body = _upstream_body(plan, await services.upstream.dialect(), upstream_model, max_tokens)
-    admission = await services.limiter.admit(
-        principal, estimate_prompt_tokens(plan.body) + (max_tokens or 0)
-    )
+    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
+    admission = await services.limiter.admit(principal, reserved)
     headers = {"x-request-id": rid, **admission.headers}
     if plan.schema is not None:
         headers["x-irgw-schema"] = plan.schema.ref
@@ -127,6 +126,7 @@ async def completions(request: Request) -> Response:
             choice["text"] = checked.text
             headers["x-irgw-output"] = checked.outcome.value
     except ClientDisconnectedError:
+        tokens = reserved  # the cancelled call's usage is unknown; the GPU did work
         return Response(status_code=499)
     except GatewayError as error:
         error.headers.update(headers)

@@ -73,6 +73,10 @@ class UpstreamClient:
             total=None, sock_connect=5.0, sock_read=settings.upstream_timeout_s
         )
         self._headers = {"content-type": "application/json"}
+        self._headers.update(
+            {name.lower(): value.get_secret_value()
+             for name, value in settings.upstream_headers.items()}
+        )
         if settings.upstream_api_key is not None:
             self._headers["authorization"] = (
                 f"Bearer {settings.upstream_api_key.get_secret_value()}"

@@ -16,6 +16,7 @@ Async for the same reason as test_openai_client: the gateway runs in the test's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from tests.integration.test_openai_client import (
     FunctionIR,
     Wire,
     assert_function_ir,
+    new_key,
     until_success,
 )
 
@@ -111,9 +113,9 @@ async def test_registered_schema_through_function_calling(live: Live) -> None:
 
     def check(result: Any) -> None:
         assert result["parsing_error"] is None
-        assert isinstance(result["parsed"], dict)
-        assert_function_ir(result["raw"].additional_kwargs["tool_calls"][0]["function"]
-                           ["arguments"])
+        [call] = result["raw"].tool_calls
+        assert call["name"] == "function_ir" and result["parsed"] == call["args"]
+        assert_function_ir(json.dumps(call["args"]))
 
     await run(lambda prompt: structured.ainvoke(messages(prompt)), check)
     assert wire.last.headers["x-irgw-schema"] == "function_ir@1"
@@ -144,7 +146,7 @@ async def test_gateway_errors_reach_langchain_typed(live: Live) -> None:
         await chat_model(live, wire, max_tokens=5).with_structured_output(
             FunctionIR, method="json_schema").ainvoke(messages(PROMPTS[0]))
     assert truncated.value.code == "output_truncated"
-    restricted = live.new_key(schemas=["module_ir"])
+    restricted = await new_key(live, schemas=["module_ir"])
     with pytest.raises(openai.PermissionDeniedError):
         await ChatOpenAI(base_url=live.url + "/v1", api_key=restricted,  # type: ignore[arg-type]
                          model="schema/function_ir", max_retries=0).ainvoke("hi")

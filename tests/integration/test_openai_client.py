@@ -14,6 +14,7 @@ repeats, give different answers).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -133,6 +134,19 @@ def client_for(live: Live, key: str, wire: Wire, max_retries: int = 0) -> AsyncO
                        http_client=wire.http_client())
 
 
+async def new_key(live: Live, **policy: Any) -> str:
+    """`live.new_key`, once the gateway accepts it: the gateway re-reads the keys file at
+    most every 0.25 s, so a key used at once would get a 401. `/v1/models` authenticates
+    without touching rate limits, so polling it spends nothing."""
+    key = live.new_key(**policy)
+    async with httpx2.AsyncClient(base_url=live.url, headers=live.headers(key)) as http:
+        deadline = time.monotonic() + 5
+        while (await http.get("/v1/models")).status_code == 401:
+            assert time.monotonic() < deadline, "the gateway never accepted the new key"
+            await asyncio.sleep(0.05)
+    return key
+
+
 def is_output_error(exc: BaseException) -> bool:
     """The gateway's typed answer to an output that failed its check (a 422, or in a stream
     an error event, which the SDK raises as a plain APIError)."""
@@ -163,6 +177,9 @@ async def until_success(call: Callable[[str], Awaitable[T]], check: Callable[[T]
             continue
         check(result)
         outcomes.append(result)
+        if len(outcomes) > 1:  # visible with -s: how often the typed-error path ran
+            print(f"\n  {len(outcomes) - 1} typed output error(s) before a success: "
+                  f"{[getattr(o, 'code', None) for o in outcomes[:-1]]}")
         return outcomes
     pytest.fail(f"no success in {tries} requests, only typed errors: "
                 f"{[getattr(o, 'code', o) for o in outcomes]}")
@@ -458,7 +475,7 @@ async def test_invalid_adhoc_schema_raises_bad_request(sdk: Sdk, live: Live) -> 
 
 async def test_schema_the_key_may_not_use_raises_permission_denied(live: Live) -> None:
     wire = Wire()
-    key = live.new_key(schemas=["module_ir"], allow_adhoc=False)
+    key = await new_key(live, schemas=["module_ir"], allow_adhoc=False)
     async with client_for(live, key, wire) as client:
         with pytest.raises(openai.PermissionDeniedError) as registered:
             await client.chat.completions.create(model="schema/function_ir",
@@ -474,7 +491,7 @@ async def test_schema_the_key_may_not_use_raises_permission_denied(live: Live) -
 
 async def test_rate_limit_raises_rate_limit_error(live: Live) -> None:
     wire = Wire()
-    key = live.new_key(rpm=1)
+    key = await new_key(live, rpm=1)
     async with client_for(live, key, wire, max_retries=0) as client:
         # Plain text, one token: the cheapest request that spends the key's one request.
         await client.chat.completions.create(model=live.model, messages=user("hi"), max_tokens=1)
@@ -494,7 +511,7 @@ async def test_sdk_retry_honours_retry_after(live: Live) -> None:
     backoff. rpm=30 refills one request every 2 s: drain the bucket, then one call."""
     rpm = 30
     drain_wire, wire = Wire(), Wire()
-    key = live.new_key(rpm=rpm)
+    key = await new_key(live, rpm=rpm)
     async with client_for(live, key, drain_wire, max_retries=0) as drain, \
             client_for(live, key, wire, max_retries=2) as patient:
         for _ in range(3):

@@ -1,0 +1,490 @@
+"""The deployment definitions: Modal app shape, and the vLLM command lines checked by vLLM itself.
+
+Nothing here contacts Modal or starts vLLM. The command lines the Modal app, the self-hosted
+script and the CPU stack would run are parsed by the real argument parser of the pinned vLLM
+release (from `.venv-vllm`, in one subprocess: importing vLLM takes a while), so a misspelt or
+removed flag fails here rather than in a GPU container.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from gateway import vllm_flags
+from gateway.keys import KeyStore
+from tests.fake_upstream import FakeUpstream, Reply
+from tests.gateway_server import running_gateway
+from tests.ir_samples import FUNCTION_IR, VALID
+
+REPO = Path(__file__).resolve().parent.parent
+MODAL_APP = REPO / "deploy" / "modal_app.py"
+SELFHOST = REPO / "deploy" / "selfhost.py"
+VLLM_PYTHON = Path(os.environ.get("IRGW_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+
+
+def _load(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def modal_app() -> ModuleType:
+    return _load(MODAL_APP, "ir_gateway_modal_app")
+
+
+@pytest.fixture(scope="module")
+def selfhost() -> ModuleType:
+    return _load(SELFHOST, "ir_gateway_selfhost")
+
+
+# --------------------------------------------------------------------------- 1. the Modal app
+
+# Runs in a fresh interpreter: every way to open a connection or resolve a name raises and is
+# recorded, then the module is imported and its Modal objects are described as JSON.
+_NO_NETWORK_IMPORT = r"""
+import importlib.util, json, socket, sys
+
+attempts = []
+
+def refuse(what):
+    def blocked(*args, **kwargs):
+        attempts.append(what)
+        raise OSError(f"network access during import: {what}")
+    return blocked
+
+socket.socket.connect = refuse("socket.connect")
+socket.socket.connect_ex = refuse("socket.connect_ex")
+socket.create_connection = refuse("socket.create_connection")
+socket.getaddrinfo = refuse("socket.getaddrinfo")
+socket.gethostbyname = refuse("socket.gethostbyname")
+
+spec = importlib.util.spec_from_file_location("modal_app", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+sys.modules["modal_app"] = module
+spec.loader.exec_module(module)
+
+import modal
+from modal._utils.async_utils import synchronizer
+
+functions = {}
+for name, value in vars(module).items():
+    if not isinstance(value, modal.Function):
+        continue
+    info = value.info()  # local for a function defined here: no hydration
+    webhook = synchronizer._translate_in(value)._webhook_config
+    functions[name] = {
+        "gpus": info.gpus,
+        "secrets": info.secrets,
+        "volumes": {path: mount.name for path, mount in info.volumes.items()},
+        "web": None if info.web_info is None else {
+            "unauthenticated": info.web_info.unauthenticated,
+            "type": type(webhook).DESCRIPTOR.fields_by_name["type"].enum_type
+                .values_by_number[webhook.type].name,
+            "port": webhook.web_server_port,
+            "startup_timeout": webhook.web_server_startup_timeout,
+            "requires_proxy_auth": webhook.requires_proxy_auth,
+        },
+        "timeout": info.timeout,
+        "max_inputs": info.concurrency_info.max_inputs if info.concurrency_info else None,
+    }
+entrypoints = sorted(n for n, v in vars(module).items()
+                     if type(v).__name__ == "LocalEntrypoint")
+print(json.dumps({"attempts": attempts, "functions": functions, "entrypoints": entrypoints,
+                  "app_name": module.app.name}))
+"""
+
+
+@pytest.fixture(scope="module")
+def modal_shape() -> dict[str, Any]:
+    # No Modal credentials or deploy-time knobs from the caller's shell.
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MODAL_", "IRGW_DEPLOY_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_NETWORK_IMPORT, str(MODAL_APP)],
+        capture_output=True, text=True, timeout=120, env=env, check=False, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    shape: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return shape
+
+
+def test_importing_the_modal_app_makes_no_network_call(modal_shape: dict[str, Any]) -> None:
+    assert modal_shape["attempts"] == []
+    assert modal_shape["app_name"] == "ir-gateway"
+    assert set(modal_shape["functions"]) == {"vllm_server", "gateway_api"}
+    assert modal_shape["entrypoints"] == ["smoke"]
+
+
+def test_vllm_function_is_an_a10g_web_server_behind_proxy_auth(
+        modal_shape: dict[str, Any], modal_app: ModuleType) -> None:
+    vllm = modal_shape["functions"]["vllm_server"]
+    assert modal_app.GPU == "A10G"
+    assert vllm["gpus"] == [["A10G", 1]]
+    assert vllm["secrets"] == ["modal.Secret.from_name('ir-gateway-vllm')"]
+    assert vllm["volumes"] == {"/root/.cache/huggingface": "ir-gateway-hf-cache",
+                               "/root/.cache/vllm": "ir-gateway-vllm-cache"}
+    assert vllm["web"] == {
+        "unauthenticated": False, "type": "WEBHOOK_TYPE_WEB_SERVER", "port": 8000,
+        "startup_timeout": modal_app.VLLM_STARTUP_TIMEOUT_S, "requires_proxy_auth": True,
+    }
+    # Long enough for a cold start that loads 15 GB of weights and compiles.
+    assert modal_app.VLLM_STARTUP_TIMEOUT_S >= 600
+    assert vllm["max_inputs"] == modal_app.VLLM_MAX_INPUTS
+    assert modal_app.VLLM_MAX_CONTAINERS == 1
+
+
+def test_gateway_function_is_a_public_asgi_app_with_its_secrets(
+        modal_shape: dict[str, Any], modal_app: ModuleType) -> None:
+    gateway = modal_shape["functions"]["gateway_api"]
+    assert gateway["gpus"] == []
+    assert gateway["secrets"][:3] == [
+        "modal.Secret.from_name('ir-gateway')",
+        "modal.Secret.from_name('ir-gateway-vllm')",
+        "modal.Secret.from_name('ir-gateway-proxy-auth')",
+    ]
+    assert gateway["web"]["type"] == "WEBHOOK_TYPE_ASGI_APP"
+    assert gateway["web"]["unauthenticated"] is True  # the gateway checks its own keys
+    # Default deploy: one container, in-process limits.
+    assert modal_app.GATEWAY_MAX_CONTAINERS == 1
+    assert modal_app.GATEWAY_CONNECT_DEADLINE_S >= 120
+
+
+def test_smoke_entrypoint_takes_cli_options(modal_app: ModuleType) -> None:
+    # What `modal run deploy/modal_app.py::smoke --url ... --wait-s ...` parses.
+    from modal.cli.run import _get_cli_runnable_signature, safe_get_type_hints
+
+    raw = modal_app.smoke.info.raw_f
+    signature = _get_cli_runnable_signature(inspect.signature(raw), safe_get_type_hints(raw))
+    assert set(signature.parameters) == {"url", "wait_s"}
+
+
+def test_modal_vllm_command_uses_the_shared_flag_definition(modal_app: ModuleType) -> None:
+    assert modal_app.VLLM_ARGS == vllm_flags.server_args(
+        model="Qwen/Qwen2.5-Coder-7B-Instruct", served_model_name="qwen2.5-coder-7b",
+        port=8000, host="0.0.0.0", target="a10g", revision=modal_app.MODEL_REVISION)
+    command = modal_app.vllm_command("/usr/bin/python3")
+    assert command[:3] == ["/usr/bin/python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert f"vllm=={vllm_flags.VLLM_VERSION}" in modal_app.VLLM_REQUIREMENTS
+    # The key goes through the environment, never argv.
+    assert not any("api-key" in arg or "API_KEY" in arg for arg in command)
+
+
+def test_gateway_image_installs_what_pyproject_declares(modal_app: ModuleType) -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert list(modal_app.GATEWAY_REQUIREMENTS) == project["dependencies"]
+
+
+def test_selfhost_pins_match_the_modal_app(modal_app: ModuleType, selfhost: ModuleType) -> None:
+    for name in ("MODEL", "MODEL_REVISION", "SERVED_MODEL_NAME", "FLASHINFER_VERSION"):
+        assert getattr(selfhost, name) == getattr(modal_app, name), name
+    assert selfhost.VLLM_GPU_REQUIREMENTS == modal_app.VLLM_REQUIREMENTS
+
+
+# --------------------------------------------------------------------------- 2./3. vLLM's parser
+
+_PARSE = r"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import vllm
+from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+from vllm.entrypoints.launchers.launcher import validate_api_server_args
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+def parse(args):
+    parser = make_arg_parser(FlexibleArgumentParser(description="vLLM OpenAI-Compatible server"))
+    # argparse accepts unambiguous prefixes: a truncated flag would pass parse_args unnoticed.
+    inexact = [a for a in args if a.startswith("--")
+               and a.split("=", 1)[0] not in parser._option_string_actions]
+    try:
+        ns = parser.parse_args(args)
+    except SystemExit as exit:
+        return {"exit_code": exit.code}
+    validate_parsed_serve_args(ns)
+    validate_api_server_args(ns)  # e.g. that the tool-call parser is registered
+    engine = AsyncEngineArgs.from_cli_args(ns)
+    so = engine.structured_outputs_config
+    return {
+        "exit_code": 0,
+        "inexact_flags": inexact,
+        "model": engine.model,
+        "revision": engine.revision,
+        "served_model_name": engine.served_model_name,
+        "dtype": engine.dtype,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "max_model_len": engine.max_model_len,
+        "enable_prefix_caching": engine.enable_prefix_caching,
+        "generation_config": engine.generation_config,
+        "structured_outputs": {"backend": so.backend,
+                               "disable_any_whitespace": so.disable_any_whitespace},
+        "host": ns.host,
+        "port": ns.port,
+        "api_key": ns.api_key,
+        "enable_auto_tool_choice": ns.enable_auto_tool_choice,
+        "tool_call_parser": ns.tool_call_parser,
+        "tool_strict_level": getattr(ns, "tool_strict_level", None),
+        "disable_fastapi_docs": ns.disable_fastapi_docs,
+    }
+
+cases = json.loads(sys.stdin.read())
+print("PARSED " + json.dumps({"vllm_version": vllm.__version__,
+                              "cases": {name: parse(args) for name, args in cases.items()}}))
+"""
+
+CPU_KW: dict[str, Any] = {"model": "/models/tiny", "served_model_name": "tiny", "port": 8123}
+
+
+def _parse_env() -> dict[str, str]:
+    # Not HF_HUB_OFFLINE: with it, EngineArgs resolves a hub id to a local snapshot and fails
+    # for a model this machine never downloaded. Parsing alone never contacts the Hub.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_LOGGING_LEVEL": "WARNING"})
+    return env
+
+
+@pytest.fixture(scope="module")
+def parsed(modal_app: ModuleType, selfhost: ModuleType) -> dict[str, Any]:
+    if not VLLM_PYTHON.exists():
+        pytest.skip(f"no vLLM environment at {VLLM_PYTHON} (make setup-vllm)")
+    dry = subprocess.run([sys.executable, str(SELFHOST), "--dry-run"], capture_output=True,
+                         text=True, check=True, cwd=REPO)
+    selfhost_vllm = json.loads(dry.stdout)["vllm"]
+    a10g = vllm_flags.server_args(target="a10g", **CPU_KW)
+    cases = {
+        "modal": modal_app.VLLM_ARGS,
+        "selfhost": selfhost_vllm[3:],  # after `python -m vllm.entrypoints.openai.api_server`
+        "a10g": a10g,
+        "cpu": vllm_flags.server_args(target="cpu", **CPU_KW),
+        "misspelt": [*a10g, "--enable-prefix-cacheing"],
+    }
+    result = subprocess.run(
+        [str(VLLM_PYTHON), "-c", _PARSE], input=json.dumps(cases), capture_output=True,
+        text=True, timeout=600, check=False, env=_parse_env(),
+    )
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PARSED ")]
+    assert result.returncode == 0 and lines, result.stderr[-4000:]
+    out: dict[str, Any] = json.loads(lines[-1].removeprefix("PARSED "))
+    out["cases"]["selfhost_argv"] = selfhost_vllm
+    return out
+
+
+def test_parser_is_the_pinned_vllm_release(parsed: dict[str, Any]) -> None:
+    assert parsed["vllm_version"] == vllm_flags.VLLM_VERSION
+
+
+def test_modal_command_line_gives_the_intended_engine(
+        parsed: dict[str, Any], modal_app: ModuleType) -> None:
+    engine = dict(parsed["cases"]["modal"])
+    # Whatever the shared definition asks for here, vLLM must have understood it.
+    assert engine.pop("tool_strict_level") == _flag_values(modal_app.VLLM_ARGS).get(
+        "--tool-strict-level")
+    assert engine == {
+        "exit_code": 0,
+        "inexact_flags": [],
+        "model": "Qwen/Qwen2.5-Coder-7B-Instruct",
+        "revision": modal_app.MODEL_REVISION,
+        "served_model_name": ["qwen2.5-coder-7b"],
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.9,
+        "max_model_len": vllm_flags.DEFAULT_MAX_MODEL_LEN,
+        "enable_prefix_caching": True,
+        "generation_config": "vllm",
+        "structured_outputs": {"backend": "xgrammar", "disable_any_whitespace": True},
+        "host": "0.0.0.0",
+        "port": 8000,
+        "api_key": None,  # from VLLM_API_KEY in the environment, not argv
+        "enable_auto_tool_choice": True,
+        "tool_call_parser": "hermes",
+        "disable_fastapi_docs": True,
+    }
+
+
+def test_selfhost_runs_the_same_engine_bound_to_loopback(parsed: dict[str, Any]) -> None:
+    cases = parsed["cases"]
+    selfhost = dict(cases["selfhost"])
+    modal = dict(cases["modal"])
+    # Loopback only: the gateway is the one network path to vLLM.
+    assert selfhost.pop("host") == "127.0.0.1"
+    modal.pop("host")
+    assert selfhost == modal
+    assert cases["selfhost_argv"][1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+
+
+def test_a_misspelt_flag_is_rejected_by_vllm(parsed: dict[str, Any]) -> None:
+    assert parsed["cases"]["a10g"]["exit_code"] == 0
+    assert parsed["cases"]["misspelt"]["exit_code"] == 2
+
+
+def _flag_values(args: list[str]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            values[arg] = nxt if nxt is not None and not nxt.startswith("--") else None
+    return values
+
+
+def test_cpu_flags_differ_from_a10g_only_in_cpu_adjustments(parsed: dict[str, Any]) -> None:
+    a10g = _flag_values(vllm_flags.server_args(target="a10g", **CPU_KW))
+    cpu = _flag_values(vllm_flags.server_args(target="cpu", **CPU_KW))
+    changed = {flag for flag in a10g.keys() | cpu.keys() if a10g.get(flag) != cpu.get(flag)}
+    assert changed == {"--dtype", "--gpu-memory-utilization", "--max-model-len"}
+    assert cpu["--dtype"] == "float32" and "--gpu-memory-utilization" not in cpu
+
+    a10g_engine, cpu_engine = parsed["cases"]["a10g"], parsed["cases"]["cpu"]
+    assert cpu_engine["exit_code"] == 0 and cpu_engine["inexact_flags"] == []
+    differing = {key for key in a10g_engine if a10g_engine[key] != cpu_engine[key]}
+    assert differing == {"dtype", "gpu_memory_utilization", "max_model_len"}
+    assert cpu_engine["max_model_len"] == vllm_flags.CPU_DEFAULT_MAX_MODEL_LEN
+    # What matters for structured output is identical on both.
+    for key in ("structured_outputs", "enable_prefix_caching", "generation_config",
+                "tool_call_parser", "enable_auto_tool_choice", "tool_strict_level"):
+        assert cpu_engine[key] == a10g_engine[key], key
+
+
+# --------------------------------------------------------------------------- gateway container
+
+
+@pytest.fixture
+def modal_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, str]]:
+    for name in list(os.environ):
+        if name.startswith("IRGW_") or name in ("VLLM_API_KEY", "PROXY_AUTH_TOKEN_ID",
+                                                "PROXY_AUTH_TOKEN_SECRET"):
+            monkeypatch.delenv(name)
+    store = KeyStore(tmp_path / "made-by-cli.json", create=True)
+    _, key = store.create("smoke")
+    values = {
+        "IRGW_KEYS_JSON": (tmp_path / "made-by-cli.json").read_text(),
+        "VLLM_API_KEY": "vllm-secret-key",
+        "PROXY_AUTH_TOKEN_ID": "wk-test",
+        "PROXY_AUTH_TOKEN_SECRET": "ws-test",
+        "IRGW_SCHEMAS_DIR": str(REPO / "schemas"),
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    yield {**values, "key": key}
+
+
+def test_gateway_settings_from_the_secrets(modal_app: ModuleType, modal_env: dict[str, str],
+                                           tmp_path: Path) -> None:
+    settings = modal_app.gateway_settings(os.environ, upstream_url=lambda: "https://vllm.example",
+                                          keys_dir=tmp_path / "keys")
+    assert settings.keys_file == tmp_path / "keys" / "keys.json"
+    assert settings.keys_file.read_text() == modal_env["IRGW_KEYS_JSON"]
+    assert settings.keys_file.stat().st_mode & 0o777 == 0o600
+    assert settings.upstream_api_key.get_secret_value() == "vllm-secret-key"
+    assert settings.upstream_url == "https://vllm.example"
+    assert settings.upstream_model == "qwen2.5-coder-7b"
+    assert settings.connect_deadline_s == modal_app.GATEWAY_CONNECT_DEADLINE_S
+    assert settings.ratelimit_backend == "memory"
+    assert {k: v.get_secret_value() for k, v in settings.upstream_headers.items()} == {
+        "Modal-Key": "wk-test", "Modal-Secret": "ws-test"}
+
+
+def test_gateway_settings_honour_operator_overrides(
+        modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRGW_UPSTREAM_URL", "https://elsewhere.example")
+    monkeypatch.setenv("IRGW_CONNECT_DEADLINE_S", "30")
+    monkeypatch.setenv("IRGW_REDIS_URL", "redis://redis.example:6379/0")
+    monkeypatch.setenv(modal_app.MAX_CONTAINERS_ENV, "4")
+
+    def never() -> str:
+        raise AssertionError("the function's URL must not be looked up when one is set")
+
+    settings = modal_app.gateway_settings(os.environ, upstream_url=never, keys_dir=tmp_path)
+    assert settings.upstream_url == "https://elsewhere.example"
+    assert settings.connect_deadline_s == 30
+    assert settings.ratelimit_backend == "redis"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"IRGW_KEYS_JSON": None}, "IRGW_KEYS_JSON"),
+    ({"IRGW_KEYS_JSON": "{not json"}, "not JSON"),
+    ({"VLLM_API_KEY": None}, "VLLM_API_KEY"),
+    ({"IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS": "3"}, "IRGW_REDIS_URL"),
+])
+def test_gateway_refuses_to_start_misconfigured(
+        modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, change: dict[str, str | None], message: str) -> None:
+    for name, value in change.items():
+        if value is None:
+            monkeypatch.delenv(name)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(modal_app.DeploymentConfigError, match=message) as caught:
+        modal_app.gateway_settings(os.environ, upstream_url=lambda: "https://v.example",
+                                   keys_dir=tmp_path)
+    assert "{not json" not in str(caught.value)
+
+
+def test_proxy_auth_headers_must_be_a_proxy_token(
+        modal_app: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROXY_AUTH_TOKEN_ID", "ak-an-api-token")
+    monkeypatch.setenv("PROXY_AUTH_TOKEN_SECRET", "as-an-api-secret")
+    with pytest.raises(modal_app.DeploymentConfigError, match="proxy-tokens"):
+        modal_app.upstream_proxy_headers(os.environ)
+
+
+async def test_smoke_through_the_modal_gateway_wiring(
+        modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path) -> None:
+    """`gateway_api`'s wiring against a fake vLLM: keys from the Secret, vLLM's bearer key and
+    the proxy-auth headers on every upstream call, and `run_smoke` end to end."""
+    async with FakeUpstream(api_key="vllm-secret-key", model="qwen2.5-coder-7b") as fake:
+        fake.script(Reply(VALID))
+        settings = modal_app.gateway_settings(os.environ, upstream_url=lambda: fake.url,
+                                              keys_dir=tmp_path / "keys")
+        async with running_gateway(settings) as gateway:
+            lines: list[str] = []
+            ir = await asyncio.to_thread(modal_app.run_smoke, gateway.url, modal_env["key"],
+                                         wait_s=30, say=lines.append)
+            with pytest.raises(modal_app.SmokeError, match="HTTP 401"):
+                await asyncio.to_thread(modal_app.run_smoke, gateway.url, "irgw-not-a-key",
+                                        wait_s=30, say=lines.append)
+    assert ir == FUNCTION_IR
+    assert any("tok/s" in line or "latency" in line for line in lines)
+    request = fake.requests[0]
+    assert request.json["model"] == "qwen2.5-coder-7b"
+    assert request.headers["authorization"] == "Bearer vllm-secret-key"
+    assert request.headers["modal-key"] == "wk-test"
+    assert request.headers["modal-secret"] == "ws-test"
+
+
+# --------------------------------------------------------------------------- self-hosted
+
+
+def test_selfhost_refuses_a_missing_or_cpu_vllm(selfhost: ModuleType, tmp_path: Path) -> None:
+    assert "no vLLM environment" in selfhost.check_vllm_environment(tmp_path / "python")
+    if VLLM_PYTHON.exists():  # the CPU build the tests use: not what a GPU box should run
+        assert "CPU build" in selfhost.check_vllm_environment(VLLM_PYTHON)
+
+
+def test_selfhost_passes_the_key_by_environment_only(selfhost: ModuleType) -> None:
+    args = selfhost.parse_args(["--keys-file", "/etc/irgw/keys.json", "--host", "127.0.0.1",
+                                "--port", "8080"])
+    vllm_env, gateway_env = selfhost.environments(args, {"PATH": "/usr/bin"}, "k" * 64)
+    assert vllm_env["VLLM_API_KEY"] == "k" * 64
+    assert gateway_env["IRGW_UPSTREAM_API_KEY"] == "k" * 64
+    assert gateway_env["IRGW_KEYS_FILE"] == "/etc/irgw/keys.json"
+    assert gateway_env["IRGW_UPSTREAM_MODEL"] == selfhost.SERVED_MODEL_NAME
+    assert "k" * 64 not in " ".join(selfhost.vllm_command(args) + selfhost.gateway_command(args))
+    assert selfhost.gateway_command(args)[-6:] == [
+        "--upstream", "http://127.0.0.1:8000", "--host", "127.0.0.1", "--port", "8080"]
