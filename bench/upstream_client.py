@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import datetime as dt
 import gc
 import importlib.metadata
@@ -50,6 +51,7 @@ import orjson
 HOST = "127.0.0.1"
 PATH = "/v1/chat/completions"
 CONCURRENCY = 32
+PROFILED_REQUESTS = 200  # sequential requests run under cProfile to count Python calls
 STREAM_CHUNKS = 30
 REQUEST_TIMEOUT_S = 30.0
 PHASE_TIMEOUT_S = 60.0  # hard cap per measured phase
@@ -468,6 +470,7 @@ class Result:
     conc_server_cpu_pct: list[float] = field(default_factory=list)
     stream_lat_us: list[float] = field(default_factory=list)
     stream_cpu_us: list[float] = field(default_factory=list)
+    py_calls_per_req: float = float("nan")
     errors: int = 0
 
 
@@ -533,6 +536,19 @@ async def run_concurrent(
     return wall, lat, cpu, errors
 
 
+async def count_python_calls(adapter: Adapter, body: bytes, n: int) -> float:
+    """Python-level function calls per sequential request (cProfile; load-independent)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        async with asyncio.timeout(PHASE_TIMEOUT_S):
+            for _ in range(n):
+                await adapter.post(body)
+    finally:
+        profiler.disable()
+    return sum(entry.callcount for entry in profiler.getstats()) / n
+
+
 async def measure_round(
     name: str,
     factory: Callable[[], Adapter],
@@ -572,6 +588,9 @@ async def measure_round(
         result.stream_lat_us += st_lat
         result.stream_cpu_us.append(cpu / max(1, len(st_lat)) * 1e6)
         result.errors += err
+
+        if result.py_calls_per_req != result.py_calls_per_req:  # NaN: first round only
+            result.py_calls_per_req = await count_python_calls(adapter, req, PROFILED_REQUESTS)
     finally:
         await adapter.aclose()
     print(
@@ -634,9 +653,9 @@ def table(results: list[Result]) -> str:
         "| client | seq p50 µs | seq p99 µs | seq CPU µs/req "
         "| c32 req/s (spread) | c32 req/s per client core | c32 p50 / p99 µs | c32 CPU µs/req "
         "| c32 CPU client / server "
-        "| stream p50 µs | stream p99 µs | stream CPU µs/req | errors |"
+        "| stream p50 µs | stream p99 µs | stream CPU µs/req | Python calls/req | errors |"
     )
-    sep = "|" + "---|" * 13
+    sep = "|" + "---|" * 14
     rows = [head, sep]
     for r in results:
         spread = f"(±{spread_pct(r.conc_rps) / 2:.0f}%)" if len(r.conc_rps) > 1 else "(1 round)"
@@ -650,12 +669,12 @@ def table(results: list[Result]) -> str:
             f"| {med(r.conc_cpu_us):.0f} "
             f"| {med(r.conc_client_cpu_pct):.0f}% / {med(r.conc_server_cpu_pct):.0f}% "
             f"| {pct(r.stream_lat_us, 50):.0f} | {pct(r.stream_lat_us, 99):.0f} "
-            f"| {med(r.stream_cpu_us):.0f} | {r.errors} |"
+            f"| {med(r.stream_cpu_us):.0f} | {r.py_calls_per_req:,.0f} | {r.errors} |"
         )
     return "\n".join(rows)
 
 
-def conclusion(results: list[Result]) -> str:
+def conclusion(results: list[Result], background_pct: float) -> str:
     """Winner = lowest client CPU per request at c32 (robust to other load on the box)."""
     by_name = {r.name: r for r in results}
     hx = by_name["httpx.AsyncClient"]
@@ -678,7 +697,10 @@ def conclusion(results: list[Result]) -> str:
         f"({med(win.conc_rps):,.0f} vs {med(hx.conc_rps):,.0f} req/s), sequential p50 latency "
         f"{pct(win.seq_lat_us, 50):.0f} vs {pct(hx.seq_lat_us, 50):.0f} µs and p50 time to "
         f"read a 30-chunk SSE stream {pct(win.stream_lat_us, 50):.0f} vs "
-        f"{pct(hx.stream_lat_us, 50):.0f} µs."
+        f"{pct(hx.stream_lat_us, 50):.0f} µs. It executes "
+        f"{x(hx.py_calls_per_req, win.py_calls_per_req)} fewer Python function calls per "
+        f"request ({win.py_calls_per_req:,.0f} vs {hx.py_calls_per_req:,.0f}, with a warm "
+        f"{CONCURRENCY}-connection pool), a load-independent count that explains the gap."
     )
     if fastest is not win:
         text += f" (Highest raw c32 req/s: {fastest.name}.)"
@@ -692,6 +714,8 @@ def conclusion(results: list[Result]) -> str:
         else:
             noise_text, threshold = f"round-to-round noise ±{noise:.0f}%", max(noise, 5.0)
         verdict = "a real difference" if abs(diff) > threshold else "not significant"
+        if background_pct > 15:
+            verdict = "unconfirmed, since other load was high; rerun on an idle machine"
         text += (
             f" The two aiohttp configurations differ by {abs(diff):.0f}% in c32 CPU/request "
             f"({other.name} {'higher' if diff > 0 else 'lower'}; {noise_text}): {verdict}."
@@ -785,6 +809,9 @@ def write_report(results: list[Result], sizes: Sizes, info: RunInfo, out: Path) 
         "'c32 CPU client / server' = CPU utilisation of each process during the c32 phase "
         "(100% = one full core); 'req/s per client core' = 1e6 / (c32 CPU µs/req), the "
         "throughput one fully used core would give, which is robust to other load. "
+        "'Python calls/req' = function calls recorded by cProfile per sequential request "
+        f"({PROFILED_REQUESTS} requests, first round, pool already holding {CONCURRENCY} "
+        "connections); a count, so unaffected by other load. "
         "Bodies are read fully, not JSON-decoded. Streaming reads line by line with each "
         "library's line iterator (`aiter_lines()` / "
         "`async for line in resp.content`). aiohttp (tuned) = `auto_decompress=False`, "
@@ -794,7 +821,7 @@ def write_report(results: list[Result], sizes: Sizes, info: RunInfo, out: Path) 
         "# Upstream HTTP client benchmark (gateway -> vLLM hop)\n\n"
         "Generated by `python bench/upstream_client.py`.\n\n"
         f"{machine}\n## Results\n\n{table(results)}\n\n## Method\n\n{method}\n\n"
-        f"## Conclusion\n\n{conclusion(results)}\n"
+        f"## Conclusion\n\n{conclusion(results, info.background_pct)}\n"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)

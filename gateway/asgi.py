@@ -7,7 +7,6 @@ cancel the upstream call, streamed or not.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -30,20 +29,28 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`; if the client disconnects first, cancel it and raise ClientDisconnectedError."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(request.receive))
+    """Await `work`; if the client disconnects first, cancel it and raise
+    ClientDisconnectedError. One watcher task per request: `work` runs in the caller's."""
+    current = asyncio.current_task()
+    assert current is not None
+    disconnected = False
+
+    async def watch() -> None:
+        nonlocal disconnected
+        await _wait_for_disconnect(request.receive)
+        disconnected = True
+        current.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if disconnected:
+            current.uncancel()
+            raise ClientDisconnectedError from None
+        raise
     finally:
         watcher.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task.cancelled():
-        raise ClientDisconnectedError
-    return task.result()
 
 
 class SSEResponse(Response):

@@ -810,6 +810,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.path.write_text(render(build_document()), encoding="utf-8")
         print(f"wrote {args.path}")
         return 0
+    if not args.path.is_file():
+        print(f"{args.path} does not exist; run `python -m gateway.openapi_doc --write` "
+              "(or `make openapi`)", file=sys.stderr)
+        return 1
     diff = check(args.path)
     if not diff:
         print(f"{args.path} is up to date")

@@ -261,3 +261,14 @@ async def test_vllm_extras_are_dropped_from_the_response(client: httpx.AsyncClie
     message = body["choices"][0]["message"]
     assert message["refusal"] is None and body["choices"][0]["logprobs"] is None
     assert json.loads(message["content"]) == FUNCTION_IR
+
+
+async def test_adhoc_schema_with_a_remote_ref_is_refused_without_fetching(
+    client: httpx.AsyncClient, fake: FakeUpstream,
+) -> None:
+    response = await chat(client, response_format={"type": "json_schema", "json_schema": {
+        "name": "Remote", "schema": {"$ref": "https://example.invalid/schema.json"}}})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_schema"
+    assert "Retrieval is disabled" in response.json()["error"]["message"]
+    assert not fake.requests

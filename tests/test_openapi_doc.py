@@ -173,6 +173,7 @@ def test_cli_check_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert "is stale" in err and "0.0.0-stale" in err
     assert main(["--check", "--path", str(tmp_path / "missing.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ structure

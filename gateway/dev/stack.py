@@ -46,8 +46,9 @@ DEV_API_KEY = "dev-not-checked"
 # The example prompt. A 135M model needs the task spelled out to fill the IR usefully;
 # temperature 0 keeps the first impression reproducible.
 EXAMPLE_SYSTEM = (
-    "You design Python functions. Answer with the function's intent (a one-sentence summary "
-    "and why it is needed) and its signature (snake_case name, typed parameters, return type)."
+    "You design Python functions. Describe the requested function as JSON: its intent (a "
+    "one-sentence summary and why it is needed) and its signature (a snake_case name, typed "
+    "parameters, the return type)."
 )
 EXAMPLE_USER = "A function that parses an ISO 8601 date string and returns a datetime."
 
@@ -392,6 +393,7 @@ class DevStack:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", choice.served_name)
         log_path = cache_root() / "logs" / f"vllm-{safe}-{stamp}.log"
+        _prune_logs(log_path.parent)
         # A random upstream key, as in the deployment: only the gateway can talk to vLLM
         # (its port is on 127.0.0.1, but other local users and browsers exist).
         upstream_key = secrets.token_urlsafe(24)
@@ -455,6 +457,23 @@ class DevStack:
                 self.vllm_died = True
                 server.should_exit = True
                 return
+
+
+KEEP_LOGS = 20
+
+
+def _prune_logs(log_dir: Path, keep: int = KEEP_LOGS) -> None:
+    """Every start writes a new log (so a crash's log survives the next start); keep only the
+    newest few, or the cache grows by one file per `make dev` forever."""
+    try:
+        logs = sorted(log_dir.glob("vllm-*.log"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return
+    for old in logs[:-keep] if keep > 0 else logs:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def _url_host(host: str) -> str:

@@ -40,10 +40,11 @@ from tests.integration.test_openai_client import (
 SYSTEM = "Answer with the function's IR as JSON."
 
 
-def chat_model(live: Live, wire: Wire, model: str | None = None, **kwargs: Any) -> ChatOpenAI:
+def chat_model(live: Live, wire: Wire, model: str | None = None,
+               max_tokens: int = MAX_TOKENS) -> ChatOpenAI:
     return ChatOpenAI(base_url=live.url + "/v1", api_key=live.api_key,  # type: ignore[arg-type]
-                      model=model or live.model, temperature=0, max_tokens=MAX_TOKENS,
-                      max_retries=0, http_async_client=wire.http_client(), **kwargs)
+                      model=model or live.model, temperature=0, max_tokens=max_tokens,
+                      max_retries=0, http_async_client=wire.http_client())
 
 
 def messages(prompt: str) -> list[tuple[str, str]]:
@@ -101,6 +102,21 @@ async def test_with_structured_output_include_raw(live: Live, method: str) -> No
             assert FunctionIR.model_validate(call["args"]) == result["parsed"]
 
     await run(lambda prompt: structured.ainvoke(messages(prompt)), check)
+
+
+async def test_with_structured_output_streams(live: Live) -> None:
+    # astream with a response_format goes through the SDK's chat.completions.stream helper.
+    wire = Wire()
+    structured = chat_model(live, wire).with_structured_output(FunctionIR, method="json_schema")
+
+    async def call(prompt: str) -> list[Any]:
+        return [chunk async for chunk in structured.astream(messages(prompt))]
+
+    def check(chunks: list[Any]) -> None:
+        assert chunks and isinstance(chunks[-1], FunctionIR)
+
+    await run(call, check)
+    assert wire.last.body["stream"] is True
 
 
 async def test_registered_schema_through_function_calling(live: Live) -> None:

@@ -367,6 +367,22 @@ async def test_stream_with_a_pydantic_model(sdk: Sdk, live: Live) -> None:
         "FunctionIR")
 
 
+async def test_stream_of_a_truncated_answer_raises_the_typed_error(sdk: Sdk, live: Live) -> None:
+    # In a stream the verdict cannot be a status code: the gateway ends the stream with
+    # `data: {"error": ...}`, which the SDK raises as APIError with the gateway's code.
+    events: list[str] = []
+    with pytest.raises(openai.APIError) as raised:
+        async with sdk.client.chat.completions.stream(
+            model=live.model, messages=user(PROMPTS[0]), max_tokens=5, response_format=FunctionIR,
+        ) as stream:
+            async for event in stream:
+                events.append(event.type)
+    assert raised.value.code == "output_truncated"
+    assert_output_error(raised.value)
+    assert "content.delta" in events and "content.done" not in events
+    assert sdk.wire.last.status == 200  # the error came inside the 200 stream
+
+
 # ------------------------------------------------------------------------------ tools
 
 
@@ -414,6 +430,38 @@ async def test_parse_with_a_pydantic_tool(sdk: Sdk, live: Live) -> None:
     assert sent["tools"][0]["function"]["strict"] is True
 
 
+async def test_stream_a_forced_pydantic_tool(sdk: Sdk, live: Live) -> None:
+    # The gateway turns content deltas into tool-call argument deltas; the SDK's stream
+    # helper must assemble them into one parsed tool call.
+    tool = openai.pydantic_function_tool(FunctionIR, name="record_function")
+
+    async def call(prompt: str) -> Any:
+        kinds: list[str] = []
+        async with sdk.client.chat.completions.stream(
+            model=live.model, messages=user(prompt), temperature=0, max_tokens=MAX_TOKENS,
+            tools=[tool], tool_choice={"type": "function", "function": {"name": "record_function"}},
+        ) as stream:
+            done: Any = None
+            async for event in stream:
+                kinds.append(event.type)
+                if event.type == "tool_calls.function.arguments.done":
+                    done = event.parsed_arguments
+            return await stream.get_final_completion(), done, kinds
+
+    def check(result: Any) -> None:
+        final, done, kinds = result
+        choice = final.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        [tool_call] = choice.message.tool_calls
+        assert tool_call.function.name == "record_function"
+        assert isinstance(tool_call.function.parsed_arguments, FunctionIR)
+        assert done == tool_call.function.parsed_arguments
+        assert "tool_calls.function.arguments.delta" in kinds
+        assert_function_ir(tool_call.function.arguments)
+
+    await until_success(call, check)
+
+
 # ------------------------------------------------------------------------------ completions
 
 
@@ -433,6 +481,23 @@ async def test_completions_with_a_schema_alias(sdk: Sdk) -> None:
 
     await until_success(call, check)
     assert sdk.wire.last.path == "/v1/completions"
+
+
+async def test_completions_stream_with_a_schema_alias(sdk: Sdk) -> None:
+    # A structured completions stream is answered after the check, as one chunk.
+    async def call(prompt: str) -> Any:
+        chunks = [chunk async for chunk in await sdk.client.completions.create(
+            model="schema/function_ir", prompt=prompt + "\nJSON:", temperature=0,
+            max_tokens=MAX_TOKENS, stream=True, stream_options={"include_usage": True},
+        )]
+        return chunks
+
+    def check(chunks: Any) -> None:
+        text = "".join(c.choices[0].text for c in chunks if c.choices)
+        assert chunks[-1].usage is not None and not chunks[-1].choices
+        assert_function_ir(text)
+
+    await until_success(call, check)
 
 
 # ------------------------------------------------------------------------------ errors
