@@ -16,6 +16,10 @@ phase() {
 phase "setup: gateway venv" scripts/setup-venv.sh
 phase "setup: redis-server" scripts/setup-redis.sh
 phase "setup: vLLM (CPU) venv" scripts/setup-vllm-env.sh
+phase "setup: LlamaIndex venv (openai<3)" scripts/setup-llamaindex-env.sh
+phase "build: tiny test models" .venv/bin/python -c "
+from gateway.dev.vllm_process import build_dev_model
+print(build_dev_model(trained=True)); print(build_dev_model(trained=False))"
 phase "lint: ruff" .venv/bin/ruff check gateway tests bench deploy
 phase "tests" .venv/bin/python -m pytest -q -rs --durations=15 "$@"
 echo "=== all phases: $(( $(date +%s) - total_started ))s"

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -41,17 +46,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
         await asyncio.wait_for(task, timeout=10)
 
 
-@asynccontextmanager
-async def gateway_process(settings: Settings) -> AsyncIterator[str]:
-    """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
-    several instances share must then really cross process boundaries."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
-
+def _spawn_gateway(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -67,7 +62,14 @@ async def gateway_process(settings: Settings) -> AsyncIterator[str]:
         [sys.executable, "-m", "gateway", "serve", "--port", str(port)], env=env,
         stdin=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def gateway_process(settings: Settings) -> AsyncIterator[str]:
+    """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
+    several instances share must then really cross process boundaries."""
+    process, url = _spawn_gateway(settings)
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(300):

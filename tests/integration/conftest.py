@@ -7,6 +7,7 @@ or make their own with `live.new_key(...)`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.dev.vllm_process import VllmServer, build_dev_model
+from gateway.errors import AuthenticationError
 from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 from tests.conftest import REPO
@@ -45,8 +47,19 @@ class Live:
         return SERVED_MODEL
 
     def new_key(self, **policy: Any) -> str:
+        """A new key, returned once the running gateway accepts it (it re-reads the key
+        file at most every 250 ms)."""
         _, plaintext = self.keys.create(f"test-{len(self.keys.list())}", KeyPolicy(**policy))
-        return plaintext
+        authenticator = self.gateway.app.state.services.authenticator
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                authenticator.authenticate(f"Bearer {plaintext}")
+                return plaintext
+            except AuthenticationError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def headers(self, key: str | None = None) -> dict[str, str]:
         return {"authorization": f"Bearer {key or self.api_key}"}
