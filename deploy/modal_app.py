@@ -83,6 +83,7 @@ GATEWAY_REQUIREMENTS = (
     "pydantic-settings>=2.3,<3",
     "aiohttp>=3.10,<4",
     "jsonschema>=4.23,<5",
+    "jsonschema-rs>=0.29",
     "orjson>=3.10",
     "redis>=5.0",
     "prometheus-client>=0.20",

@@ -43,14 +43,24 @@ TINY_SERVED_NAME = "tiny-qwen2"
 SMOLLM_SERVED_NAME = "smollm2-135m-instruct"
 # Auth is off, so the gateway never looks at it; clients (the openai SDK) still insist on one.
 DEV_API_KEY = "dev-not-checked"
-# The example prompt. A 135M model needs the task spelled out to fill the IR usefully;
-# temperature 0 keeps the first impression reproducible.
-EXAMPLE_SYSTEM = (
-    "You design Python functions. Describe the requested function as JSON: its intent (a "
-    "one-sentence summary and why it is needed) and its signature (a snake_case name, typed "
-    "parameters, the return type)."
-)
+# The example request. A 135M model needs one worked example to fill the IR usefully: tried on
+# SmolLM2-135M-Instruct, a bare request (or an instruction-only system prompt) loops on repeated
+# parameters until max_tokens, while one example turn gives short, sensible IR. Temperature 0
+# keeps the first impression reproducible.
+EXAMPLE_SHOT_USER = "A function that turns a blog title into a URL slug."
+EXAMPLE_SHOT_ANSWER = json.dumps({
+    "intent": {"summary": "Turn a title into a URL slug.",
+               "rationale": "Blog URLs need lowercase ASCII words joined by hyphens."},
+    "signature": {"name": "slugify", "parameters": [{"name": "title", "type_hint": "str"}],
+                  "returns": "str"},
+}, separators=(",", ":"))
 EXAMPLE_USER = "A function that parses an ISO 8601 date string and returns a datetime."
+EXAMPLE_MESSAGES: list[dict[str, str]] = [
+    {"role": "system", "content": "You describe Python functions as JSON."},
+    {"role": "user", "content": EXAMPLE_SHOT_USER},
+    {"role": "assistant", "content": EXAMPLE_SHOT_ANSWER},
+    {"role": "user", "content": EXAMPLE_USER},
+]
 
 
 class DevStackError(RuntimeError):
@@ -255,21 +265,13 @@ def _terminal_width() -> int:
 # --------------------------------------------------------------------------- banner
 
 
-def example_request(served_name: str) -> dict[str, object]:
-    del served_name  # the named-schema alias picks the served model; kept for symmetry
-    return {
-        "model": "schema/function_ir",
-        "temperature": 0,
-        "messages": [
-            {"role": "system", "content": EXAMPLE_SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-        ],
-    }
+def example_request() -> dict[str, object]:
+    return {"model": "schema/function_ir", "temperature": 0, "messages": EXAMPLE_MESSAGES}
 
 
-def curl_command(base_url: str, served_name: str) -> str:
+def curl_command(base_url: str) -> str:
     """One line, so it pastes into any shell and a test can `shlex.split` it."""
-    body = json.dumps(example_request(served_name), separators=(",", ":"))
+    body = json.dumps(example_request(), separators=(",", ":"))
     return " ".join([
         "curl", "-sS", shlex.quote(f"{base_url}/chat/completions"),
         "-H", shlex.quote("Content-Type: application/json"),
@@ -279,6 +281,8 @@ def curl_command(base_url: str, served_name: str) -> str:
 
 
 def openai_snippet(base_url: str) -> str:
+    # json.dumps of str-only dicts is also a valid Python literal.
+    messages = [f"        {json.dumps(m)}," for m in EXAMPLE_MESSAGES]
     return "\n".join([
         "from openai import OpenAI",
         "",
@@ -287,8 +291,7 @@ def openai_snippet(base_url: str) -> str:
         '    model="schema/function_ir",',
         "    temperature=0,",
         "    messages=[",
-        f'        {{"role": "system", "content": "{EXAMPLE_SYSTEM}"}},',
-        f'        {{"role": "user", "content": "{EXAMPLE_USER}"}},',
+        *messages,
         "    ],",
         ")",
         "print(completion.choices[0].message.content)  # JSON valid for function_ir",
@@ -314,7 +317,7 @@ def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Pa
         "",
         "  Try it (curl):",
         "",
-        curl_command(base_url, choice.served_name),
+        curl_command(base_url),
         "",
         "  Try it (Python, `pip install openai`):",
         "",
