@@ -345,8 +345,10 @@ def _flag_values(args: list[str]) -> dict[str, str | None]:
 def test_cpu_flags_differ_from_a10g_only_in_cpu_adjustments(parsed: dict[str, Any]) -> None:
     a10g = _flag_values(vllm_flags.server_args(target="a10g", **CPU_KW))
     cpu = _flag_values(vllm_flags.server_args(target="cpu", **CPU_KW))
-    changed = {flag for flag in a10g.keys() | cpu.keys() if a10g.get(flag) != cpu.get(flag)}
-    assert changed == {"--dtype", "--gpu-memory-utilization", "--max-model-len"}
+    changed = (a10g.keys() ^ cpu.keys()) | {
+        flag for flag in a10g.keys() & cpu.keys() if a10g[flag] != cpu[flag]}
+    assert changed == {"--dtype", "--gpu-memory-utilization", "--max-model-len",
+                       "--enforce-eager"}
     assert cpu["--dtype"] == "float32" and "--gpu-memory-utilization" not in cpu
 
     a10g_engine, cpu_engine = parsed["cases"]["a10g"], parsed["cases"]["cpu"]

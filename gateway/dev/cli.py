@@ -49,6 +49,9 @@ def add_dev_command(commands: Any) -> None:
                      help=f"give up if vLLM is not ready by then (default "
                           f"{DEFAULT_VLLM_TIMEOUT_S:.0f}; a first SmolLM2 boot compiles for "
                           "minutes)")
+    dev.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
+                     help="extra vLLM server argument, repeatable; after the shared flags "
+                          "(e.g. --vllm-arg=--enforce-eager)")
     dev.set_defaults(run=_run)
 
 
@@ -59,4 +62,5 @@ def _run(args: argparse.Namespace) -> int:
         model=args.model, tiny=args.tiny, host=args.host, port=args.port,
         vllm_port=args.vllm_port, served_model_name=args.served_model_name,
         vllm_timeout_s=args.vllm_timeout, max_model_len=args.max_model_len,
+        vllm_args=tuple(args.vllm_arg),
     ))

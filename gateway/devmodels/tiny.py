@@ -35,6 +35,8 @@ from typing import Any
 
 NAME = "tiny-qwen2"
 SEED = 1234
+# An upper bound: the generated corpus saturates at ~1.3k merges, which keeps the embedding
+# (most of the parameters) small.
 VOCAB_SIZE = 2048
 MAX_TRAIN_TOKENS = 512
 # head_dim = hidden / heads = 64: vLLM's CPU attention only has kernels for 32/64/80/96/...;
@@ -450,7 +452,10 @@ def _train_model(model: Any, tok: Any, convs: list[Conversation],
 
 
 def build(out_dir: Path, *, trained: bool = True) -> Path:
-    """Build the model into ``out_dir`` (replaced if it holds an earlier build) and return it."""
+    """Build the model into ``out_dir`` (replaced if it holds an earlier build) and return it.
+
+    Sets torch's global seed, thread count and deterministic mode: meant for its own process.
+    """
     import importlib.metadata as md
 
     import torch
