@@ -23,10 +23,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from gateway.dev import stack
 from gateway.dev.vllm_process import free_port
 from tests.conftest import REPO
-
-pytestmark = pytest.mark.integration
 
 # Generous: the test machine may be busy; on an idle one the banner appears in under a minute
 # with a cached tiny model.
@@ -120,6 +119,57 @@ def alive_in_groups(groups: set[int]) -> list[int]:
     return alive
 
 
+# --------------------------------------------------------------------------- fast checks
+
+
+def test_curl_command_is_one_pasteable_line() -> None:
+    line = stack.curl_command("http://127.0.0.1:8080/v1")
+    assert "\n" not in line
+    argv = shlex.split(line)
+    assert argv[:3] == ["curl", "-sS", "http://127.0.0.1:8080/v1/chat/completions"]
+    body = json.loads(argv[argv.index("-d") + 1])
+    assert body["model"] == "schema/function_ir"
+    assert f"Authorization: Bearer {stack.DEV_API_KEY}" in argv
+    # The worked example in the prompt must itself be valid IR, or it teaches the wrong shape.
+    spec = json.loads((REPO / "schemas" / "function_ir.v1.json").read_text())
+    jsonschema.Draft202012Validator(spec["schema"]).validate(
+        json.loads(stack.EXAMPLE_SHOT_ANSWER))
+
+
+def test_openai_snippet_is_valid_python() -> None:
+    snippet = stack.openai_snippet("http://127.0.0.1:8080/v1")
+    compile(snippet, "<snippet>", "exec")
+    assert 'base_url="http://127.0.0.1:8080/v1"' in snippet
+
+
+def test_model_choice_errors_before_anything_starts(tmp_path: Path) -> None:
+    with pytest.raises(stack.DevStackError, match="no such model directory"):
+        stack.choose_model(stack.DevOptions(model=str(tmp_path / "missing")))
+    with pytest.raises(stack.DevStackError, match=r"no config\.json"):
+        stack.choose_model(stack.DevOptions(model=str(tmp_path)))
+    (tmp_path / "config.json").write_text("{}")
+    choice = stack.choose_model(stack.DevOptions(model=str(tmp_path)))
+    assert (choice.model, choice.served_name, choice.from_hub) == (
+        str(tmp_path.resolve()), tmp_path.name, False)
+    hub = stack.choose_model(stack.DevOptions(model="HuggingFaceTB/SmolLM2-135M-Instruct"))
+    assert hub.from_hub and hub.served_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_busy_port_fails_fast() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(stack.DevStackError, match="pass --port"):
+            stack._check_port_free("127.0.0.1", port)
+
+
+# --------------------------------------------------------------------------- the real thing
+
+
+@pytest.mark.integration
 @pytest.mark.skipif(shutil.which("curl") is None, reason="needs the curl command")
 def test_dev_tiny_serves_printed_curl_and_stops_cleanly() -> None:
     port = free_port()

@@ -240,3 +240,46 @@ async def test_gateway_credentials_go_upstream_never_the_clients(fake: FakeUpstr
     sent = fake.requests[-1].headers
     assert sent["authorization"] == "Bearer vllm-key"
     assert (sent["modal-key"], sent["modal-secret"]) == ("wk-1", "ws-1")
+
+
+async def test_a_connection_dropped_before_any_answer_is_retried_once() -> None:
+    """What a keep-alive race looks like: the server closes the connection the gateway just
+    reused. The request never reached vLLM, so the gateway retries it once."""
+    from aiohttp import web
+
+    calls = {"chat": 0}
+
+    async def version(_: web.Request) -> web.Response:
+        return web.json_response({"version": "0.32.0"})
+
+    async def chat_handler(request: web.Request) -> web.Response:
+        calls["chat"] += 1
+        if calls["chat"] in (1, 3, 4):
+            assert request.transport is not None
+            request.transport.abort()  # no status line, no headers: as if closed idle
+            raise web.HTTPInternalServerError  # never sent
+        return web.json_response({
+            "id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": VALID},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_post("/v1/chat/completions", chat_handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        settings = unit_settings(f"http://127.0.0.1:{port}", upstream_model="m")
+        async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+            first = await client.post("/v1/chat/completions", json=CHAT)
+            assert first.status_code == 200 and calls["chat"] == 2
+            # Dropped twice in a row is not a stale connection: a clear 502, no loop.
+            second = await client.post("/v1/chat/completions", json=CHAT)
+            assert second.status_code == 502 and calls["chat"] == 4
+            assert second.json()["error"]["code"] == "upstream_error"
+    finally:
+        await runner.cleanup()

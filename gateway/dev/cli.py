@@ -10,8 +10,8 @@ import argparse
 from typing import Any
 
 DEFAULT_PORT = 8080
-# The first SmolLM2 boot compiles and warms the model up: a few minutes on an idle 2-core box,
-# several times that on a busy one. Later boots reuse vLLM's compile cache.
+# SmolLM2 boots in about 1 min on an idle 2-core box (eager mode), several times that on a busy
+# one, and a few minutes more without --enforce-eager (torch.compile on every boot).
 DEFAULT_VLLM_TIMEOUT_S = 900.0
 
 DESCRIPTION = """\
@@ -47,8 +47,7 @@ def add_dev_command(commands: Any) -> None:
     dev.add_argument("--vllm-timeout", type=float, default=DEFAULT_VLLM_TIMEOUT_S,
                      metavar="SECONDS",
                      help=f"give up if vLLM is not ready by then (default "
-                          f"{DEFAULT_VLLM_TIMEOUT_S:.0f}; a first SmolLM2 boot compiles for "
-                          "minutes)")
+                          f"{DEFAULT_VLLM_TIMEOUT_S:.0f})")
     dev.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                      help="extra vLLM server argument, repeatable; after the shared flags "
                           "(e.g. --vllm-arg=--enforce-eager)")

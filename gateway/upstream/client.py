@@ -32,6 +32,7 @@ log = logging.getLogger("gateway.upstream")
 _RETRY_AFTER_S = 5
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
+_KEEPALIVE_S = 4.0
 
 
 def normalise_error(status: int, body: bytes) -> GatewayError:
@@ -87,7 +88,10 @@ class UpstreamClient:
         self._models: list[str] | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300)
+        # vLLM's server closes idle keep-alive connections after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
+        # dropping ours sooner keeps requests off connections the server is about to close.
+        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300,
+                                         keepalive_timeout=_KEEPALIVE_S)
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
@@ -160,11 +164,18 @@ class UpstreamClient:
             self.connect_deadline_s if deadline_s is None else deadline_s
         )
         backoff = _FIRST_BACKOFF_S
+        stale_retry = True
         while True:
             try:
                 response = await self.session.request(method, url, data=data,
                                                       headers=all_headers)
                 break
+            except aiohttp.ServerDisconnectedError as exc:
+                # A pooled connection the server closed just as we reused it: the request
+                # never reached vLLM, so one retry (on a fresh connection) is safe.
+                if not stale_retry:
+                    raise UpstreamError("the upstream closed the connection") from exc
+                stale_retry = False
             except aiohttp.ClientConnectorError as exc:
                 self.forget()
                 remaining = deadline - time.monotonic()
