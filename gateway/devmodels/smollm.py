@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as md
+import importlib.util
 import json
 import os
 import shutil
@@ -143,8 +144,18 @@ def _clean_tokenizer_config(path: Path) -> None:
     _write_json(path, cfg)
 
 
+def _require_converters() -> None:
+    # transformers' own messages for these come late (after the 30 s tokenizer step) and do
+    # not name the environment to install into.
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SourceMissing(f"converting GGUF needs {', '.join(missing)}: run "
+                            f"`{sys.executable} -m pip install {' '.join(missing)}`")
+
+
 def build(out_dir: Path, gguf: Path, digest: str) -> Path:
     """Convert ``gguf`` into ``out_dir`` (replacing an earlier build there) and return it."""
+    _require_converters()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -238,8 +249,27 @@ def ensure(out_dir: Path | None = None, *, force: bool = False) -> Path:
                 return out
         except (OSError, ValueError):
             pass
-    _log(f"converting {GGUF_NAME} from {DISTRIBUTION} (once; about 1-2 min on 2 cores)")
-    return build(out, gguf, digest)
+    _log(f"converting {GGUF_NAME} from {DISTRIBUTION} (once; about 1 min on 2 cores)")
+    built = build(out, gguf, digest)
+    if out_dir is None:
+        _prune_stale(built)
+    return built
+
+
+def _prune_stale(current: Path) -> None:
+    """Remove earlier builds of this model from the cache (515 MB each): after an edit of this
+    builder or a new package version they are never used again. Only directories that carry
+    our build-info.json are touched."""
+    for sibling in current.parent.glob(f"{NAME}-*"):
+        if sibling == current or not (sibling / "build-info.json").is_file():
+            continue
+        try:
+            if json.loads((sibling / "build-info.json").read_text()).get("name") != NAME:
+                continue
+        except (OSError, ValueError):
+            continue
+        _log(f"removing stale build {sibling}")
+        shutil.rmtree(sibling, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
