@@ -34,7 +34,6 @@ import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from gateway import vllm_flags
 from gateway.app import create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
@@ -166,36 +165,6 @@ def choose_model(options: DevOptions) -> ModelChoice:
 
 
 # --------------------------------------------------------------------------- vLLM
-
-
-class DevVllmServer(VllmServer):
-    """`VllmServer`, except that a hub model may be downloaded.
-
-    `vllm_flags.cpu_env` sets HF_HUB_OFFLINE because the project's machines cannot reach the
-    Hub; a user who names a hub id has internet and wants the download.
-    """
-
-    online: bool = False
-
-    def start(self) -> None:
-        if not self.online:
-            super().start()
-            return
-        env = vllm_flags.cpu_env(os.environ)
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-            env.pop(name, None)
-            if name in os.environ:  # the user's own setting wins
-                env[name] = os.environ[name]
-        if self.api_key:
-            env["VLLM_API_KEY"] = self.api_key
-        if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command(), env=env, stdin=subprocess.DEVNULL,
-            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 # Log lines that mark a boot phase, newest first wins; worded for someone who has never seen
@@ -344,7 +313,7 @@ class DevStack:
     def __init__(self, options: DevOptions, *, out: TextIO | None = None) -> None:
         self.options = options
         self.out = out or sys.stdout
-        self.vllm: DevVllmServer | None = None
+        self.vllm: VllmServer | None = None
         self.server: uvicorn.Server | None = None
         self.vllm_died = False
         self._vllm_ready = False
@@ -413,12 +382,11 @@ class DevStack:
         # A random upstream key, as in the deployment: only the gateway can talk to vLLM
         # (its port is on 127.0.0.1, but other local users and browsers exist).
         upstream_key = secrets.token_urlsafe(24)
-        self.vllm = DevVllmServer(
+        self.vllm = VllmServer(
             choice.model, served_model_name=choice.served_name, port=opts.vllm_port,
             max_model_len=opts.max_model_len, api_key=upstream_key, log_path=log_path,
-            extra_args=opts.vllm_args,
+            extra_args=opts.vllm_args, hub_access=choice.from_hub,
         )
-        self.vllm.online = choice.from_hub
         # The gateway is built before vLLM boots, so a broken schema file or setting fails in
         # a second, not after minutes of warm-up.
         app = self._build_app(choice, upstream_key)

@@ -71,6 +71,7 @@ class VllmServer:
         api_key: str | None = None,
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
+        hub_access: bool = False,
     ) -> None:
         self.model = str(model)
         self.served_model_name = served_model_name
@@ -79,6 +80,7 @@ class VllmServer:
         self.api_key = api_key
         self.log_path = log_path
         self.extra_args = list(extra_args)
+        self.hub_access = hub_access
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -98,6 +100,13 @@ class VllmServer:
 
     def start(self) -> None:
         env = vllm_flags.cpu_env(os.environ)
+        if self.hub_access:
+            # cpu_env assumes no Hub (true on the project's machines); someone who names a
+            # hub model id has internet and wants the download. Their own setting still wins.
+            for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+                env.pop(name, None)
+                if name in os.environ:
+                    env[name] = os.environ[name]
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key  # not a flag: flags show up in `ps`
         if self.log_path is not None:

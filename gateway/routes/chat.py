@@ -31,7 +31,8 @@ from gateway.planning import (
     upstream_chat_body,
 )
 from gateway.ratelimit.base import Admission
-from gateway.routes.common import read_json, request_id, services_of
+from gateway.routes.admission import prepare
+from gateway.routes.common import read_json, services_of
 from gateway.services import Services
 from gateway.shapes import chat_completion, usage_of
 from gateway.streaming import StreamState, relay_chat
@@ -67,26 +68,11 @@ async def chat_completions(request: Request) -> Response:
     principal = services.authenticator.authenticate(request.headers.get("authorization"))
     plan = plan_chat(await read_json(request), services.registry, services.settings)
     plan_tool_call(plan, services.registry, services.settings)
-    if plan.schema is not None:
-        services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
-    max_tokens = services.authenticator.cap_max_tokens(
-        principal, plan.max_tokens,
-        default=services.settings.default_max_tokens if plan.checked else None,
-    )
-
-    rid = request_id(request)
+    prepared = await prepare(request, services, principal, plan)
+    rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission
     model = plan.body["model"]
-    upstream_model = await services.default_model() if plan.model_alias else model
-    dialect = await services.upstream.dialect()
-    body = upstream_chat_body(plan, dialect, upstream_model, max_tokens)
-    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
-    admission = await services.limiter.admit(principal, reserved)
-
-    headers = {"x-request-id": rid, **admission.headers}
-    if plan.schema is not None:
-        headers["x-irgw-schema"] = plan.schema.ref
-        if plan.warnings:
-            headers["x-irgw-schema-warnings"] = "; ".join(plan.warnings)[:1000]
+    body = upstream_chat_body(plan, prepared.dialect, prepared.upstream_model,
+                              prepared.max_tokens)
     if plan.stream:
         return await _stream(services, plan, body, model, rid, headers, admission)
 
@@ -99,7 +85,7 @@ async def chat_completions(request: Request) -> Response:
     except ClientDisconnectedError:
         # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
         # reservation charged rather than refund it.
-        tokens = reserved
+        tokens = prepared.reserved
         return Response(status_code=499)
     except GatewayError as error:
         tokens = getattr(error, "tokens", None)

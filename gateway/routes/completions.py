@@ -20,9 +20,10 @@ from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
-from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens, plan_chat
+from gateway.planning import ChatPlan, Mode, plan_chat
+from gateway.routes.admission import prepare
 from gateway.routes.chat import failure_to_error
-from gateway.routes.common import read_json, request_id, services_of
+from gateway.routes.common import read_json, services_of
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckFailure, check_output
@@ -86,21 +87,10 @@ async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(request.headers.get("authorization"))
     plan = _plan(await read_json(request), services)
-    if plan.schema is not None:
-        services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
-    max_tokens = services.authenticator.cap_max_tokens(
-        principal, plan.max_tokens,
-        default=services.settings.default_max_tokens if plan.checked else None,
-    )
-    rid = request_id(request)
+    prepared = await prepare(request, services, principal, plan)
+    rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission
     model = plan.body["model"]
-    upstream_model = await services.default_model() if plan.model_alias else model
-    body = _upstream_body(plan, await services.upstream.dialect(), upstream_model, max_tokens)
-    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
-    admission = await services.limiter.admit(principal, reserved)
-    headers = {"x-request-id": rid, **admission.headers}
-    if plan.schema is not None:
-        headers["x-irgw-schema"] = plan.schema.ref
+    body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
 
     if plan.stream and not plan.checked:
         return await _passthrough_stream(services, body, rid, headers, admission)
@@ -126,7 +116,7 @@ async def completions(request: Request) -> Response:
             choice["text"] = checked.text
             headers["x-irgw-output"] = checked.outcome.value
     except ClientDisconnectedError:
-        tokens = reserved  # the cancelled call's usage is unknown; the GPU did work
+        tokens = prepared.reserved  # the cancelled call's usage is unknown; the GPU did work
         return Response(status_code=499)
     except GatewayError as error:
         error.headers.update(headers)

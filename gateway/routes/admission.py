@@ -1,0 +1,51 @@
+"""What every generation route does between resolving the schema and calling vLLM:
+check the key's scopes, settle `max_tokens`, reserve quota, and name the response headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from gateway.auth import Principal
+from gateway.planning import ChatPlan, estimate_prompt_tokens
+from gateway.ratelimit.base import Admission
+from gateway.routes.common import request_id
+from gateway.services import Services
+from gateway.upstream.dialects import Dialect
+
+
+@dataclass
+class Prepared:
+    request_id: str
+    upstream_model: str
+    dialect: Dialect
+    max_tokens: int | None
+    reserved: int  # tokens reserved against the key's TPM until settled
+    admission: Admission
+    headers: dict[str, str]
+
+
+async def prepare(request: Request, services: Services, principal: Principal,
+                  plan: ChatPlan) -> Prepared:
+    """Everything here runs after the schema resolved, so a refused schema costs no quota;
+    the limiter runs last, so nothing after it can refuse the request before vLLM sees it."""
+    if plan.schema is not None:
+        services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
+    max_tokens = services.authenticator.cap_max_tokens(
+        principal, plan.max_tokens,
+        default=services.settings.default_max_tokens if plan.checked else None,
+    )
+    model = plan.body["model"]
+    upstream_model = await services.default_model() if plan.model_alias else model
+    dialect = await services.upstream.dialect()
+    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
+    admission = await services.limiter.admit(principal, reserved)
+
+    rid = request_id(request)
+    headers = {"x-request-id": rid, **admission.headers}
+    if plan.schema is not None:
+        headers["x-irgw-schema"] = plan.schema.ref
+        if plan.warnings:
+            headers["x-irgw-schema-warnings"] = "; ".join(plan.warnings)[:1000]
+    return Prepared(rid, upstream_model, dialect, max_tokens, reserved, admission, headers)
