@@ -18,6 +18,9 @@ class GatewayError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     default_code: str | None = None
+    # Tokens vLLM spent before the error (a failed check still cost GPU time): what the
+    # rate limiter settles the request at. None: unknown, the reservation is refunded.
+    tokens: int | None = None
 
     def __init__(
         self,

@@ -58,7 +58,7 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
         else f"{failure.reason}; raise max_tokens or use a schema with tighter bounds"
     )
     error = error_class(message, extra={**failure.error_extra(), "attempts": attempts})
-    error.tokens = tokens  # type: ignore[attr-defined]
+    error.tokens = tokens
     return error
 
 
@@ -88,7 +88,7 @@ async def chat_completions(request: Request) -> Response:
         tokens = prepared.reserved
         return Response(status_code=499)
     except GatewayError as error:
-        tokens = getattr(error, "tokens", None)
+        tokens = error.tokens
         error.headers.update(headers)
         if plan.schema is not None and isinstance(error, OutputValidationError):
             outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"

@@ -11,6 +11,8 @@ rely on.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import orjson
@@ -21,9 +23,11 @@ from starlette.responses import Response
 from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.planning import ChatPlan, Mode, plan_chat
+from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
 from gateway.routes.chat import failure_to_error
 from gateway.routes.common import read_json, services_of
+from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckFailure, check_output
@@ -33,7 +37,7 @@ _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
                            "guided_choice", "guided_grammar", "guided_decoding_backend")
 
 
-def _plan(body: Any, request_services: Any) -> ChatPlan:
+def _plan(body: Any, services: Services) -> ChatPlan:
     if not isinstance(body, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     if "prompt" not in body:
@@ -41,7 +45,7 @@ def _plan(body: Any, request_services: Any) -> ChatPlan:
     # Reuse the chat planner for model/response_format/schema resolution.
     as_chat = {**body, "messages": [{"role": "user", "content": "-"}], "stream": False}
     as_chat.pop("stream_options", None)
-    plan = plan_chat(as_chat, request_services.registry, request_services.settings)
+    plan = plan_chat(as_chat, services.registry, services.settings)
     plan.body = body
     plan.stream = bool(body.get("stream"))
     plan.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -139,10 +143,8 @@ def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
     return Response(b"".join(events), media_type="text/event-stream", headers=headers)
 
 
-async def _passthrough_stream(services: Any, body: dict[str, Any], rid: str,
-                              headers: dict[str, str], admission: Any) -> Response:
-    from contextlib import AsyncExitStack
-
+async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str,
+                              headers: dict[str, str], admission: Admission) -> Response:
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(
@@ -154,7 +156,7 @@ async def _passthrough_stream(services: Any, body: dict[str, Any], rid: str,
         raise
     seen: dict[str, int | None] = {"tokens": None}
 
-    async def relay() -> Any:
+    async def relay() -> AsyncIterator[bytes]:
         async for data in events:
             if data != b"[DONE]":
                 usage = usage_of(orjson.loads(data)) if b'"usage"' in data else None
