@@ -1,0 +1,115 @@
+"""The schema registry is checked at startup: a broken file stops the server, naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.registry import SchemaFileError, SchemaRegistry, unenforced_keywords
+from gateway.settings import Settings
+from tests.conftest import REPO
+
+GOOD: dict[str, Any] = {
+    "name": "point", "version": 1, "description": "A point.",
+    "schema": {"type": "object", "properties": {"x": {"type": "integer"}},
+               "required": ["x"], "additionalProperties": False},
+}
+
+
+def write(directory: Path, name: str, content: object) -> Path:
+    path = directory / name
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_the_shipped_schemas_load_with_versions_and_exact_text() -> None:
+    registry = SchemaRegistry.load(REPO / "schemas")
+    assert registry.names() == ["function_ir", "module_ir", "test_plan_ir"]
+    function_ir = registry.resolve("function_ir")
+    assert registry.resolve("function_ir@1") is function_ir
+    # Byte-identical, in file order (xgrammar generates properties in that order).
+    on_disk = json.loads((REPO / "schemas" / "function_ir.v1.json").read_text())["schema"]
+    assert function_ir.schema_json == json.dumps(on_disk, separators=(",", ":")).encode()
+    assert list(on_disk["properties"]["intent"]["properties"]) == ["summary", "rationale"]
+
+
+def test_newest_version_wins_and_versions_can_be_pinned(tmp_path: Path) -> None:
+    write(tmp_path, "point.v1.json", GOOD)
+    write(tmp_path, "point.v2.json", {**GOOD, "version": 2, "description": "Newer."})
+    registry = SchemaRegistry.load(tmp_path)
+    assert registry.resolve("point").version == 2
+    assert registry.resolve("point@1").version == 1
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("{not json", "cannot read JSON"),
+    ({**GOOD, "schema": {"type": "strnig"}}, "not a valid JSON Schema"),
+    ({**GOOD, "version": 0}, "'version'"),
+    ({**GOOD, "name": "Bad Name"}, "'name'"),
+    ({**GOOD, "output_policy": "shrug"}, "'output_policy'"),
+    ({**GOOD, "extra": 1}, "unknown keys"),
+    ({**GOOD, "schema": {"type": "array", "uniqueItems": True}}, "uniqueItems"),
+    ({**GOOD, "schema": {"type": "string", "pattern": "^a+$", "maxLength": 3}},
+     "minLength/maxLength beside pattern"),
+])
+def test_a_broken_file_is_refused_naming_the_file(tmp_path: Path, content: object,
+                                                  needle: str) -> None:
+    path = write(tmp_path, "point.v1.json", content)
+    with pytest.raises(SchemaFileError) as raised:
+        SchemaRegistry.load(tmp_path)
+    assert str(raised.value).startswith(str(path))
+    assert needle in str(raised.value)
+
+
+def test_duplicate_versions_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "a.json", GOOD)
+    write(tmp_path, "b.json", GOOD)
+    with pytest.raises(SchemaFileError, match="already defined"):
+        SchemaRegistry.load(tmp_path)
+
+
+def test_unenforced_keywords_are_found_where_they_hide() -> None:
+    schema = {"type": "object", "properties": {
+        "a": {"type": "array", "items": {"not": {"type": "null"}}},
+        "b": {"allOf": [{"type": "string"}, {"minLength": 1}]},
+        "c": {"type": "string", "format": "color"},
+    }, "$defs": {"d": {"type": "number", "multipleOf": 2}}}
+    found = unenforced_keywords(schema)
+    assert "/properties/a/items: not" in found
+    assert "/properties/b: allOf with several members" in found
+    assert "/properties/c: format 'color'" in found
+    assert "/$defs/d: multipleOf" in found
+
+
+def test_serve_refuses_to_start_on_a_broken_schema(tmp_path: Path) -> None:
+    schemas = tmp_path / "schemas"
+    shutil.copytree(REPO / "schemas", schemas)
+    broken = write(schemas, "module_ir.v1.json", "{oops")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", "1"],
+        env={"IRGW_SCHEMAS_DIR": str(schemas), "IRGW_AUTH_ENABLED": "false",
+             "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert str(broken) in result.stderr and "cannot start" in result.stderr
+
+
+def test_settings_come_from_env_then_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('upstream_url = "http://from-toml:8000"\nmax_retries = 3\nport = 9000\n')
+    monkeypatch.setenv("IRGW_MAX_RETRIES", "1")
+    settings = Settings(config_file=config)
+    assert settings.upstream_url == "http://from-toml:8000"
+    assert settings.max_retries == 1  # the environment beats the file
+    assert Settings(config_file=config, port=7000).port == 7000  # and the CLI beats both
+    monkeypatch.setenv("IRGW_UPSTREAM_URL", "http://from-env:8000/")
+    assert Settings().upstream_url == "http://from-env:8000"
+    with pytest.raises(FileNotFoundError):
+        Settings(config_file=tmp_path / "missing.toml")
