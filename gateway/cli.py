@@ -15,6 +15,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.app import create_app
+    from gateway.auth import AuthConfigError
+    from gateway.keys import KeyStoreError
     from gateway.registry import SchemaFileError
     from gateway.settings import Settings
 
@@ -33,7 +35,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = create_app(settings)
-    except (SchemaFileError, ValidationError, FileNotFoundError, ValueError) as exc:
+    except (SchemaFileError, AuthConfigError, KeyStoreError, ValidationError,
+            FileNotFoundError, ValueError) as exc:
         print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,

@@ -113,3 +113,12 @@ def test_settings_come_from_env_then_toml(tmp_path: Path, monkeypatch: pytest.Mo
     assert Settings().upstream_url == "http://from-env:8000"
     with pytest.raises(FileNotFoundError):
         Settings(config_file=tmp_path / "missing.toml")
+
+
+def test_serve_refuses_to_start_without_a_key_store() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", "1"],
+        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "IRGW_KEYS_FILE" in result.stderr and "IRGW_AUTH_ENABLED=false" in result.stderr
