@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -11,6 +12,15 @@ from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import RunningGateway, running_gateway
 
 REPO = Path(__file__).resolve().parent.parent
+# Figures tests want in CI's output even when they pass (pytest -q hides their prints).
+REPORT: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REPORT:
+        terminalreporter.section("figures reported by the tests")
+        for line in REPORT:
+            terminalreporter.write_line(line)
 
 
 def unit_settings(upstream_url: str, **overrides: object) -> Settings:

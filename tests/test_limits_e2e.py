@@ -19,7 +19,7 @@ import pytest
 
 from gateway.keys import KeyPolicy, KeyStore
 from tests import openai_spec
-from tests.conftest import unit_settings
+from tests.conftest import REPORT, unit_settings
 from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, Slow
 from tests.gateway_server import gateway_process, running_gateway
 from tests.ir_samples import VALID
@@ -62,8 +62,8 @@ def assert_exact_rpm(responses: list[httpx.Response], elapsed_s: float, rpm: int
     (one every 60/rpm s): a fixed window would admit up to twice `rpm` at its edge."""
     statuses = Counter(r.status_code for r in responses)
     refills = int(elapsed_s * rpm / 60)
-    print(f"\nburst of {len(responses)} in {elapsed_s:.2f}s: {dict(statuses)}; "
-          f"refills allowed by the smooth limit in that time: {refills}")
+    REPORT.append(f"rpm={rpm}: burst of {len(responses)} in {elapsed_s:.2f}s -> "
+                  f"{dict(statuses)}; refills the smooth limit allowed meanwhile: {refills}")
     assert set(statuses) <= {200, 429}
     assert rpm <= statuses[200] <= rpm + refills
 

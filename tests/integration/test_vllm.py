@@ -19,7 +19,7 @@ from jsonschema import Draft202012Validator
 from gateway.dev.vllm_process import VllmServer, build_dev_model
 from tests.conftest import REPO
 from tests.gateway_server import running_gateway
-from tests.integration.conftest import Live, live_settings, start_vllm
+from tests.integration.conftest import REPORT, Live, live_settings, start_vllm
 from tests.sse import assembled_content, read_events
 
 SCHEMAS = {path.stem.split(".")[0]: json.loads(path.read_text())
@@ -79,12 +79,13 @@ async def test_every_schema_both_ways_is_valid_or_a_typed_error(live: Live) -> N
 
                 responses = await asyncio.gather(*(one(i) for i in range(20)))
                 counts = Counter(outcome_of(r, spec["schema"]) for r in responses)
-                print(f"\n{name:13} via {way:15}: {dict(counts)}")
+                REPORT.append(f"{name:13} via {way:15}: {dict(counts)}")
                 totals.update(counts)
                 for response in responses:
                     if response.status_code == 200:
                         assert response.headers["x-irgw-schema"] == f"{name}@1"
-    print(f"\nall schemas: {dict(totals)}")
+    REPORT.append(f"all schemas, 20 each way: {dict(totals)} "
+                  f"(INVALID-BUT-200: {totals['INVALID-BUT-200']})")
     assert totals["INVALID-BUT-200"] == 0
     assert not [k for k in totals if k.startswith("unexpected")]
     assert totals["passed"] + totals["repaired"] + totals["retried"] > 0
@@ -124,7 +125,7 @@ async def test_sixteen_concurrent_requests_all_complete(live: Live) -> None:
                                "messages": [{"role": "user", "content": PROMPTS["function_ir"]}]})
             for i in range(16)))
     outcomes = Counter(outcome_of(r, SCHEMAS["function_ir"]["schema"]) for r in responses)
-    print(f"\n16 concurrent: {dict(outcomes)}")
+    REPORT.append(f"16 concurrent: {dict(outcomes)}")
     assert all(r.status_code in (200, 422) for r in responses)
     assert outcomes["INVALID-BUT-200"] == 0
 
@@ -197,8 +198,9 @@ async def test_raw_control_characters_really_occur_and_are_repaired(
                         headers=live.headers())
             for i in range(32)))
     outcomes = Counter(outcome_of(r, HOLE_SCHEMA) for r in via)
-    print(f"\ndirect from vLLM: {broken}/32 not strict JSON+schema, {with_controls}/32 hold raw "
-          f"control characters; through the gateway: {dict(outcomes)}")
+    REPORT.append(f"untrained model, direct from vLLM: {broken}/32 not strict JSON+schema, "
+                  f"{with_controls}/32 hold raw control characters; through the gateway: "
+                  f"{dict(outcomes)}")
     assert with_controls > 0, "the hole did not show up: is this still xgrammar 0.2.8?"
     assert outcomes["INVALID-BUT-200"] == 0
     assert outcomes["repaired"] > 0
