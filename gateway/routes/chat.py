@@ -32,14 +32,14 @@ from gateway.planning import (
 )
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.common import read_json, services_of
+from gateway.routes.common import RawRoute, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import chat_completion, usage_of
 from gateway.streaming import StreamState, relay_chat
 from gateway.tools import as_tool_call_response, plan_tool_call
 from gateway.validation import CheckedOutput, CheckFailure, check_output
 
-router = APIRouter()
+router = APIRouter(route_class=RawRoute)
 
 
 @dataclass

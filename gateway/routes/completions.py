@@ -26,13 +26,13 @@ from gateway.planning import ChatPlan, Mode, plan_chat
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
 from gateway.routes.chat import failure_to_error
-from gateway.routes.common import read_json, services_of
+from gateway.routes.common import RawRoute, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckFailure, check_output
 
-router = APIRouter()
+router = APIRouter(route_class=RawRoute)
 _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
                            "guided_choice", "guided_grammar", "guided_decoding_backend")
 
