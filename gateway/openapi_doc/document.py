@@ -1,0 +1,190 @@
+"""The gateway's own OpenAPI 3.1 document, generated from the app and checked in.
+
+FastAPI's `app.openapi()` knows the routes but nothing of their bodies: the handlers read
+raw JSON (to pass unknown fields on to vLLM untouched) and return `Response` objects. So the
+document is post-processed here, without touching the route modules: request bodies for the
+POST routes, response shapes, the OpenAI error shape for every error status, the rate-limit
+and `x-irgw-*` headers, and the bearer security scheme.
+
+    python -m gateway.openapi_doc --write   # regenerate openapi/openapi.json
+    python -m gateway.openapi_doc --check   # exit 1 (with a summary) if the file is stale
+
+The output is deterministic: insertion order as built here (never sorted, so a reader sees
+`model` before `messages`), `indent=2`, a trailing newline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import difflib
+import json
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from gateway.openapi_doc.headers import _HEADER_COMPONENT_NAMES, _HEADERS, DOCUMENT_PATH, JSON, REPO
+from gateway.openapi_doc.operations import (
+    _OPERATIONS,
+    _PATH_PARAMETER_DESCRIPTIONS,
+    _response_components,
+)
+from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS
+
+
+class UndocumentedRouteError(Exception):
+    """The app has a route this module does not describe: add it to `operations._OPERATIONS`."""
+
+
+def enrich(generated: JSON) -> JSON:
+    """FastAPI's document for the app, with what the handlers cannot declare filled in."""
+    doc = copy.deepcopy(generated)
+    missing = [
+        f"{method.upper()} {path}"
+        for path, item in doc.get("paths", {}).items()
+        for method in item
+        if (path, method) not in _OPERATIONS
+    ]
+    if missing:
+        raise UndocumentedRouteError(
+            "routes without documentation in gateway/openapi_doc/operations.py: "
+            + ", ".join(missing)
+        )
+    paths: JSON = {}
+    for path, item in doc["paths"].items():
+        paths[path] = {}
+        for method, operation in item.items():
+            extra = _OPERATIONS[(path, method)]
+            described: JSON = {
+                "summary": extra["summary"],
+                "operationId": operation["operationId"],
+                "tags": extra["tags"],
+            }
+            if "description" in operation:
+                described["description"] = operation["description"]
+            if "security" in extra:
+                described["security"] = extra["security"]
+            # FastAPI's generated titles add nothing; keep name/in/required/schema.
+            parameters = [
+                {"name": p["name"], "in": p["in"], "required": p.get("required", False),
+                 **({"description": _PATH_PARAMETER_DESCRIPTIONS[p["name"]]}
+                    if p["name"] in _PATH_PARAMETER_DESCRIPTIONS else {}),
+                 "schema": {"type": p["schema"].get("type", "string")}}
+                for p in operation.get("parameters", [])
+            ]
+            if parameters:
+                described["parameters"] = parameters
+            if "requestBody" in extra:
+                described["requestBody"] = extra["requestBody"]
+            # FastAPI's 422 HTTPValidationError never reaches clients: the gateway turns
+            # request validation errors into a 400 in OpenAI's shape.
+            described["responses"] = extra["responses"]
+            paths[path][method] = described
+    result: JSON = {
+        "openapi": doc["openapi"],
+        "info": doc["info"],
+        "security": [{"bearerAuth": []}],
+        "tags": [
+            {"name": "inference", "description": "OpenAI-compatible endpoints."},
+            {"name": "models", "description": "Upstream models and schema aliases."},
+            {"name": "schemas", "description": "The named, versioned schema registry."},
+            {"name": "operations", "description": "Health, readiness, metrics (no key needed)."},
+        ],
+        "paths": paths,
+        "components": {
+            "schemas": _COMPONENT_SCHEMAS,
+            "responses": _response_components(),
+            "headers": {_HEADER_COMPONENT_NAMES[name]: header
+                        for name, header in _HEADERS.items()},
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "An ir-gateway API key (`irgw-<id>-<secret>`), sent the way "
+                "OpenAI's clients send `api_key`.",
+            }},
+        },
+    }
+    # A deep copy: the module-level constants are shared between calls and must not be
+    # aliased into a document a caller might mutate.
+    return copy.deepcopy(result)
+
+
+@contextlib.contextmanager
+def _quiet_auth_warning() -> Iterator[None]:
+    # Building the app with auth off (no keys file needed) logs a loud warning meant for
+    # operators; it is noise when only the route table is wanted.
+    logger = logging.getLogger("gateway.auth")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def build_document() -> JSON:
+    from gateway.app import create_app
+    from gateway.settings import Settings
+
+    # Auth off so no keys file is needed; the document still declares bearer auth,
+    # which is how the gateway is deployed. Only the route table is read from the app.
+    with _quiet_auth_warning():
+        app = create_app(Settings(auth_enabled=False, schemas_dir=REPO / "schemas"))
+    return enrich(app.openapi())
+
+
+def render(doc: JSON) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def check(path: Path = DOCUMENT_PATH) -> list[str]:
+    """Differences between the generated document and `path`, as unified-diff lines."""
+    expected = render(build_document())
+    try:
+        actual = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return [f"{path} does not exist"]
+    if actual == expected:
+        return []
+    return list(difflib.unified_diff(actual.splitlines(), expected.splitlines(),
+                                     fromfile=f"{path} (checked in)", tofile="generated",
+                                     lineterm="", n=1))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.openapi_doc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--write", action="store_true", help=f"write {DOCUMENT_PATH}")
+    action.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    action.add_argument("--print", action="store_true", help="print the document")
+    parser.add_argument("--path", type=Path, default=DOCUMENT_PATH)
+    args = parser.parse_args(argv)
+    if args.print:
+        sys.stdout.write(render(build_document()))
+        return 0
+    if args.write:
+        args.path.parent.mkdir(parents=True, exist_ok=True)
+        args.path.write_text(render(build_document()), encoding="utf-8")
+        print(f"wrote {args.path}")
+        return 0
+    if not args.path.is_file():
+        print(f"{args.path} does not exist; run `python -m gateway.openapi_doc --write` "
+              "(or `make openapi`)", file=sys.stderr)
+        return 1
+    diff = check(args.path)
+    if not diff:
+        print(f"{args.path} is up to date")
+        return 0
+    changed = sum(1 for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+    print(f"{args.path} is stale ({changed} changed lines); run "
+          "`python -m gateway.openapi_doc --write` (or `make openapi`). First differences:",
+          file=sys.stderr)
+    for line in diff[:60]:
+        print(line, file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
