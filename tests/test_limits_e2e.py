@@ -242,3 +242,31 @@ async def test_keys_never_leak_into_logs_bodies_or_metrics(
     for secret in secrets:
         assert secret not in haystack
         assert secret.split("-")[-1][:16] not in haystack
+
+
+async def test_a_stream_cut_short_is_charged_what_it_generated(fake: FakeUpstream,
+                                                               tmp_path: Path) -> None:
+    from gateway.planning import estimate_prompt_tokens
+    from tests.fake_upstream import CrashMidStream
+
+    body = {**BODY, "stream": True}
+    reservation = estimate_prompt_tokens(body) + body["max_tokens"]
+    _, _, key = new_key(tmp_path, tpm=1000)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        # vLLM dies after the role chunk and two content chunks: no usage ever arrives.
+        fake.script(CrashMidStream(after_chunks=3, then=Reply(VALID, chunk_size=4)))
+        async with client.stream("POST", "/v1/chat/completions", json=body,
+                                 headers=headers) as response:
+            text = (await response.aread()).decode()
+        assert '"upstream_error"' in text and text.rstrip().endswith("data: [DONE]")
+        fake.script(Reply(VALID))
+        after = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    # Settled at the prompt estimate plus the two chunks it generated, not refunded (the GPU
+    # worked) and not left at the whole reservation (it stopped early).
+    cut_short = estimate_prompt_tokens(body) + 2
+    expected = 1000 - cut_short - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
+    assert expected <= remaining < expected + 10
+    assert remaining > 1000 - 2 * reservation
