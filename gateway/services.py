@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth import Authenticator, build_authenticator
+from gateway.errors import UpstreamError
 from gateway.metrics import Metrics
 from gateway.ratelimit import build_limiter
 from gateway.ratelimit.base import Limiter
@@ -49,7 +50,5 @@ class Services:
             return self.settings.upstream_model
         models = await self.upstream.model_ids()
         if not models:
-            from gateway.errors import UpstreamError
-
             raise UpstreamError("the upstream serves no model")
         return models[0]
