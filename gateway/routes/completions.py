@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
 from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
-from gateway.planning import ChatPlan, Mode, plan_chat
+from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
 from gateway.routes.chat import failure_to_error
@@ -38,17 +38,7 @@ _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
 
 
 def _plan(body: Any, services: Services) -> ChatPlan:
-    if not isinstance(body, dict):
-        raise InvalidRequestError("the request body must be a JSON object")
-    if "prompt" not in body:
-        raise InvalidRequestError("'prompt' is required", param="prompt")
-    # Reuse the chat planner for model/response_format/schema resolution.
-    as_chat = {**body, "messages": [{"role": "user", "content": "-"}], "stream": False}
-    as_chat.pop("stream_options", None)
-    plan = plan_chat(as_chat, services.registry, services.settings)
-    plan.body = body
-    plan.stream = bool(body.get("stream"))
-    plan.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    plan = plan_completion(body, services.registry, services.settings)
     if plan.checked and any(k in body for k in _VLLM_CONSTRAINT_FIELDS):
         raise InvalidRequestError("name the schema once: response_format/schema model, or "
                                   "vLLM's own structured_outputs, not both")
