@@ -68,6 +68,7 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
 def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
     """A `/v1/chat/completions` body."""
     body = _require_dict(body, "body")
+    _require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
@@ -77,15 +78,21 @@ def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPl
 def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
     """A `/v1/completions` body: the same schema naming, a `prompt` instead of messages."""
     body = _require_dict(body, "body")
+    _require_model(body)
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
     return _plan(body, registry, settings)
 
 
-def _plan(body: dict[str, Any], registry: SchemaRegistry, settings: Settings) -> ChatPlan:
+def _require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequestError("'model' is required and must be a string", param="model")
+    return model
+
+
+def _plan(body: dict[str, Any], registry: SchemaRegistry, settings: Settings) -> ChatPlan:
+    model = _require_model(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be a boolean", param="stream")
