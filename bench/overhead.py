@@ -62,6 +62,10 @@ from typing import Any
 
 import orjson
 
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.ir_samples import FUNCTION_IR  # noqa: E402  (the same answer the unit tests use)
+
 HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
 UPSTREAM_MODEL = "qwen-coder"
@@ -85,14 +89,6 @@ USER_CONTENT = "IR for a function that adds two ints"
 LITELLM_MS = 4.0
 BIFROST_MS = 0.5
 
-FUNCTION_IR = {
-    "intent": {"summary": "Add two integers.", "rationale": "Callers need a checked sum."},
-    "signature": {
-        "name": "add",
-        "parameters": [{"name": "a", "type_hint": "int"}, {"name": "b", "type_hint": "int"}],
-        "returns": "int",
-    },
-}
 
 
 @dataclass(frozen=True)

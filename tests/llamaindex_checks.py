@@ -5,7 +5,8 @@ Run with the LlamaIndex venv's python (LlamaIndex pins openai<3, the gateway's v
     .venv-llamaindex/bin/python tests/llamaindex_checks.py \
         --base-url http://127.0.0.1:8080 --api-key irgw-... --model tiny-qwen2
 
-Standalone on purpose: it imports nothing from the gateway or its tests. It prints ONE JSON
+Standalone on purpose: it imports nothing from the gateway, only the pydantic-only
+`function_ir_model.py` beside it. It prints ONE JSON
 line: per mode, every attempt's outcome plus what LlamaIndex put on the wire (recorded by an
 httpx event hook), and exits 1 if a mode never succeeded or an attempt failed in a way that
 is neither a success nor the gateway's typed output error (422). Modes:
@@ -28,39 +29,14 @@ from typing import Any
 
 import httpx
 import openai
+from function_ir_model import IDENT, FunctionIR  # a sibling file: pydantic only
 from llama_index.core.prompts import PromptTemplate
 from llama_index.llms.openai_like import OpenAILike
-from pydantic import BaseModel, Field
 
-IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 OUTPUT_ERROR_CODES = {"output_validation_failed", "output_truncated"}
 PROMPT = PromptTemplate("Describe, as the function's IR, a function that {task}.")
 TASKS = ["adds two integers", "reverses a string", "parses an ISO 8601 date",
          "returns the median of a list of floats", "counts the words in a text"]
-
-
-# Mirrors schemas/function_ir.v1.json, every field bounded (see test_openai_client.py).
-class Intent(BaseModel):
-    summary: str = Field(min_length=1, max_length=200)
-    rationale: str = Field(min_length=1, max_length=400)
-
-
-class Parameter(BaseModel):
-    name: str = Field(pattern=IDENT)
-    type_hint: str = Field(min_length=1, max_length=80)
-
-
-class Signature(BaseModel):
-    name: str = Field(pattern=IDENT)
-    parameters: list[Parameter] = Field(max_length=8)
-    returns: str = Field(min_length=1, max_length=80)
-
-
-class FunctionIR(BaseModel):
-    """One function's intent and signature."""
-
-    intent: Intent
-    signature: Signature
 
 
 class Wire:

@@ -26,11 +26,11 @@ from langchain_core.messages import AIMessage
 from langchain_core.output_parsers import PydanticOutputParser
 from langchain_openai import ChatOpenAI
 
+from tests.function_ir_model import FunctionIR
 from tests.integration.conftest import Live
 from tests.integration.test_openai_client import (
     MAX_TOKENS,
     PROMPTS,
-    FunctionIR,
     Wire,
     assert_function_ir,
     new_key,

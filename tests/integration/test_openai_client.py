@@ -27,9 +27,9 @@ import openai
 import pytest
 from jsonschema import Draft202012Validator
 from openai import AsyncOpenAI
-from pydantic import BaseModel, Field
 
 from tests.conftest import REPO
+from tests.function_ir_model import FunctionIR
 from tests.integration.conftest import Live
 
 T = TypeVar("T")
@@ -47,32 +47,6 @@ PROMPTS = [
     "Describe a function that returns the median of a list of floats.",
     "Describe a function that counts the words in a text.",
 ]
-IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
-
-
-# A Pydantic mirror of schemas/function_ir.v1.json. Every string and list is bounded: with
-# an unbounded field a weak model can ramble until max_tokens and the answer is truncated.
-class Intent(BaseModel):
-    summary: str = Field(min_length=1, max_length=200)
-    rationale: str = Field(min_length=1, max_length=400)
-
-
-class Parameter(BaseModel):
-    name: str = Field(pattern=IDENT)
-    type_hint: str = Field(min_length=1, max_length=80)
-
-
-class Signature(BaseModel):
-    name: str = Field(pattern=IDENT)
-    parameters: list[Parameter] = Field(max_length=8)
-    returns: str = Field(min_length=1, max_length=80)
-
-
-class FunctionIR(BaseModel):
-    intent: Intent
-    signature: Signature
-
-
 # ------------------------------------------------------------------------------ helpers
 
 
