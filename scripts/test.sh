@@ -21,5 +21,7 @@ phase "build: tiny test models" .venv/bin/python -c "
 from gateway.dev.vllm_process import build_dev_model
 print(build_dev_model(trained=True)); print(build_dev_model(trained=False))"
 phase "lint: ruff" .venv/bin/ruff check gateway tests bench deploy
-phase "tests" .venv/bin/python -m pytest -q -rs --durations=15 "$@"
+# A whole-run bound far above the ~7 min the tests take: a hang pytest-timeout cannot
+# interrupt still ends with pytest's summary (SIGINT), well inside CI's own limit.
+phase "tests" timeout --signal=INT --kill-after=60 2700 .venv/bin/python -m pytest -q -rs --durations=15 "$@"
 echo "=== all phases: $(( $(date +%s) - total_started ))s"

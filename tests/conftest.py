@@ -11,6 +11,8 @@ from gateway.settings import Settings
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import RunningGateway, running_gateway
 
+pytest_plugins = ["tests.hang_report"]
+
 REPO = Path(__file__).resolve().parent.parent
 # Figures tests want in CI's output even when they pass (pytest -q hides their prints).
 REPORT: list[str] = []

@@ -69,6 +69,7 @@ class RedisQuotas:
         self._renew = client.register_script(scripts.RENEW)
         self._leases: dict[str, str] = {}  # member -> in-flight set key, while held here
         self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
         self._log = ThrottledLog()
 
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
@@ -146,16 +147,23 @@ class RedisQuotas:
 
     def _hold(self, member: str, inflight_key: str) -> None:
         self._leases[member] = inflight_key
+        if self._closed:
+            return
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
 
     async def _renew_forever(self) -> None:
-        while self._leases:
+        # The flag, not only the cancel, ends this loop: on Python 3.11, asyncio.wait_for
+        # (inside redis-py) returns its result and drops a cancel that lands just as the
+        # I/O completes, and a loop that relied on the cancel would then run forever.
+        while self._leases and not self._closed:
             await asyncio.sleep(self._lease_s / 3)
             by_key: dict[str, list[str]] = {}
             for member, inflight_key in list(self._leases.items()):
                 by_key.setdefault(inflight_key, []).append(member)
             for inflight_key, members in by_key.items():
+                if self._closed:
+                    return
                 args = [self._lease_us, *members]
                 renewed = await self._quietly(
                     "renew leases",
@@ -170,6 +178,7 @@ class RedisQuotas:
                     )
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
