@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.asgi import JSONResponse
@@ -21,6 +24,7 @@ from gateway.errors import (
     NotFoundError,
 )
 from gateway.routes import chat, completions, health, models, schemas
+from gateway.routes.common import RawRoute
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -33,8 +37,6 @@ def _error_response(error: GatewayError) -> Response:
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    services: Services = request.app.state.services
-    services.metrics.requests.labels(request.url.path, str(exc.status_code)).inc()
     return _error_response(exc)
 
 
@@ -70,6 +72,72 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return _error_response(GatewayError("internal error in the gateway", code="internal_error"))
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, plus a direct path for the generation routes, and request metrics.
+
+    A POST to a generation route (a `RawRoute`: it reads its own body and builds its own
+    response) goes straight from ASGI to its endpoint, skipping Starlette's middleware
+    stack and route matching: about 70 µs per request on the benchmark machine, on the
+    path the overhead budget is about. Errors map to responses through the same handlers
+    as everywhere else. Everything else, and the OpenAPI document, is plain FastAPI.
+    """
+
+    def __init__(self, services: Services, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.state.services = services
+        self._direct: dict[str, Endpoint] = {}
+
+    def route_directly(self) -> None:
+        """Call once every router is included."""
+        for route in self.routes:
+            if isinstance(route, RawRoute) and route.methods == {"POST"} \
+                    and "{" not in route.path:
+                self._direct[route.path] = route.endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        metrics = self.state.services.metrics
+        endpoint = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
+        status = 500  # if the server never gets to send one
+        metrics.inflight.inc()
+        try:
+            if endpoint is not None:
+                scope["app"] = self
+                response = await _respond(endpoint, Request(scope, receive))
+                status = response.status_code
+                await response(scope, receive, send)
+            else:
+                async def noting_status(message: Message) -> None:
+                    nonlocal status
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                    await send(message)
+
+                await super().__call__(scope, receive, noting_status)
+        finally:
+            metrics.inflight.dec()
+            if endpoint is not None:
+                route = scope["path"]
+            else:  # the route's template, never the raw path: labels stay few
+                matched = scope.get("route")
+                route = matched.path if isinstance(matched, APIRoute) else "unmatched"
+            metrics.requests.labels(route, str(status)).inc()
+
+
+async def _respond(endpoint: Endpoint, request: Request) -> Response:
+    try:
+        return await endpoint(request)
+    except GatewayError as exc:
+        return await _on_gateway_error(request, exc)
+    except Exception as exc:
+        return await _on_unexpected(request, exc)
+
+
 def create_app(settings: Settings) -> FastAPI:
     services = Services.build(settings)
 
@@ -81,7 +149,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await services.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
+        services,
         title="ir-gateway",
         version=__version__,
         description="OpenAI-compatible structured-output gateway for vLLM: named, versioned "
@@ -89,11 +158,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         default_response_class=JSONResponse,
     )
-    app.state.services = services
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (chat, completions, models, schemas, health):
         app.include_router(module.router)
+    app.route_directly()
     return app

@@ -74,6 +74,30 @@ async def test_unknown_routes_and_methods_answer_in_openai_shape(
     openai_spec.validate("ErrorResponse", response.json())
 
 
+async def test_metrics_count_every_answer_by_route_template(client: httpx.AsyncClient,
+                                                             fake: FakeUpstream) -> None:
+    fake.script(Reply(VALID))
+    assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    assert (await client.post("/v1/chat/completions", content=b"{")).status_code == 400
+    assert (await client.get("/v1/models/schema/function_ir")).status_code == 200
+    for n in range(3):  # arbitrary paths must not each become a label (unbounded memory)
+        assert (await client.get(f"/v1/nothing/{n}")).status_code == 404
+    text = (await client.get("/metrics")).text
+
+    def count(route: str, status: int) -> float:
+        line = f'irgw_requests_total{{route="{route}",status="{status}"}} '
+        found = [row for row in text.splitlines() if row.startswith(line)]
+        return float(found[0].removeprefix(line)) if found else 0.0
+
+    assert count("/v1/chat/completions", 200) == 1
+    assert count("/v1/chat/completions", 400) == 1
+    assert count("/v1/models/{model_id:path}", 200) == 1
+    assert count("unmatched", 404) == 3
+    assert "/v1/nothing" not in text
+    # The scrape itself is in flight while it renders; nothing else is.
+    assert "irgw_inflight_requests 1.0" in text
+
+
 @pytest.mark.parametrize(("content", "needle"), [
     (b'{"model": "x", "messages": [', "not valid JSON"),
     (b"", "empty"),
