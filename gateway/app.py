@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -90,12 +90,17 @@ class GatewayApp(FastAPI):
         self.state.services = services
         self._direct: dict[str, Endpoint] = {}
 
-    def route_directly(self) -> None:
-        """Call once every router is included."""
-        for route in self.routes:
-            if isinstance(route, RawRoute) and route.methods == {"POST"} \
-                    and "{" not in route.path:
-                self._direct[route.path] = route.endpoint
+    def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
+        super().include_router(router, **kwargs)
+        if not kwargs.get("prefix"):
+            for route in router.routes:
+                if isinstance(route, RawRoute) and route.methods == {"POST"} \
+                        and "{" not in route.path:
+                    self._direct[route.path] = route.endpoint
+
+    @property
+    def direct_routes(self) -> frozenset[str]:
+        return frozenset(self._direct)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,7 +143,7 @@ async def _respond(endpoint: Endpoint, request: Request) -> Response:
         return await _on_unexpected(request, exc)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> GatewayApp:
     services = Services.build(settings)
 
     @asynccontextmanager
@@ -164,5 +169,4 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (chat, completions, models, schemas, health):
         app.include_router(module.router)
-    app.route_directly()
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ def _serve(args: argparse.Namespace) -> int:
             FileNotFoundError, ValueError) as exc:
         print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
+    # Everything built so far lives as long as the process: out of the collector's sight,
+    # full collections stay short (no pauses that show in the p99 under load).
+    gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 loop="uvloop", http="httptools", access_log=False)
     return 0

@@ -13,16 +13,15 @@ from dataclasses import dataclass
 
 import httpx
 import uvicorn
-from fastapi import FastAPI
 
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.settings import Settings
 
 
 @dataclass
 class RunningGateway:
     url: str
-    app: FastAPI
+    app: GatewayApp
     settings: Settings
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.errors import (
     GatewayError,
@@ -83,6 +85,7 @@ class UpstreamClient:
                 f"Bearer {settings.upstream_api_key.get_secret_value()}"
             )
         self._pool_size = settings.upstream_pool_size
+        self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
         self._dialect: Dialect | None = None
         self._models: list[str] | None = None
@@ -95,6 +98,12 @@ class UpstreamClient:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, auto_decompress=False,
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            # One session serves every client: a cookie vLLM (or a proxy in front of it)
+            # set for one caller must never ride along on another's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            # Bodies are relayed and parsed as they come (auto_decompress is off), so never
+            # invite a compressed answer; the other defaults only cost time per request.
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
         )
 
     async def aclose(self) -> None:
@@ -158,8 +167,11 @@ class UpstreamClient:
     async def _request(self, method: str, path: str, data: bytes | None,
                        headers: Mapping[str, str],
                        deadline_s: float | None) -> AsyncIterator[aiohttp.ClientResponse]:
-        url = self.base_url + path
-        all_headers = {**self._headers, **headers}
+        url = self._urls.get(path)
+        if url is None:  # parsed once per path, not on every request
+            url = self._urls[path] = URL(self.base_url + path)
+        all_headers = CIMultiDict(self._headers)
+        all_headers.update(headers)
         deadline = time.monotonic() + (
             self.connect_deadline_s if deadline_s is None else deadline_s
         )
