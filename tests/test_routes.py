@@ -272,6 +272,23 @@ async def test_gateway_credentials_go_upstream_never_the_clients(fake: FakeUpstr
     assert (sent["modal-key"], sent["modal-secret"]) == ("wk-1", "ws-1")
 
 
+async def test_upstream_cookies_never_reach_another_callers_request(
+    fake: FakeUpstream,
+) -> None:
+    # One upstream session serves every caller: a cookie set by vLLM or a proxy in front of
+    # it (a load balancer's affinity cookie, say) for one request must not ride on the next.
+    # By host name: aiohttp's default cookie jar ignores cookies from bare IP addresses.
+    by_name = fake.url.replace("127.0.0.1", "localhost")
+    async with running_gateway(unit_settings(by_name)) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Reply(VALID, headers={"Set-Cookie": "affinity=caller-a; Path=/"}),
+                    Reply(VALID))
+        for _ in range(2):
+            assert (await client.post("/v1/chat/completions", json=CHAT)).status_code == 200
+    assert "cookie" not in fake.requests[-1].headers
+    assert "accept-encoding" not in fake.requests[-1].headers  # bodies are parsed as sent
+
+
 async def test_a_connection_dropped_before_any_answer_is_retried_once() -> None:
     """What a keep-alive race looks like: the server closes the connection the gateway just
     reused. The request never reached vLLM, so the gateway retries it once."""
