@@ -20,9 +20,11 @@ What it measures (the issue's overhead budget):
   time to the end of its response body, so queueing anywhere (client, gateway, fake) counts;
 * at 200 req/s the same open loop goes to the fake directly (model ``qwen-coder`` plus the
   exact ``response_format`` and ``max_tokens`` the gateway adds), to the gateway, and to the
-  gateway with auth, in interleaved rounds so machine noise hits all three alike.
-  Requests are not paired, so "added latency" is the difference of percentiles
-  (gateway p50 - direct p50, gateway p99 - direct p99), not a percentile of differences;
+  gateway with auth, and to the *floor* (a proxy with no logic on the same server and client
+  stack: what any Python gateway built from these parts costs here), in interleaved rounds
+  so machine noise hits all four alike. Requests are not paired, so "added latency" is the
+  difference of percentiles (gateway p50 - direct p50, gateway p99 - direct p99), not a
+  percentile of differences;
 * highest sustained rate: the open-loop rate is stepped up until p99 > 50 ms, any error,
   or achieved rate < 95% of the target; the last passing step is reported. A closed loop
   with 32 concurrent workers gives a throughput figure as well;
@@ -161,9 +163,6 @@ def completion_body() -> bytes:
 
 def fake_main() -> None:
     """Serve the fake vLLM; print the bound port on stdout; exit when the parent dies."""
-    import uvicorn
-    import uvloop
-
     Scope = dict[str, Any]
     Receive = Callable[[], Awaitable[dict[str, Any]]]
     Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -206,6 +205,54 @@ def fake_main() -> None:
             return
         await send({"type": "http.response.start", "status": 200, "headers": reply[0]})
         await send({"type": "http.response.body", "body": reply[1]})
+
+    serve_child(app)
+
+
+def floor_main(upstream_port: int) -> None:
+    """A proxy with no logic at all on the gateway's own stack: uvicorn + httptools + uvloop
+    in front, one pooled aiohttp session (configured as the gateway's) behind. It forwards
+    the body as it came and the answer as it came. Its added latency is the floor for any
+    Python gateway built from these parts on this machine."""
+    import aiohttp
+
+    upstream = f"http://{HOST}:{upstream_port}{CHAT_PATH}"
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                  send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["method"] != "POST":  # readiness probe
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        body = b""
+        for _ in range(10_000):
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        if not sessions:
+            sessions.append(aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")))
+        async with sessions[0].post(upstream, data=body,
+                                    headers={"content-type": "application/json"}) as reply:
+            answer = await reply.read()
+            status = reply.status
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(answer)).encode())]})
+        await send({"type": "http.response.body", "body": answer})
+
+    serve_child(app)
+
+
+def serve_child(app: Any) -> None:
+    """Serve a raw ASGI app on a free port; print the port; exit when the parent dies."""
+    import uvicorn
+    import uvloop
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -324,13 +371,21 @@ class Child:
 
 
 def start_fake() -> tuple[Child, int]:
-    child = Child("fake", [sys.executable, str(Path(__file__).resolve()), "--serve-fake"])
+    return start_child("fake", "--serve-fake")
+
+
+def start_floor(upstream_port: int) -> tuple[Child, int]:
+    return start_child("floor", "--serve-floor", str(upstream_port))
+
+
+def start_child(name: str, *args: str) -> tuple[Child, int]:
+    child = Child(name, [sys.executable, str(Path(__file__).resolve()), *args])
     assert child.proc.stdout is not None
     ready, _, _ = select.select([child.proc.stdout], [], [], START_TIMEOUT_S)
     line = child.proc.stdout.readline().strip() if ready else b""
     if not line.isdigit():
         child.close()
-        raise RuntimeError(f"fake upstream failed to start: {line!r}")
+        raise RuntimeError(f"{name} failed to start: {line!r}")
     return child, int(line)
 
 
@@ -695,8 +750,9 @@ def cpu_us(phase: Phase, seconds: float) -> float:
     return 1e6 * seconds / phase.ok if phase.ok else float("nan")
 
 
-async def bench(sizes: Sizes, fake: Child, fake_port: int, gw: Child, gw_port: int,
-                gwa: Child, gwa_port: int, key: str, started: float) -> Run:
+async def bench(sizes: Sizes, fake: Child, fake_port: int, floor: Child, floor_port: int,
+                gw: Child, gw_port: int, gwa: Child, gwa_port: int, key: str,
+                started: float) -> Run:
     run = Run(sizes, t0=time.perf_counter())
     json_headers = {"content-type": "application/json"}
     direct = Target("direct", f"http://{HOST}:{fake_port}{CHAT_PATH}", direct_body(),
@@ -706,8 +762,10 @@ async def bench(sizes: Sizes, fake: Child, fake_port: int, gw: Child, gw_port: i
     gateway_auth = Target("gateway+auth", f"http://{HOST}:{gwa_port}{CHAT_PATH}",
                           gateway_body(), {**json_headers, "authorization": f"Bearer {key}"},
                           True, gwa.pid)
-    targets = [direct, gateway, gateway_auth]
-    all_pids = [fake.pid, gw.pid, gwa.pid]
+    floor_target = Target("floor", f"http://{HOST}:{floor_port}{CHAT_PATH}", direct_body(),
+                          json_headers, False, floor.pid)
+    targets = [direct, floor_target, gateway, gateway_auth]
+    all_pids = [fake.pid, floor.pid, gw.pid, gwa.pid]
     meters = {t.name: Meter(t, fake, [p for p in all_pids if p not in (t.pid, fake.pid)])
               for t in targets}
     sampler = RssSampler({"gateway": gw.pid, "gateway+auth": gwa.pid}, max_s=TOTAL_BUDGET_S + 120)
@@ -895,8 +953,9 @@ def write_plot(run: Run, summaries: dict[str, Summary]) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5.2))
     ax = axes[0]
-    colors = {"direct": "tab:blue", "gateway": "tab:orange", "gateway+auth": "tab:green"}
-    for name in ("direct", "gateway", "gateway+auth"):
+    colors = {"direct": "tab:blue", "floor": "tab:gray", "gateway": "tab:orange",
+              "gateway+auth": "tab:green"}
+    for name in ("direct", "floor", "gateway", "gateway+auth"):
         data = sorted(pooled([r[name] for r in run.rounds]))
         if not data:
             continue
@@ -967,9 +1026,11 @@ def write_plot(run: Run, summaries: dict[str, Summary]) -> None:
 def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, float, float],
                  load_end: tuple[float, float, float], other_pct_run: float) -> str:
     summaries = {name: summarise([r[name] for r in run.rounds])
-                 for name in ("direct", "gateway", "gateway+auth")}
+                 for name in ("direct", "floor", "gateway", "gateway+auth")}
     d, g, a = summaries["direct"], summaries["gateway"], summaries["gateway+auth"]
+    f = summaries["floor"]
     add50, add99 = g.p50 - d.p50, g.p99 - d.p99
+    floor50, floor99 = f.p50 - d.p50, f.p99 - d.p99
     auth50, auth99 = a.p50 - d.p50, a.p99 - d.p99
     pass50, pass99 = add50 <= BUDGET_P50_MS, add99 <= BUDGET_P99_MS
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -978,8 +1039,8 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
             "| target CPU µs/req | target run-queue wait µs/req | other load (% of 1 core) "
             "| peak RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in (d, g, a):
-        rss = "-" if s.name == "direct" else fmt(s.rss_peak_mb, 1)
+    for s in (d, f, g, a):
+        rss = "-" if s.name in ("direct", "floor") else fmt(s.rss_peak_mb, 1)
         rows.append(f"| {s.name} | {s.n} | {s.errors} | {fmt(s.p50)} | {fmt(s.p90)} | "
                     f"{fmt(s.p99)} | {fmt(s.max, 1)} | {fmt(s.p50_send)} / {fmt(s.p99_send)} | "
                     f"{fmt(s.cpu_us, 0)} | {fmt(s.wait_us, 0)} | {s.other_pct:.0f} | {rss} |")
@@ -994,6 +1055,10 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         f"| gateway + auth + in-memory limits | {auth50:+.2f} | {auth99:+.2f} | (same) | p50 "
         f"{'PASS' if auth50 <= BUDGET_P50_MS else 'FAIL'}, p99 "
         f"{'PASS' if auth99 <= BUDGET_P99_MS else 'FAIL'} |",
+        f"| floor: a proxy with no logic, same server and client | {floor50:+.2f} | "
+        f"{floor99:+.2f} | (reference) | - |",
+        f"| gateway (auth off) over the floor | {g.p50 - f.p50:+.2f} | {g.p99 - f.p99:+.2f} | "
+        "(what the gateway's own work costs) | - |",
     ]
     per_round = ["| round | direct p50 / p99 | gateway p50 / p99 | gateway+auth p50 / p99 | "
                  "added p50 / p99 (gateway) | other load % |", "|---|---|---|---|---|---|"]
@@ -1044,7 +1109,7 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
     seq_added50 = seq_cpu = float("nan")
     if run.seq:
         seq_sum = {name: summarise([r[name] for r in run.seq])
-                   for name in ("direct", "gateway", "gateway+auth")}
+                   for name in ("direct", "floor", "gateway", "gateway+auth")}
         sd = seq_sum["direct"]
         seq_added50 = seq_sum["gateway"].p50 - sd.p50
         seq_cpu = seq_sum["gateway"].cpu_us
@@ -1121,6 +1186,13 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         f"and {add50:.2f} ms at {BUDGET_RATE} req/s open loop (different machines and methods: "
         "an order-of-magnitude comparison only).",
         "",
+        f"The floor on this machine: a proxy with no logic at all, built from the same parts "
+        f"(uvicorn + httptools + uvloop in front, a pooled aiohttp session behind), adds "
+        f"{floor50:+.2f} ms median / {floor99:+.2f} ms p99 at {BUDGET_RATE} req/s "
+        f"({f.cpu_us:.0f} µs CPU per request). The gateway's own work (schema resolution, "
+        f"limits, strict parse and validation, OpenAI shapes, metrics, disconnect watching) "
+        f"adds {g.p50 - f.p50:+.2f} ms median over that floor.",
+        "",
         f"- highest sustained open-loop rate: {max_text}{fail_text}",
         "- closed loop, 32 concurrent: "
         + ", ".join(f"{ph.target} {ph.achieved_rps:,.0f} req/s" for ph in run.closed),
@@ -1188,6 +1260,9 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "latency; `GET /version` -> 0.32.0, `GET /v1/models` -> `qwen-coder`, `POST "
         f"/v1/chat/completions` -> a {len(completion_body())}-byte `chat.completion` whose "
         "content is a compact valid `function_ir` document, with usage.",
+        "- floor: its own process, the same uvicorn + httptools + uvloop front and an aiohttp "
+        "session behind (no cookie jar, no auto headers, as the gateway's); it forwards the "
+        "direct request's bytes to the fake and the fake's answer back, nothing else.",
         "- gateway: `ir-gateway serve --upstream ... --port ...` as its own process (one "
         "uvicorn worker, uvloop + httptools), `IRGW_AUTH_ENABLED=false`, "
         "`IRGW_LOG_LEVEL=warning`, all other settings default. The auth-on gateway is a "
@@ -1261,9 +1336,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small samples, < 1 minute")
     parser.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", type=int, metavar="UPSTREAM_PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
         fake_main()
+        return
+    if args.serve_floor:
+        floor_main(args.serve_floor)
         return
 
     import uvloop
@@ -1278,6 +1357,8 @@ def main() -> None:
         try:
             fake, fake_port = start_fake()
             children.append(fake)
+            floor, floor_port = start_floor(fake_port)
+            children.append(floor)
             keys_file = workdir / "keys.json"
             key = create_key(keys_file)
             gw, gw_port = start_gateway(fake_port, workdir, None)
@@ -1288,8 +1369,8 @@ def main() -> None:
                   f"gateway+auth pid {gwa.pid} :{gwa_port}; load average {load_start}",
                   flush=True)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                run = runner.run(bench(sizes, fake, fake_port, gw, gw_port, gwa, gwa_port, key,
-                                       started))
+                run = runner.run(bench(sizes, fake, fake_port, floor, floor_port, gw, gw_port,
+                                       gwa, gwa_port, key, started))
             ours = time.process_time() - own0 + sum(c.cpu() for c in children)
             for child in children:
                 if child.proc.poll() is not None:

@@ -89,6 +89,7 @@ class GatewayApp(FastAPI):
         super().__init__(**kwargs)
         self.state.services = services
         self._direct: dict[str, Endpoint] = {}
+        self._answered: dict[tuple[str, int], Any] = {}  # label children, looked up once
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
         super().include_router(router, **kwargs)
@@ -131,7 +132,11 @@ class GatewayApp(FastAPI):
             else:  # the route's template, never the raw path: labels stay few
                 matched = scope.get("route")
                 route = matched.path if isinstance(matched, APIRoute) else "unmatched"
-            metrics.requests.labels(route, str(status)).inc()
+            counter = self._answered.get((route, status))
+            if counter is None:
+                counter = self._answered[route, status] = metrics.requests.labels(
+                    route, str(status))
+            counter.inc()
 
 
 async def _respond(endpoint: Endpoint, request: Request) -> Response:
