@@ -37,6 +37,11 @@ def _error_response(error: GatewayError) -> Response:
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
+    if exc.status_code >= 500:
+        # The client gets the message; the operator needs it too, with the cause's type.
+        cause = exc.__cause__
+        log.warning("%s %s -> %d %s: %s%s", request.method, request.url.path, exc.status_code,
+                    exc.code, exc, f" (cause: {cause!r})" if cause is not None else "")
     return _error_response(exc)
 
 

@@ -44,7 +44,8 @@ def _serve(args: argparse.Namespace) -> int:
     # full collections stay short (no pauses that show in the p99 under load).
     gc.freeze()
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                loop="uvloop", http="httptools", access_log=False)
+                loop="uvloop", http="httptools", access_log=False,
+                timeout_keep_alive=settings.keepalive_timeout_s)
     return 0
 
 

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # -- listening
     host: str = "127.0.0.1"
     port: int = 8080
+    keepalive_timeout_s: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle client connection stays open. Longer than clients' own "
+        "idle expiry (httpx and the openai client 5 s, aiohttp 15 s), so the client always "
+        "closes first: a request sent just as the server closes the connection is lost.",
+    )
 
     # -- schemas and output checking
     schemas_dir: Path = _DEFAULT_SCHEMAS_DIR

@@ -29,7 +29,8 @@ class RunningGateway:
 async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="on", loop="none")
+                            lifespan="on", loop="none",
+                            timeout_keep_alive=settings.keepalive_timeout_s)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.settings import Settings
 from tests import openai_spec
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, Slow
@@ -78,6 +81,28 @@ async def test_generation_routes_skip_the_middleware_stack(gateway: RunningGatew
     # The overhead budget depends on it (bench/overhead.py); a FastAPI upgrade that changed
     # how routers are included would otherwise quietly put them back behind it.
     assert gateway.app.direct_routes == {"/v1/chat/completions", "/v1/completions"}
+
+
+async def test_idle_client_connections_outlive_the_clients_own_idle_expiry(
+    fake: FakeUpstream,
+) -> None:
+    # Clients drop idle pooled connections after 5 s (httpx, openai) or 15 s (aiohttp). A
+    # server that closes first races them: a request sent as it closes is lost.
+    assert Settings(upstream_url=fake.url).keepalive_timeout_s > 15
+    request = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+    async with running_gateway(unit_settings(fake.url, keepalive_timeout_s=2)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for idle_s in (0.0, 1.0):
+                writer.write(request)
+                assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+                await reader.readuntil(b'{"status":"ok"}')
+                await asyncio.sleep(idle_s)
+            await asyncio.sleep(3.0)  # past the configured 2 s: the server has closed it
+            assert await asyncio.wait_for(reader.read(), 1.0) == b""
+        finally:
+            writer.close()
 
 
 async def test_metrics_count_every_answer_by_route_template(client: httpx.AsyncClient,
@@ -289,9 +314,11 @@ async def test_upstream_cookies_never_reach_another_callers_request(
     assert "accept-encoding" not in fake.requests[-1].headers  # bodies are parsed as sent
 
 
-async def test_a_connection_dropped_before_any_answer_is_retried_once() -> None:
+@pytest.mark.parametrize("drop", ["close", "reset"])
+async def test_a_connection_dropped_before_any_answer_is_retried_once(drop: str) -> None:
     """What a keep-alive race looks like: the server closes the connection the gateway just
-    reused. The request never reached vLLM, so the gateway retries it once."""
+    reused. The request never reached vLLM, so the gateway retries it once. A server that
+    closes with our request still unread sends a reset, not a clean close: same case."""
     from aiohttp import web
 
     calls = {"chat": 0}
@@ -303,6 +330,9 @@ async def test_a_connection_dropped_before_any_answer_is_retried_once() -> None:
         calls["chat"] += 1
         if calls["chat"] in (1, 3, 4):
             assert request.transport is not None
+            if drop == "reset":
+                request.transport.get_extra_info("socket").setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             request.transport.abort()  # no status line, no headers: as if closed idle
             raise web.HTTPInternalServerError  # never sent
         return web.json_response({

@@ -418,8 +418,11 @@ class DevStack:
         opts = self.options
         assert self.vllm is not None
         schemas = app.state.services.registry.names()
-        config = uvicorn.Config(app, host=opts.host, port=opts.port, log_level="info",
-                                loop="uvloop", http="httptools", access_log=True)
+        config = uvicorn.Config(
+            app, host=opts.host, port=opts.port, log_level="info", loop="uvloop",
+            http="httptools", access_log=True,
+            timeout_keep_alive=app.state.services.settings.keepalive_timeout_s,
+        )
         server = uvicorn.Server(config)
         self.server = server
         base_url = f"http://{_url_host(opts.host)}:{opts.port}/v1"

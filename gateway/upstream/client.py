@@ -8,6 +8,7 @@ outside. Only connection failures are retried, since then the request never reac
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -182,13 +183,8 @@ class UpstreamClient:
                 response = await self.session.request(method, url, data=data,
                                                       headers=all_headers)
                 break
-            except aiohttp.ServerDisconnectedError as exc:
-                # A pooled connection the server closed just as we reused it: the request
-                # never reached vLLM, so one retry (on a fresh connection) is safe.
-                if not stale_retry:
-                    raise UpstreamError("the upstream closed the connection") from exc
-                stale_retry = False
             except aiohttp.ClientConnectorError as exc:
+                # Refused: vLLM is booting or down. Retried up to the connect deadline.
                 self.forget()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -199,6 +195,19 @@ class UpstreamClient:
                     ) from exc
                 await asyncio.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                # A pooled connection the server closed just as we reused it (a clean close,
+                # or a reset when it closed with our request unread: a keep-alive timer that
+                # fired late on a busy vLLM). The request never reached vLLM, so one retry
+                # on a fresh connection is safe; twice in a row is not a stale connection.
+                stale = isinstance(exc, aiohttp.ServerDisconnectedError) or exc.errno in (
+                    errno.ECONNRESET, errno.EPIPE)
+                if not stale or not stale_retry:
+                    raise UpstreamError(
+                        "the upstream closed the connection" if stale
+                        else f"upstream connection failed: {type(exc).__name__}"
+                    ) from exc
+                stale_retry = False
             except TimeoutError as exc:
                 raise UpstreamTimeoutError("the upstream did not answer in time") from exc
             except aiohttp.ClientError as exc:

@@ -53,8 +53,11 @@ def outcome_of(response: httpx.Response, schema: dict[str, Any]) -> str:
         if not strictly_valid(content, schema):
             return "INVALID-BUT-200"
         return response.headers["x-irgw-output"]
-    code = response.json()["error"]["code"]
-    return code if code in TYPED_ERRORS else f"unexpected-{response.status_code}-{code}"
+    error = response.json()["error"]
+    if error["code"] in TYPED_ERRORS:
+        return str(error["code"])
+    REPORT.append(f"unexpected answer {response.status_code}: {error['message']}")
+    return f"unexpected-{response.status_code}-{error['code']}"
 
 
 async def test_every_schema_both_ways_is_valid_or_a_typed_error(live: Live) -> None:
