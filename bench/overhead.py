@@ -71,12 +71,11 @@ from tests.ir_samples import FUNCTION_IR  # noqa: E402  (the same answer the uni
 HOST = "127.0.0.1"
 CHAT_PATH = "/v1/chat/completions"
 UPSTREAM_MODEL = "qwen-coder"
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 RESULTS_MD = RESULTS / "overhead.md"
 RESULTS_PNG = RESULTS / "overhead.png"
 RESULTS_JSON = RESULTS / "overhead.json"
-SCHEMA_FILE = ROOT / "schemas" / "function_ir.v1.json"
+SCHEMA_FILE = REPO / "schemas" / "function_ir.v1.json"
 
 BUDGET_P50_MS = 1.0
 BUDGET_P99_MS = 5.0
@@ -161,6 +160,16 @@ def completion_body() -> bytes:
 # --------------------------------------------------------------------------------------
 
 
+async def read_body(receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes:
+    chunks = []
+    for _ in range(10_000):  # bounded: bodies here are a few KB
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
 def fake_main() -> None:
     """Serve the fake vLLM; print the bound port on stdout; exit when the parent dies."""
     Scope = dict[str, Any]
@@ -184,12 +193,7 @@ def fake_main() -> None:
         method, path = scope["method"], scope["path"]
         reply: tuple[list[tuple[bytes, bytes]], bytes] | None = None
         if method == "POST" and path == CHAT_PATH:
-            size = 0
-            for _ in range(10_000):  # bounded: bodies here are a few KB
-                message = await receive()
-                size += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
+            size = len(await read_body(receive))
             stats["chat"] += 1
             stats["last_body_bytes"] = size
             reply = completion
@@ -211,13 +215,14 @@ def fake_main() -> None:
 
 def floor_main(upstream_port: int) -> None:
     """A proxy with no logic at all on the gateway's own stack: uvicorn + httptools + uvloop
-    in front, one pooled aiohttp session (configured as the gateway's) behind. It forwards
+    in front, the gateway's own pooled aiohttp session (`UpstreamClient`) behind. It forwards
     the body as it came and the answer as it came. Its added latency is the floor for any
     Python gateway built from these parts on this machine."""
-    import aiohttp
+    from gateway.settings import Settings
+    from gateway.upstream.client import UpstreamClient
 
-    upstream = f"http://{HOST}:{upstream_port}{CHAT_PATH}"
-    sessions: list[aiohttp.ClientSession] = []
+    upstream = UpstreamClient(Settings(upstream_url=f"http://{HOST}:{upstream_port}"))
+    started: list[bool] = []
 
     async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
                   send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
@@ -227,18 +232,12 @@ def floor_main(upstream_port: int) -> None:
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"ok"})
             return
-        body = b""
-        for _ in range(10_000):
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body", False):
-                break
-        if not sessions:
-            sessions.append(aiohttp.ClientSession(
-                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding")))
-        async with sessions[0].post(upstream, data=body,
-                                    headers={"content-type": "application/json"}) as reply:
+        body = await read_body(receive)
+        if not started:  # the session must be made inside the running loop
+            await upstream.start()
+            started.append(True)
+        async with upstream.session.post(upstream.base_url + CHAT_PATH, data=body,
+                                         headers={"content-type": "application/json"}) as reply:
             answer = await reply.read()
             status = reply.status
         await send({"type": "http.response.start", "status": status, "headers": [
@@ -887,9 +886,9 @@ def git_rev() -> str:
     if git is None:
         return "unknown"
     try:
-        rev = subprocess.run([git, "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+        rev = subprocess.run([git, "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run([git, "-C", str(ROOT), "status", "--porcelain", "--", "gateway"],
+        dirty = subprocess.run([git, "-C", str(REPO), "status", "--porcelain", "--", "gateway"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -1260,9 +1259,9 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "latency; `GET /version` -> 0.32.0, `GET /v1/models` -> `qwen-coder`, `POST "
         f"/v1/chat/completions` -> a {len(completion_body())}-byte `chat.completion` whose "
         "content is a compact valid `function_ir` document, with usage.",
-        "- floor: its own process, the same uvicorn + httptools + uvloop front and an aiohttp "
-        "session behind (no cookie jar, no auto headers, as the gateway's); it forwards the "
-        "direct request's bytes to the fake and the fake's answer back, nothing else.",
+        "- floor: its own process, the same uvicorn + httptools + uvloop front and the "
+        "gateway's own upstream session (`UpstreamClient`) behind; it forwards the direct "
+        "request's bytes to the fake and the fake's answer back, nothing else.",
         "- gateway: `ir-gateway serve --upstream ... --port ...` as its own process (one "
         "uvicorn worker, uvloop + httptools), `IRGW_AUTH_ENABLED=false`, "
         "`IRGW_LOG_LEVEL=warning`, all other settings default. The auth-on gateway is a "

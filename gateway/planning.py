@@ -68,20 +68,20 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
 def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
     """A `/v1/chat/completions` body."""
     body = _require_dict(body, "body")
-    _require_model(body)
+    model = _require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
-    return _plan(body, registry, settings)
+    return _plan(body, model, registry, settings)
 
 
 def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
     """A `/v1/completions` body: the same schema naming, a `prompt` instead of messages."""
     body = _require_dict(body, "body")
-    _require_model(body)
+    model = _require_model(body)
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
-    return _plan(body, registry, settings)
+    return _plan(body, model, registry, settings)
 
 
 def _require_model(body: dict[str, Any]) -> str:
@@ -91,8 +91,8 @@ def _require_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _plan(body: dict[str, Any], registry: SchemaRegistry, settings: Settings) -> ChatPlan:
-    model = _require_model(body)
+def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
+          settings: Settings) -> ChatPlan:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be a boolean", param="stream")
