@@ -215,7 +215,7 @@ def fake_main() -> None:
 
 def floor_main(upstream_port: int) -> None:
     """A proxy with no logic at all on the gateway's own stack: uvicorn + httptools + uvloop
-    in front, the gateway's own pooled aiohttp session (`UpstreamClient`) behind. It forwards
+    in front, the gateway's own upstream transport (`UpstreamClient.pool`) behind. It forwards
     the body as it came and the answer as it came. Its added latency is the floor for any
     Python gateway built from these parts on this machine."""
     from gateway.settings import Settings
@@ -233,13 +233,12 @@ def floor_main(upstream_port: int) -> None:
             await send({"type": "http.response.body", "body": b"ok"})
             return
         body = await read_body(receive)
-        if not started:  # the session must be made inside the running loop
+        if not started:  # the pool must be made inside the running loop
             await upstream.start()
             started.append(True)
-        async with upstream.session.post(upstream.base_url + CHAT_PATH, data=body,
-                                         headers={"content-type": "application/json"}) as reply:
-            answer = await reply.read()
-            status = reply.status
+        reply = await upstream.pool.request("POST", CHAT_PATH, body)
+        answer = await reply.read()
+        status = reply.status
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer)).encode())]})
@@ -1186,7 +1185,8 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "an order-of-magnitude comparison only).",
         "",
         f"The floor on this machine: a proxy with no logic at all, built from the same parts "
-        f"(uvicorn + httptools + uvloop in front, a pooled aiohttp session behind), adds "
+        f"(uvicorn + httptools + uvloop in front, the gateway's own pooled upstream transport "
+        f"behind), adds "
         f"{floor50:+.2f} ms median / {floor99:+.2f} ms p99 at {BUDGET_RATE} req/s "
         f"({f.cpu_us:.0f} µs CPU per request). The gateway's own work (schema resolution, "
         f"limits, strict parse and validation, OpenAI shapes, metrics, disconnect watching) "

@@ -94,7 +94,6 @@ class GatewayApp(FastAPI):
         super().__init__(**kwargs)
         self.state.services = services
         self._direct: dict[str, Endpoint] = {}
-        self._answered: dict[tuple[str, int], Any] = {}  # label children, looked up once
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
         super().include_router(router, **kwargs)
@@ -115,7 +114,7 @@ class GatewayApp(FastAPI):
         metrics = self.state.services.metrics
         endpoint = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
         status = 500  # if the server never gets to send one
-        metrics.inflight.inc()
+        metrics.inflight += 1
         try:
             if endpoint is not None:
                 scope["app"] = self
@@ -131,17 +130,13 @@ class GatewayApp(FastAPI):
 
                 await super().__call__(scope, receive, noting_status)
         finally:
-            metrics.inflight.dec()
+            metrics.inflight -= 1
             if endpoint is not None:
                 route = scope["path"]
             else:  # the route's template, never the raw path: labels stay few
                 matched = scope.get("route")
                 route = matched.path if isinstance(matched, APIRoute) else "unmatched"
-            counter = self._answered.get((route, status))
-            if counter is None:
-                counter = self._answered[route, status] = metrics.requests.labels(
-                    route, str(status))
-            counter.inc()
+            metrics.answered(route, status)
 
 
 async def _respond(endpoint: Endpoint, request: Request) -> Response:

@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+_GC_YOUNG_THRESHOLD = 20_000
+
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -43,8 +45,14 @@ def _serve(args: argparse.Namespace) -> int:
     # Everything built so far lives as long as the process: out of the collector's sight,
     # full collections stay short (no pauses that show in the p99 under load).
     gc.freeze()
+    # A request allocates a few thousand short-lived containers; at the default threshold
+    # (700) the young generation is collected several times per request, at ~8% of the CPU.
+    # Almost all of it is freed by reference counting anyway; collect young objects less often.
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
+    # No proxy_headers: nothing here reads the client's address (keys identify callers),
+    # so rewriting it from X-Forwarded-For on every request only costs time.
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                loop="uvloop", http="httptools", access_log=False,
+                loop="uvloop", http="httptools", access_log=False, proxy_headers=False,
                 timeout_keep_alive=settings.keepalive_timeout_s)
     return 0
 

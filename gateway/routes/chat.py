@@ -92,7 +92,7 @@ async def chat_completions(request: Request) -> Response:
         error.headers.update(headers)
         if plan.schema is not None and isinstance(error, OutputValidationError):
             outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
-            services.metrics.outputs.labels(plan.schema.ref, outcome).inc()
+            services.metrics.output_checked(plan.schema.ref, outcome)
         raise
     finally:
         await admission.settle(tokens)
@@ -102,7 +102,7 @@ async def chat_completions(request: Request) -> Response:
         headers["x-irgw-output"] = completed.outcome
         headers["x-irgw-attempts"] = str(completed.attempts)
         if plan.schema is not None:
-            services.metrics.outputs.labels(plan.schema.ref, completed.outcome).inc()
+            services.metrics.output_checked(plan.schema.ref, completed.outcome)
     return JSONResponse(completed.response, headers=headers)
 
 
@@ -133,7 +133,7 @@ async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], mo
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
             continue
-        services.metrics.upstream_seconds.labels("chat").observe(time.perf_counter() - started)
+        services.metrics.upstream_took("chat", time.perf_counter() - started)
         _present(plan, response, checked)
         outcome = "retried" if attempt > 1 else checked.outcome.value
         return Completed(response, outcome, attempt, tokens)
@@ -175,7 +175,7 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
         if plan.schema is not None and state.outcome in (
             "passed", "repaired", "failed", "truncated"
         ):
-            services.metrics.outputs.labels(plan.schema.ref, state.outcome).inc()
+            services.metrics.output_checked(plan.schema.ref, state.outcome)
 
     if plan.checked:
         headers["x-irgw-output"] = "checked-at-end"

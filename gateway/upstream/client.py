@@ -1,4 +1,4 @@
-"""The one pooled HTTP client for vLLM (aiohttp: chosen by bench/upstream_client.py).
+"""The one pooled HTTP client for vLLM, on the lean keep-alive transport in `transport.py`.
 
 Refused connections are retried with backoff up to `connect_deadline_s`: vLLM does not
 accept connections while it loads a model, and a Modal cold start looks the same from
@@ -8,17 +8,13 @@ outside. Only connection failures are retried, since then the request never reac
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict
-from yarl import URL
 
 from gateway.errors import (
     GatewayError,
@@ -29,13 +25,24 @@ from gateway.errors import (
 )
 from gateway.settings import Settings
 from gateway.upstream.dialects import Dialect, dialect_for
+from gateway.upstream.transport import (
+    ConnectFailed,
+    ConnectionBroken,
+    Pool,
+    ReadTimeout,
+    Response,
+    StaleConnection,
+)
 
 log = logging.getLogger("gateway.upstream")
 
 _RETRY_AFTER_S = 5
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
+# vLLM's server closes idle keep-alive connections after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
+# dropping ours sooner keeps requests off connections the server is about to close.
 _KEEPALIVE_S = 4.0
+_CONNECT_TIMEOUT_S = 5.0
 
 
 def normalise_error(status: int, body: bytes) -> GatewayError:
@@ -73,49 +80,32 @@ class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
         self.base_url = settings.upstream_url
         self.connect_deadline_s = settings.connect_deadline_s
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=5.0, sock_read=settings.upstream_timeout_s
-        )
-        self._headers = {"content-type": "application/json"}
-        self._headers.update(
-            {name.lower(): value.get_secret_value()
-             for name, value in settings.upstream_headers.items()}
-        )
+        self._read_timeout_s = settings.upstream_timeout_s
+        headers = {"content-type": "application/json"}
+        headers.update({name.lower(): value.get_secret_value()
+                        for name, value in settings.upstream_headers.items()})
         if settings.upstream_api_key is not None:
-            self._headers["authorization"] = (
-                f"Bearer {settings.upstream_api_key.get_secret_value()}"
-            )
+            headers["authorization"] = f"Bearer {settings.upstream_api_key.get_secret_value()}"
+        self._headers = list(headers.items())
         self._pool_size = settings.upstream_pool_size
-        self._urls: dict[str, URL] = {}
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._dialect: Dialect | None = None
         self._models: list[str] | None = None
 
     async def start(self) -> None:
-        # vLLM's server closes idle keep-alive connections after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
-        # dropping ours sooner keeps requests off connections the server is about to close.
-        connector = aiohttp.TCPConnector(limit=self._pool_size, ttl_dns_cache=300,
-                                         keepalive_timeout=_KEEPALIVE_S)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False,
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            # One session serves every client: a cookie vLLM (or a proxy in front of it)
-            # set for one caller must never ride along on another's request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            # Bodies are relayed and parsed as they come (auto_decompress is off), so never
-            # invite a compressed answer; the other defaults only cost time per request.
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
-        )
+        self._pool = Pool(self.base_url, size=self._pool_size, keepalive_s=_KEEPALIVE_S,
+                          connect_timeout_s=_CONNECT_TIMEOUT_S,
+                          read_timeout_s=self._read_timeout_s, headers=self._headers)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._pool is not None:
+            await self._pool.aclose()
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def pool(self) -> Pool:
+        if self._pool is None:
             raise RuntimeError("UpstreamClient.start() was not awaited")
-        return self._session
+        return self._pool
 
     # -- discovery
 
@@ -147,32 +137,29 @@ class UpstreamClient:
     # -- requests
 
     async def get_json(self, path: str, *, deadline_s: float | None = None) -> Any:
-        async with self._request("GET", path, None, {}, deadline_s) as response:
-            body = await response.read()
-        return _decode(body)
+        response = await self._send("GET", path, None, {}, deadline_s)
+        return _decode(await _read(response))
 
     async def post_json(self, path: str, body: Mapping[str, Any],
                         headers: Mapping[str, str]) -> Any:
-        async with self._request("POST", path, orjson.dumps(body), headers, None) as response:
-            raw = await response.read()
-        return _decode(raw)
+        response = await self._send("POST", path, orjson.dumps(body), headers, None)
+        return _decode(await _read(response))
 
     @asynccontextmanager
     async def stream(self, path: str, body: Mapping[str, Any],
                      headers: Mapping[str, str]) -> AsyncIterator[AsyncIterator[bytes]]:
         """Yields an iterator over SSE `data:` payloads (bytes), as they arrive."""
-        async with self._request("POST", path, orjson.dumps(body), headers, None) as response:
+        response = await self._send("POST", path, orjson.dumps(body), headers, None)
+        try:
             yield _sse_data(response)
+        finally:
+            # Closes a connection abandoned mid-answer (client gone, error), which is what
+            # makes vLLM abort the generation and free its GPU slot.
+            response.release()
 
-    @asynccontextmanager
-    async def _request(self, method: str, path: str, data: bytes | None,
-                       headers: Mapping[str, str],
-                       deadline_s: float | None) -> AsyncIterator[aiohttp.ClientResponse]:
-        url = self._urls.get(path)
-        if url is None:  # parsed once per path, not on every request
-            url = self._urls[path] = URL(self.base_url + path)
-        all_headers = CIMultiDict(self._headers)
-        all_headers.update(headers)
+    async def _send(self, method: str, path: str, data: bytes | None,
+                    headers: Mapping[str, str], deadline_s: float | None) -> Response:
+        """The answer's head, status < 400; the caller reads the body and releases it."""
         deadline = time.monotonic() + (
             self.connect_deadline_s if deadline_s is None else deadline_s
         )
@@ -180,10 +167,9 @@ class UpstreamClient:
         stale_retry = True
         while True:
             try:
-                response = await self.session.request(method, url, data=data,
-                                                      headers=all_headers)
+                response = await self.pool.request(method, path, data, headers.items())
                 break
-            except aiohttp.ClientConnectorError as exc:
+            except ConnectFailed as exc:
                 # Refused: vLLM is booting or down. Retried up to the connect deadline.
                 self.forget()
                 remaining = deadline - time.monotonic()
@@ -195,40 +181,32 @@ class UpstreamClient:
                     ) from exc
                 await asyncio.sleep(min(backoff, remaining))
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            except StaleConnection as exc:
                 # A pooled connection the server closed just as we reused it (a clean close,
                 # or a reset when it closed with our request unread: a keep-alive timer that
                 # fired late on a busy vLLM). The request never reached vLLM, so one retry
                 # on a fresh connection is safe; twice in a row is not a stale connection.
-                stale = isinstance(exc, aiohttp.ServerDisconnectedError) or exc.errno in (
-                    errno.ECONNRESET, errno.EPIPE)
-                if not stale or not stale_retry:
-                    raise UpstreamError(
-                        "the upstream closed the connection" if stale
-                        else f"upstream connection failed: {type(exc).__name__}"
-                    ) from exc
+                if not stale_retry:
+                    raise UpstreamError("the upstream closed the connection") from exc
                 stale_retry = False
-            except TimeoutError as exc:
+            except ReadTimeout as exc:
                 raise UpstreamTimeoutError("the upstream did not answer in time") from exc
-            except aiohttp.ClientError as exc:
-                raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from exc
-        try:
-            if response.status >= 400:
-                raise normalise_error(response.status, await response.read())
-            yield response
-        except TimeoutError as exc:
-            raise UpstreamTimeoutError("the upstream stopped answering in time") from exc
-        except aiohttp.ClientPayloadError as exc:
-            raise UpstreamError("the upstream connection broke mid-answer") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream connection failed: {type(exc).__name__}") from exc
-        finally:
-            if response.content.at_eof():
-                response.release()
-            else:
-                # Abandoned mid-answer (client gone, error): closing the connection is what
-                # makes vLLM abort the generation and free its GPU slot.
-                response.close()
+            except ConnectionBroken as exc:
+                raise UpstreamError(f"upstream connection failed: {exc}") from exc
+        if response.status >= 400:
+            raise normalise_error(response.status, await _read(response))
+        return response
+
+
+async def _read(response: Response) -> bytes:
+    try:
+        return await response.read()
+    except ReadTimeout as exc:
+        raise UpstreamTimeoutError("the upstream stopped answering in time") from exc
+    except ConnectionBroken as exc:
+        raise UpstreamError("the upstream connection broke mid-answer") from exc
+    finally:
+        response.release()  # back to the pool when read to the end; closed otherwise
 
 
 def _decode(body: bytes) -> Any:
@@ -240,13 +218,18 @@ def _decode(body: bytes) -> Any:
         ) from None
 
 
-async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def _sse_data(response: Response) -> AsyncIterator[bytes]:
+    pending = b""
     try:
-        async for line in response.content:
-            line = line.rstrip(b"\r\n")
-            if line.startswith(b"data:"):
-                yield line[5:].lstrip()
-    except TimeoutError as exc:
+        async for chunk in response.iter_chunks():
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            for line in lines:
+                if line.startswith(b"data:"):
+                    yield line[5:].strip()
+        if pending.startswith(b"data:"):
+            yield pending[5:].strip()
+    except ReadTimeout as exc:
         raise UpstreamTimeoutError("the upstream stopped streaming in time") from exc
-    except aiohttp.ClientError as exc:
+    except ConnectionBroken as exc:
         raise UpstreamError("the upstream connection broke mid-stream") from exc

@@ -13,6 +13,7 @@ makes `strict: false` mean "no grammar".
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -82,5 +83,6 @@ def dialect_for(version_text: str) -> Dialect:
     return Dialect("vllm-0.12+", version_text, "structured_outputs")
 
 
+@functools.lru_cache(maxsize=1024)  # names come from the registry, or are ad-hoc
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:64] or "schema"
