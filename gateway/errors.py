@@ -55,6 +55,11 @@ class InvalidRequestError(GatewayError):
     error_type = "invalid_request_error"
 
 
+class BodyTooLargeError(InvalidRequestError):
+    status_code = 413
+    default_code = "body_too_large"
+
+
 class InvalidSchemaError(InvalidRequestError):
     default_code = "invalid_schema"
 

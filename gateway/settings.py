@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         "idle expiry (httpx and the openai client 5 s, aiohttp 15 s), so the client always "
         "closes first: a request sent just as the server closes the connection is lost.",
     )
+    max_request_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body accepted (413 beyond): a 32k-token prompt is ~128 KB.",
+    )
 
     # -- schemas and output checking
     schemas_dir: Path = _DEFAULT_SCHEMAS_DIR

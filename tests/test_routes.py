@@ -149,6 +149,32 @@ async def test_malformed_requests_are_400(client: httpx.AsyncClient, fake: FakeU
     assert not fake.requests
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_oversized_bodies_are_413_whether_declared_or_streamed(fake: FakeUpstream,
+                                                                     path: str) -> None:
+    settings = unit_settings(fake.url, max_request_bytes=4096)
+    big = {**CHAT, "prompt": "x", "messages": [{"role": "user", "content": "x" * 5000}]}
+
+    async def chunks() -> Any:  # no content-length: the limit must hold while reading
+        data = json.dumps(big).encode()
+        for start in range(0, len(data), 1000):
+            yield data[start:start + 1000]
+
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        declared = await client.post(path, json=big)
+        streamed = await client.post(path, content=chunks(),
+                                     headers={"content-type": "application/json"})
+        fake.script(Reply(VALID))
+        small = await client.post("/v1/chat/completions", json=CHAT)
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["code"] == "body_too_large"
+        assert "4096 bytes" in response.json()["error"]["message"]
+        openai_spec.validate("ErrorResponse", response.json())
+    assert small.status_code == 200
+    assert len(fake.requests) == 1  # nothing oversized reached vLLM
+
+
 async def test_connect_retry_rides_out_a_boot_then_gives_up_with_503(
     fake: FakeUpstream,
 ) -> None:

@@ -356,3 +356,10 @@ async def test_client_errors_map_to_gateway_errors() -> None:
                 await client.post_json("/v1/chat/completions", {}, {})
         finally:
             await client.aclose()
+
+
+async def test_a_closed_pool_fails_at_once_instead_of_retrying_as_if_vllm_were_booting() -> None:
+    pool = pool_for("http://127.0.0.1:9")
+    await pool.aclose()
+    with pytest.raises(ConnectionBroken, match="closed"):
+        await pool.request("GET", "/version", None)

@@ -24,6 +24,8 @@ _ERROR_DESCRIPTIONS: dict[str, str] = {
     "422": "The model's answer failed the check after the output policy ran out "
     "(`output_validation_failed`), or was cut off by max_tokens (`output_truncated`). Not "
     "retried by the official clients; `pointer`, `constraint`, `raw_output`, `attempts` say why.",
+    "413": "The request body is larger than the gateway accepts (`body_too_large`, "
+    "IRGW_MAX_REQUEST_BYTES).",
     "429": "A per-key limit (requests or tokens per minute, requests in flight) is reached "
     "(`rate_limit_exceeded`). The official clients wait `retry-after-ms` and retry.",
     "500": "An unexpected error in the gateway (`internal_error`); details go to its log.",
@@ -77,7 +79,7 @@ def _ok(description: str, schema_name: str, *headers: str, stream: str | None = 
     return response
 
 
-_API_ERRORS = ("400", "401", "403", "404", "422", "429", "500", "502", "503", "504")
+_API_ERRORS = ("400", "401", "403", "404", "413", "422", "429", "500", "502", "503", "504")
 
 _OPERATIONS: dict[tuple[str, str], JSON] = {
     ("/v1/chat/completions", "post"): {

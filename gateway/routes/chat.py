@@ -66,7 +66,8 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(request.headers.get("authorization"))
-    plan = plan_chat(await read_json(request), services.registry, services.settings)
+    body = await read_json(request, services.settings.max_request_bytes)
+    plan = plan_chat(body, services.registry, services.settings)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)
     rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission

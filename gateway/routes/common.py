@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequestError
+from gateway.errors import BodyTooLargeError, InvalidRequestError
 from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -31,8 +31,25 @@ def request_id(request: Request) -> str:
     return "req_" + os.urandom(16).hex()  # uuid4's randomness, without building a UUID
 
 
-async def read_json(request: Request) -> Any:
-    body = await request.body()
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON, refused (413) past `limit` bytes before more of it is buffered."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:  # straight from ASGI: Starlette's body() adds a generator per request
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise InvalidRequestError("the client went away before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not body:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
@@ -42,6 +59,12 @@ async def read_json(request: Request) -> Any:
             f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
             f"column {exc.colno})"
         ) from None
+
+
+def _too_large(limit: int) -> BodyTooLargeError:
+    return BodyTooLargeError(
+        f"the request body is larger than {limit} bytes (IRGW_MAX_REQUEST_BYTES)"
+    )
 
 
 class RawRoute(APIRoute):

@@ -80,7 +80,7 @@ def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
 async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(request.headers.get("authorization"))
-    plan = _plan(await read_json(request), services)
+    plan = _plan(await read_json(request, services.settings.max_request_bytes), services)
     prepared = await prepare(request, services, principal, plan)
     rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission
     model = plan.body["model"]

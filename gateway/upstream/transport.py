@@ -1,15 +1,15 @@
 """HTTP/1.1 to the one upstream: a keep-alive pool of asyncio protocols, parsed by httptools.
 
-Why not aiohttp's ClientSession (the first choice, by bench/upstream_client.py): the overhead
-benchmark found it to be the largest single cost in the gateway, about 45% of the gateway's
-CPU per request, and a proxy with no logic built on it already added ~0.95 ms at 200 req/s,
-nearly the whole 1 ms budget; the same proxy on this transport added ~0.55 ms
-(bench/results/overhead.md). The hop it serves is narrow, and that is what keeps this small:
-one origin, HTTP/1.1, request bodies already in memory, answers by content-length, chunked
-or close-delimited. No redirects, cookies, proxies or compression: none of them belongs on
-a gateway→vLLM hop, and each would be a way for one caller's state to reach another's.
-Parsing is httptools (llhttp, the parser uvicorn and Node.js use); this module only frames
-requests and keeps connections.
+Why not aiohttp's ClientSession (the first choice, by bench/upstream_client.py): sampled
+under load, it was about 45% of the gateway's CPU per request, the largest single cost, and
+a proxy with no logic at all built on it already added +0.96 ms at 200 req/s, nearly the
+whole 1 ms budget. The same proxy on this transport adds about +0.7 ms, and the client side
+costs about a third of aiohttp's CPU per request (bench/results/). The hop it serves is
+narrow, and that is what keeps this small: one origin, HTTP/1.1, request bodies already in
+memory, answers by content-length, chunked or close-delimited. No redirects, cookies,
+proxies or compression: none of them belongs on a gateway→vLLM hop, and each would be a way
+for one caller's state to reach another's. Parsing is httptools (llhttp, the parser of
+uvicorn and Node.js); this module only frames requests and keeps connections.
 """
 
 from __future__ import annotations
@@ -140,6 +140,9 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes) -> None:
         assert self.transport is not None
         self._reset_answer()
+        if self._paused:  # the last answer ended while we had stopped reading
+            self._paused = False
+            self.transport.resume_reading()
         self.transport.write(data)
 
     async def wait(self, timeout_s: float) -> None:
@@ -191,10 +194,16 @@ class Response:
         self.headers = conn.headers
 
     async def read(self) -> bytes:
+        conn = self._conn
         parts: list[bytes] = []
-        async for chunk in self.iter_chunks():
-            parts.append(chunk)
-        return b"".join(parts)
+        while True:  # taking as it comes, so a big body never stalls at the high-water mark
+            if conn.has_body():
+                parts.append(conn.take())
+            if conn.complete:
+                break
+            await conn.wait(self._timeout)
+        self.release()
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
         conn = self._conn
@@ -271,8 +280,8 @@ class Pool:
         return Response(self, conn, self._read_timeout_s)
 
     async def _checkout(self) -> _Connection:
-        if self._closed:
-            raise ConnectFailed("the upstream client is closed")
+        if self._closed:  # shutting down: not a reason to retry until the connect deadline
+            raise ConnectionBroken("the upstream client is closed")
         now = time.monotonic()
         while self._idle:
             conn = self._idle.pop()
