@@ -329,12 +329,14 @@ def _vllm_web_url() -> str:
 @modal.asgi_app()
 def gateway_api() -> FastAPI:
     from gateway.app import create_app
+    from gateway.cli import tune_gc_for_serving
 
     settings = gateway_settings(os.environ, upstream_url=_vllm_web_url,
                                 keys_dir=Path("/tmp/ir-gateway"))
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gateway_app = create_app(settings)
+    tune_gc_for_serving()
     log.info("gateway in front of %s (model %s, limits in %s)", settings.upstream_url,
              settings.upstream_model, settings.ratelimit_backend)
     return gateway_app
