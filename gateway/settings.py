@@ -90,7 +90,10 @@ class Settings(BaseSettings):
 
     @field_validator("upstream_url")
     @classmethod
-    def _strip_slash(cls, value: str) -> str:
+    def _check_upstream_url(cls, value: str) -> str:
+        # Checked here, so a typo stops `serve` with a message instead of failing at startup.
+        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) < 1:
+            raise ValueError(f"must be http(s)://host[:port], got {value!r}")
         return value.rstrip("/")
 
     @classmethod

@@ -101,6 +101,17 @@ def test_serve_refuses_to_start_on_a_broken_schema(tmp_path: Path) -> None:
     assert str(broken) in result.stderr and "cannot start" in result.stderr
 
 
+def test_serve_refuses_to_start_on_an_upstream_url_without_a_scheme() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--port", "1",
+         "--upstream", "localhost:8000"],
+        env={"IRGW_AUTH_ENABLED": "false", "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "localhost:8000" in result.stderr
+
+
 def test_settings_come_from_env_then_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "gateway.toml"
     config.write_text('upstream_url = "http://from-toml:8000"\nmax_retries = 3\nport = 9000\n')
