@@ -448,16 +448,15 @@ class GatewayTransportAdapter(Adapter):
         return len(data)
 
     async def stream(self, body: bytes) -> int:
+        from gateway.upstream.client import _sse_data  # the gateway's own SSE reader
+
         resp = await self.pool.request("POST", self.path, body)
-        if resp.status != 200:
+        try:
+            if resp.status != 200:
+                raise RuntimeError(f"status {resp.status}")
+            return sum([1 async for _ in _sse_data(resp)])
+        finally:
             resp.release()
-            raise RuntimeError(f"status {resp.status}")
-        n, pending = 0, b""
-        async for chunk in resp.iter_chunks():
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            n += sum(1 for line in lines if line.startswith(b"data:"))
-        return n
 
     async def aclose(self) -> None:
         await self.pool.aclose()

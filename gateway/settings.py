@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -92,7 +93,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_upstream_url(cls, value: str) -> str:
         # Checked here, so a typo stops `serve` with a message instead of failing at startup.
-        if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) < 1:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be http(s)://host[:port], got {value!r}")
         return value.rstrip("/")
 

@@ -328,7 +328,7 @@ async def test_upstream_cookies_never_reach_another_callers_request(
 ) -> None:
     # One upstream session serves every caller: a cookie set by vLLM or a proxy in front of
     # it (a load balancer's affinity cookie, say) for one request must not ride on the next.
-    # By host name: aiohttp's default cookie jar ignores cookies from bare IP addresses.
+    # By host name: cookie jars ignore cookies set by bare IP addresses.
     by_name = fake.url.replace("127.0.0.1", "localhost")
     async with running_gateway(unit_settings(by_name)) as gw, \
             httpx.AsyncClient(base_url=gw.url) as client:

@@ -25,7 +25,6 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 1 << 20  # bytes buffered from a stream before we stop reading the socket
-_LOW_WATER = 1 << 18
 
 
 class TransportError(Exception):
@@ -193,28 +192,27 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers
 
-    async def read(self) -> bytes:
+    async def next_chunk(self) -> bytes | None:
+        """The body bytes buffered since the last call, waiting if there are none; None at
+        the end (the connection is then released). Taking as they come is what keeps a big
+        body from stalling at the high-water mark."""
         conn = self._conn
-        parts: list[bytes] = []
-        while True:  # taking as it comes, so a big body never stalls at the high-water mark
-            if conn.has_body():
-                parts.append(conn.take())
+        while not conn.has_body():
             if conn.complete:
-                break
+                self.release()
+                return None
             await conn.wait(self._timeout)
-        self.release()
+        return conn.take()
+
+    async def read(self) -> bytes:
+        parts: list[bytes] = []
+        while (chunk := await self.next_chunk()) is not None:
+            parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def iter_chunks(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        while True:
-            if conn.has_body():
-                yield conn.take()
-                continue
-            if conn.complete:
-                self.release()
-                return
-            await conn.wait(self._timeout)
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
 
     def release(self) -> None:
         """Done with the answer: a complete one gives its connection back, anything else closes
