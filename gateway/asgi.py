@@ -7,8 +7,8 @@ cancel the upstream call, streamed or not.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import anyio
 import orjson
@@ -24,26 +24,63 @@ class ClientDisconnectedError(Exception):
     pass
 
 
+DISCONNECT_EXTENSION = "irgw.disconnect"
+
+
+class DisconnectSignal:
+    """One per client connection, in the scope's extensions (key DISCONNECT_EXTENSION) when
+    the server is the gateway's own protocol (gateway.server): it calls back when the
+    connection is lost, so noticing a disconnect costs a callback, not a task per request."""
+
+    __slots__ = ("_callbacks", "lost")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self._callbacks: list[Callable[[], None]] = []
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def remove(self, callback: Callable[[], None]) -> None:
+        self._callbacks.remove(callback)
+
+    def fire(self) -> None:
+        self.lost = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 async def _wait_for_disconnect(receive: Receive) -> None:
     # After the body is read, receive() only returns once the client disconnects.
     while (await receive())["type"] != "http.disconnect":
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     """Await `work`; if the client disconnects first, cancel it and raise
-    ClientDisconnectedError. One watcher task per request: `work` runs in the caller's."""
+    ClientDisconnectedError. `work` runs in the caller's task."""
     current = asyncio.current_task()
     assert current is not None
     disconnected = False
 
-    async def watch() -> None:
+    def on_disconnect() -> None:
         nonlocal disconnected
-        await _wait_for_disconnect(request.receive)
         disconnected = True
         current.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    signal = request.scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+    if signal is not None:
+        if signal.lost:
+            work.close()
+            raise ClientDisconnectedError
+        signal.add(on_disconnect)
+    else:  # another server: a watcher task waits for http.disconnect
+        async def watch() -> None:
+            await _wait_for_disconnect(request.receive)
+            on_disconnect()
+
+        watcher = current.get_loop().create_task(watch())
     try:
         return await work
     except asyncio.CancelledError:
@@ -52,7 +89,11 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
             raise ClientDisconnectedError from None
         raise
     finally:
-        watcher.cancel()
+        if signal is not None:
+            if not disconnected:
+                signal.remove(on_disconnect)
+        else:
+            watcher.cancel()
 
 
 class SSEResponse(Response):

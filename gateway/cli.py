@@ -32,6 +32,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.auth import AuthConfigError
     from gateway.keys import KeyStoreError
     from gateway.registry import SchemaFileError
+    from gateway.server import uvicorn_options
     from gateway.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -54,11 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
     tune_gc_for_serving()
-    # No proxy_headers: nothing here reads the client's address (keys identify callers),
-    # so rewriting it from X-Forwarded-For on every request only costs time.
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                loop="uvloop", http="httptools", access_log=False, proxy_headers=False,
-                timeout_keep_alive=settings.keepalive_timeout_s)
+    uvicorn.run(app, **uvicorn_options(settings))
     return 0
 
 

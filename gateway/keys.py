@@ -76,7 +76,7 @@ class KeyPolicy(BaseModel):
 
     @property
     def has_rate_limits(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.tpm, self.concurrency))
+        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
 
     def allows_schema(self, name: str) -> bool:
         return self.schemas == "*" or name in self.schemas

@@ -6,24 +6,49 @@ routes, schemas and outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _Counts(Collector):
+    """A labelled counter kept as a plain dict and turned into Prometheus's shape only when
+    scraped: counting costs a dict update, where a prometheus_client child takes a lock and
+    a few calls per increment, twice per request. All updates come from the event loop."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self.values: dict[tuple[str, ...], int] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0) + 1
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, value in list(self.values.items()):
+            family.add_metric(labels, value)
+        yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
-            "irgw_requests_total", "Requests answered, by route and status.",
-            ["route", "status"], registry=self.registry,
+        self.requests = _Counts(
+            "irgw_requests", "Requests answered, by route and status.", ("route", "status"),
         )
-        self.outputs = Counter(
-            "irgw_output_checks_total",
+        self.outputs = _Counts(
+            "irgw_output_checks",
             "Checked answers by schema and outcome (passed, repaired, retried, failed, "
             "truncated).",
-            ["schema", "outcome"], registry=self.registry,
+            ("schema", "outcome"),
         )
+        self.registry.register(self.requests)
+        self.registry.register(self.outputs)
         self.upstream_seconds = Histogram(
             "irgw_upstream_seconds", "Time to a complete upstream answer (non-streaming).",
             ["route"], registry=self.registry,
@@ -35,25 +60,21 @@ class Metrics:
         Gauge(
             "irgw_inflight_requests", "Requests being handled.", registry=self.registry,
         ).set_function(lambda: self.inflight)
-        # Labelled children, looked up once: `labels()` costs a lock and a few dict lookups per
-        # call. Bounded, like the labels themselves, by routes x statuses x schemas x outcomes.
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
+        # Labelled children, looked up once: `labels()` costs a lock and a few dict lookups
+        # per call. Bounded, like the labels themselves, by the routes.
+        self._upstream_children: dict[str, Any] = {}
 
     def answered(self, route: str, status: int) -> None:
-        self._child(self.requests, route, str(status)).inc()
+        self.requests.inc(route, str(status))
 
     def output_checked(self, schema_ref: str, outcome: str) -> None:
-        self._child(self.outputs, schema_ref, outcome).inc()
+        self.outputs.inc(schema_ref, outcome)
 
     def upstream_took(self, route: str, seconds: float) -> None:
-        self._child(self.upstream_seconds, route).observe(seconds)
+        child = self._upstream_children.get(route)
+        if child is None:
+            child = self._upstream_children[route] = self.upstream_seconds.labels(route)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

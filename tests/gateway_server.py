@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from gateway.app import GatewayApp, create_app
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 
 
@@ -26,11 +27,16 @@ class RunningGateway:
 
 
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[RunningGateway]:
+async def running_gateway(settings: Settings, *,
+                          own_protocol: bool = True) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
-                            lifespan="on", loop="none",
-                            timeout_keep_alive=settings.keepalive_timeout_s)
+    # The options `ir-gateway serve` runs with (its protocol included), on any free port and
+    # in the test's own event loop.
+    options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": 0,
+               "log_level": "warning", "lifespan": "on", "loop": "none"}
+    if not own_protocol:  # as under a server other than the gateway's own (e.g. Modal's)
+        options["http"] = "httptools"
+    config = uvicorn.Config(app, **options)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

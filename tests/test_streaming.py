@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from tests import openai_spec
 from tests.conftest import unit_settings
@@ -146,14 +147,28 @@ async def _disconnect_midway(url: str, body: dict[str, Any]) -> None:
             pass
 
 
-async def test_client_disconnect_cancels_the_upstream_call(gateway: Any,
-                                                           fake: FakeUpstream) -> None:
+@pytest.mark.parametrize("own_protocol", [True, False],
+                         ids=["gateway-protocol", "other-server"])
+async def test_client_disconnect_cancels_the_upstream_call(fake: FakeUpstream,
+                                                           own_protocol: bool) -> None:
+    # Under `ir-gateway serve` the connection itself signals the disconnect; under another
+    # server (Modal's) a watcher task notices it through receive(). Both must cancel vLLM.
     from tests.fake_upstream import Slow
 
-    fake.script(Slow(5.0, then=Reply(VALID)))
-    await _disconnect_midway(gateway.url, {**BODY, "stream": False})
-    await fake.wait_cancelled(1, within_s=3)
+    async with running_gateway(unit_settings(fake.url), own_protocol=own_protocol) as gateway:
+        fake.script(Slow(5.0, then=Reply(VALID)))
+        await _disconnect_midway(gateway.url, {**BODY, "stream": False})
+        await fake.wait_cancelled(1, within_s=3)
 
-    fake.script(SlowStream(0.5, then=Reply(VALID, chunk_size=2)))
-    await _disconnect_midway(gateway.url, BODY)
-    await fake.wait_cancelled(2, within_s=3)
+        fake.script(SlowStream(0.5, then=Reply(VALID, chunk_size=2)))
+        await _disconnect_midway(gateway.url, BODY)
+        await fake.wait_cancelled(2, within_s=3)
+
+        # The connection that went away cancels nothing else: later requests are answered.
+        fake.script(Reply(VALID))
+        async with httpx.AsyncClient(base_url=gateway.url) as client:
+            response = await client.post("/v1/chat/completions", json={**BODY, "stream": False})
+        assert response.status_code == 200
+        assert response.headers["x-irgw-output"] == "passed"
+
+

@@ -38,6 +38,7 @@ from gateway.app import create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
 from gateway.registry import SchemaFileError
+from gateway.server import uvicorn_options
 from gateway.settings import Settings
 
 TINY_BUILDER = "gateway.devmodels.tiny"
@@ -418,11 +419,9 @@ class DevStack:
         opts = self.options
         assert self.vllm is not None
         schemas = app.state.services.registry.names()
-        config = uvicorn.Config(
-            app, host=opts.host, port=opts.port, log_level="info", loop="uvloop",
-            http="httptools", access_log=True,
-            timeout_keep_alive=app.state.services.settings.keepalive_timeout_s,
-        )
+        # As `ir-gateway serve` runs, plus an access log for watching requests go by.
+        config = uvicorn.Config(app, **{**uvicorn_options(app.state.services.settings),
+                                        "log_level": "info", "access_log": True})
         server = uvicorn.Server(config)
         self.server = server
         base_url = f"http://{_url_host(opts.host)}:{opts.port}/v1"

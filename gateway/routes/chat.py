@@ -32,9 +32,9 @@ from gateway.planning import (
 )
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.common import RawRoute, read_json, services_of
+from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
-from gateway.shapes import chat_completion, usage_of
+from gateway.shapes import chat_completion
 from gateway.streaming import StreamState, relay_chat
 from gateway.tools import as_tool_call_response, plan_tool_call
 from gateway.validation import CheckedOutput, CheckFailure, check_output
@@ -65,7 +65,7 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
-    principal = services.authenticator.authenticate(request.headers.get("authorization"))
+    principal = services.authenticator.authenticate(header(request, b"authorization"))
     body = await read_json(request, services.settings.max_request_bytes)
     plan = plan_chat(body, services.registry, services.settings)
     plan_tool_call(plan, services.registry, services.settings)
@@ -115,9 +115,9 @@ async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], mo
     for attempt in range(1, attempts + 1):
         data = await services.upstream.post_json("/v1/chat/completions", body,
                                                   {"x-request-id": rid})
-        usage = usage_of(data)
-        tokens += usage["total_tokens"] if usage else 0
         response = chat_completion(data if isinstance(data, dict) else {}, model)
+        usage = response.get("usage")
+        tokens += usage["total_tokens"] if usage else 0
         if not response["choices"]:
             raise UpstreamError("the upstream answered without choices")
         if not plan.checked:

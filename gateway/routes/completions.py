@@ -26,7 +26,7 @@ from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
 from gateway.routes.chat import failure_to_error
-from gateway.routes.common import RawRoute, read_json, services_of
+from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
 from gateway.upstream.dialects import Dialect
@@ -79,7 +79,7 @@ def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     services = services_of(request)
-    principal = services.authenticator.authenticate(request.headers.get("authorization"))
+    principal = services.authenticator.authenticate(header(request, b"authorization"))
     plan = _plan(await read_json(request, services.settings.max_request_bytes), services)
     prepared = await prepare(request, services, principal, plan)
     rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission

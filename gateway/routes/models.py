@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from gateway.errors import ModelNotFoundError
 from gateway.planning import SCHEMA_MODEL_PREFIX
-from gateway.routes.common import services_of
+from gateway.routes.common import header, services_of
 from gateway.services import Services
 
 router = APIRouter()
@@ -32,14 +32,14 @@ async def _models(services: Services) -> list[dict[str, Any]]:
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
     services = services_of(request)
-    services.authenticator.authenticate(request.headers.get("authorization"))
+    services.authenticator.authenticate(header(request, b"authorization"))
     return {"object": "list", "data": await _models(services)}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     services = services_of(request)
-    services.authenticator.authenticate(request.headers.get("authorization"))
+    services.authenticator.authenticate(header(request, b"authorization"))
     for model in await _models(services):
         if model["id"] == model_id:
             return model

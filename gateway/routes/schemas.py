@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.requests import Request
 
-from gateway.routes.common import services_of
+from gateway.routes.common import header, services_of
 
 router = APIRouter()
 
@@ -15,7 +15,7 @@ router = APIRouter()
 @router.get("/v1/schemas")
 async def list_schemas(request: Request) -> dict[str, Any]:
     services = services_of(request)
-    services.authenticator.authenticate(request.headers.get("authorization"))
+    services.authenticator.authenticate(header(request, b"authorization"))
     data = []
     for name in services.registry.names():
         versions = services.registry.versions(name)
@@ -35,7 +35,7 @@ async def list_schemas(request: Request) -> dict[str, Any]:
 async def get_schema(ref: str, request: Request) -> dict[str, Any]:
     """`name` (every version, newest last) or `name@version` (that one)."""
     services = services_of(request)
-    services.authenticator.authenticate(request.headers.get("authorization"))
+    services.authenticator.authenticate(header(request, b"authorization"))
     if "@" in ref:
         return {"object": "schema.version", **services.registry.resolve(ref, param="name").public()}
     versions = services.registry.versions(ref)

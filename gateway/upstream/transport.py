@@ -15,6 +15,7 @@ uvicorn and Node.js); this module only frames requests and keeps connections.
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 import httptools
 
 _HIGH_WATER = 1 << 20  # bytes buffered from a stream before we stop reading the socket
+_UNSENDABLE = re.compile(r"[\r\n\0]")  # would split or end a header line
 
 
 class TransportError(Exception):
@@ -333,7 +335,7 @@ class Pool:
 def _header_lines(headers: Iterable[tuple[str, str]]) -> bytes:
     lines = []
     for name, value in headers:
-        if any(c in name or c in value for c in "\r\n\0") or not name:
+        if not name or _UNSENDABLE.search(name) or _UNSENDABLE.search(value):
             raise ValueError(f"header {name!r} has a value that cannot be sent")
         lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode("latin-1")

@@ -1,0 +1,145 @@
+"""The gateway's server protocol (gateway/server.py): coalesced writes, disconnect signal."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.requests import Request
+
+from gateway.asgi import (
+    DISCONNECT_EXTENSION,
+    ClientDisconnectedError,
+    DisconnectSignal,
+    until_disconnect,
+)
+from gateway.server import CoalescingTransport, uvicorn_options
+from gateway.settings import Settings
+
+
+class RecordingTransport:
+    """Stands in for a socket transport: records each write, as a syscall would happen."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5)}.get(name, default)
+
+
+async def test_writes_in_one_loop_turn_leave_in_one_write() -> None:
+    real = RecordingTransport()
+    transport = CoalescingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
+    transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    transport.write(b"{}")
+    assert real.writes == []
+    assert transport.get_write_buffer_size() == 40
+    await asyncio.sleep(0)
+    assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+
+    transport.write(b"data: 1\n\n")  # a later event goes out in its own turn
+    await asyncio.sleep(0)
+    transport.write(b"data: 2\n\n")
+    transport.close()  # close() sends what was written before it
+    assert real.writes[1:] == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert real.closed
+    assert transport.get_extra_info("peername") == ("127.0.0.1", 5)
+
+
+async def test_until_disconnect_is_cancelled_by_the_signal_alone() -> None:
+    signal = DisconnectSignal()
+    scope = {"type": "http", "extensions": {DISCONNECT_EXTENSION: signal}}
+
+    async def receive_nothing() -> Any:  # the fallback's watcher would wait forever here
+        await asyncio.Event().wait()
+
+    request = Request(scope, receive_nothing)  # type: ignore[arg-type]
+    started = asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        await asyncio.sleep(30)
+        return "finished"
+
+    task = asyncio.create_task(until_disconnect(request, work()))
+    await started.wait()
+    signal.fire()
+    with pytest.raises(ClientDisconnectedError):
+        await asyncio.wait_for(task, 2)
+
+    # A connection already lost: the work is not started at all.
+    never_started = work()
+    with pytest.raises(ClientDisconnectedError):
+        await until_disconnect(request, never_started)
+    assert never_started.cr_frame is None  # closed, not left un-awaited
+
+    # Work that finishes first leaves no callback behind on the connection.
+    alive = DisconnectSignal()
+    request = Request({"type": "http", "extensions": {DISCONNECT_EXTENSION: alive}},
+                      receive_nothing)  # type: ignore[arg-type]
+
+    async def quick() -> str:
+        return "done"
+
+    assert await until_disconnect(request, quick()) == "done"
+    alive.fire()  # were the callback still there, it would cancel this test's own task
+    await asyncio.sleep(0)
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_served_requests_carry_the_connection_signal() -> None:
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        seen.append(scope.get("extensions", {}).get(DISCONNECT_EXTENSION))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    options = {**uvicorn_options(Settings(auth_enabled=False)), "host": "127.0.0.1",
+               "port": 0, "loop": "none", "lifespan": "off", "log_level": "warning"}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # startup failed: raise its error
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):  # two requests on one kept-alive connection
+            writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await reader.readexactly(2) == b"ok"
+        writer.close()
+        await writer.wait_closed()
+        for _ in range(100):
+            if seen[0].lost:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+    assert len(seen) == 2 and seen[0] is seen[1]  # one signal per connection
+    assert isinstance(seen[0], DisconnectSignal) and seen[0].lost
+
