@@ -2,11 +2,11 @@
 
 1. A response's writes are coalesced. uvicorn writes a response's head and its body in two
    `write` calls, so a JSON answer leaves as two syscalls and two TCP segments, and the
-   client may wake up twice to read it. Holding the writes made in one turn of the event
-   loop and sending them together at the end of that turn (write coalescing, as Netty's
-   flush consolidation does) makes a whole JSON answer one syscall and one segment. A
-   streamed answer's events still go out as they come, at the end of the loop turn that
-   produced each.
+   client may wake up twice to read it. Writes are held until the response is complete or
+   the loop turn that made them ends, whichever comes first (write coalescing, as Netty's
+   flush consolidation does): a whole JSON answer is one syscall and one segment, sent
+   before any bookkeeping that follows it, and a streamed answer's events still go out as
+   they come.
 2. The connection tells the app when the client goes away (`asgi.DisconnectSignal`, in the
    scope's extensions), so a request need not keep a task waiting on `receive()` just to
    notice a disconnect. Under any other server the app falls back to such a task.
@@ -35,16 +35,17 @@ class CoalescingTransport:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self._flush)
+            self._loop.call_soon(self.flush)
         self._pending.append(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send what is held now (also run at the end of the loop turn of the first write)."""
         pending, self._pending = self._pending, []
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
-        self._flush()  # what was written before close() is still sent, as with any transport
+        self.flush()  # what was written before close() is still sent, as with any transport
         self._transport.close()
 
     def abort(self) -> None:
@@ -81,6 +82,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.scope["extensions"] = self._extensions  # type: ignore[typeddict-unknown-key]
+
+    def on_response_complete(self) -> None:
+        # The answer is whole: send it now, before the app's and uvicorn's own bookkeeping
+        # for the request runs (rate-limit settlement, metrics, the keep-alive timer).
+        self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

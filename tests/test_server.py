@@ -53,6 +53,14 @@ async def test_writes_in_one_loop_turn_leave_in_one_write() -> None:
     await asyncio.sleep(0)
     assert real.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
 
+    transport.write(b"{")  # a response that completes is sent at once, not a turn later
+    transport.write(b"}")
+    transport.flush()
+    assert real.writes[1:] == [b"{}"]
+    await asyncio.sleep(0)  # the flush scheduled by the first write finds nothing left
+    assert len(real.writes) == 2
+    del real.writes[1:]
+
     transport.write(b"data: 1\n\n")  # a later event goes out in its own turn
     await asyncio.sleep(0)
     transport.write(b"data: 2\n\n")

@@ -61,6 +61,11 @@ class Admission:
         for release in reversed(self._releases):
             await release()
 
+    async def finish(self, actual_tokens: int | None) -> None:
+        """`settle`, then `release`: what every request does once, when it is over."""
+        await self.settle(actual_tokens)
+        await self.release()
+
     async def cancel(self) -> None:
         """The request never reached the upstream: give back everything, then release."""
         if not self._settled:

@@ -96,8 +96,7 @@ async def chat_completions(request: Request) -> Response:
             services.metrics.output_checked(plan.schema.ref, outcome)
         raise
     finally:
-        await admission.settle(tokens)
-        await admission.release()
+        await admission.finish(tokens)
 
     if plan.checked:
         headers["x-irgw-output"] = completed.outcome
@@ -157,8 +156,7 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
         )
     except BaseException:
         await stack.aclose()
-        await admission.settle(None)
-        await admission.release()
+        await admission.finish(None)
         raise
     state = StreamState()
 
@@ -171,8 +169,7 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
             tokens = estimate_prompt_tokens(plan.body) + state.content_chunks
         else:
             tokens = None
-        await admission.settle(tokens)
-        await admission.release()
+        await admission.finish(tokens)
         if plan.schema is not None and state.outcome in (
             "passed", "repaired", "failed", "truncated"
         ):

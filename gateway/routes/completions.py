@@ -116,8 +116,7 @@ async def completions(request: Request) -> Response:
         error.headers.update(headers)
         raise
     finally:
-        await admission.settle(tokens)
-        await admission.release()
+        await admission.finish(tokens)
     if plan.stream:
         return _single_chunk_stream(response, plan.include_usage, headers)
     return JSONResponse(response, headers=headers)
@@ -141,8 +140,7 @@ async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str
             services.upstream.stream("/v1/completions", body, {"x-request-id": rid}))
     except BaseException:
         await stack.aclose()
-        await admission.settle(None)
-        await admission.release()
+        await admission.finish(None)
         raise
     seen: dict[str, int | None] = {"tokens": None}
 
@@ -156,7 +154,6 @@ async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str
 
     async def on_close() -> None:
         await stack.aclose()
-        await admission.settle(seen["tokens"])
-        await admission.release()
+        await admission.finish(seen["tokens"])
 
     return SSEResponse(relay(), headers=headers, on_close=on_close)
