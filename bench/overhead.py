@@ -214,8 +214,9 @@ def fake_main() -> None:
 
 
 def floor_main(upstream_port: int) -> None:
-    """A proxy with no logic at all on the gateway's own stack: uvicorn + httptools + uvloop
-    in front, the gateway's own upstream transport (`UpstreamClient.pool`) behind. It forwards
+    """A proxy with no logic at all on the gateway's own stack: its server protocol
+    (gateway/server.py: uvicorn's httptools protocol with coalesced writes) on uvloop in
+    front, the gateway's own upstream transport (`UpstreamClient.pool`) behind. It forwards
     the body as it came and the answer as it came. Its added latency is the floor for any
     Python gateway built from these parts on this machine."""
     from gateway.settings import Settings
@@ -244,11 +245,14 @@ def floor_main(upstream_port: int) -> None:
             (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    serve_child(app)
+    from gateway.server import GatewayHttpProtocol
+
+    serve_child(app, http=GatewayHttpProtocol)
 
 
-def serve_child(app: Any) -> None:
-    """Serve a raw ASGI app on a free port; print the port; exit when the parent dies."""
+def serve_child(app: Any, http: Any = "httptools") -> None:
+    """Serve a raw ASGI app on a free port; print the port; exit when the parent dies.
+    The fake stands for vLLM, which is served by plain uvicorn: `http` stays httptools."""
     import uvicorn
     import uvloop
 
@@ -256,7 +260,7 @@ def serve_child(app: Any) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((HOST, 0))
     sock.listen(4096)
-    config = uvicorn.Config(app, loop="none", http="httptools", lifespan="off",
+    config = uvicorn.Config(app, loop="none", http=http, lifespan="off",
                             access_log=False, log_level="warning", server_header=False,
                             date_header=False, timeout_keep_alive=120, backlog=4096)
     server = uvicorn.Server(config)
@@ -1185,7 +1189,8 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "an order-of-magnitude comparison only).",
         "",
         f"The floor on this machine: a proxy with no logic at all, built from the same parts "
-        f"(uvicorn + httptools + uvloop in front, the gateway's own pooled upstream transport "
+        f"(the gateway's server protocol on uvicorn + uvloop in front, its own pooled upstream "
+        f"transport "
         f"behind), adds "
         f"{floor50:+.2f} ms median / {floor99:+.2f} ms p99 at {BUDGET_RATE} req/s "
         f"({f.cpu_us:.0f} µs CPU per request). The gateway's own work (schema resolution, "
@@ -1259,11 +1264,12 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "latency; `GET /version` -> 0.32.0, `GET /v1/models` -> `qwen-coder`, `POST "
         f"/v1/chat/completions` -> a {len(completion_body())}-byte `chat.completion` whose "
         "content is a compact valid `function_ir` document, with usage.",
-        "- floor: its own process, the same uvicorn + httptools + uvloop front and the "
-        "gateway's own upstream session (`UpstreamClient`) behind; it forwards the direct "
+        "- floor: its own process, the gateway's server protocol (`gateway/server.py`: "
+        "uvicorn's httptools protocol with coalesced writes) on uvloop in front and the "
+        "gateway's own upstream transport (`UpstreamClient`) behind; it forwards the direct "
         "request's bytes to the fake and the fake's answer back, nothing else.",
         "- gateway: `ir-gateway serve --upstream ... --port ...` as its own process (one "
-        "uvicorn worker, uvloop + httptools), `IRGW_AUTH_ENABLED=false`, "
+        "uvicorn worker, uvloop + the gateway's protocol), `IRGW_AUTH_ENABLED=false`, "
         "`IRGW_LOG_LEVEL=warning`, all other settings default. The auth-on gateway is a "
         "second such process with `IRGW_KEYS_FILE` (one key from `ir-gateway keys create "
         "--rpm 10000000 --tpm 1000000000`) and the in-memory limiter; both run side by side, "

@@ -144,7 +144,8 @@ class SSEResponse(Response):
 
 class JSONResponse(Response):
     """orjson-rendered JSON (FastAPI's ORJSONResponse is deprecated), with its header list
-    built directly: Starlette's generic `init_headers` is a visible cost on the hot path."""
+    built directly: Starlette's generic `init_headers` is a visible cost on the hot path.
+    Header names are given in lowercase, as ASGI wants them and as all of this code does."""
 
     media_type = "application/json"
 
@@ -156,12 +157,11 @@ class JSONResponse(Response):
         if media_type is not None:
             self.media_type = media_type
         self.body = self.render(content)
-        raw = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-               for name, value in (headers or {}).items()]
-        names = {name for name, _ in raw}
-        if b"content-length" not in names:
+        given = headers or {}
+        raw = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in given.items()]
+        if "content-length" not in given:
             raw.append((b"content-length", str(len(self.body)).encode("latin-1")))
-        if b"content-type" not in names:
+        if "content-type" not in given:
             raw.append((b"content-type", self.media_type.encode("latin-1")))
         self.raw_headers = raw
 
