@@ -35,6 +35,7 @@ import gateway.routes.chat as chat  # noqa: E402
 import gateway.upstream.client as client  # noqa: E402
 import gateway.upstream.transport as transport  # noqa: E402
 from gateway.app import create_app  # noqa: E402
+from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "critical_path.md"
@@ -47,14 +48,14 @@ STEPS = [  # (label, mark at its end), in the order a request passes them
     ("plan (schema resolution, checks)", "plan_chat<"),
     ("prepare (scopes, limits, request id)", "prepare<"),
     ("upstream body", "upstream_chat_body<"),
-    ("disconnect watcher, serialise, pool checkout", "wire_write"),
+    ("disconnect hook, serialise, pool checkout", "wire_write"),
     ("-- vLLM (the fake) answers --", "wire_data"),
     ("answer head parsed, task resumed", "request<"),
     ("body read, connection back to the pool", "read<"),
     ("JSON parse of vLLM's answer", "_decode<"),
     ("OpenAI response shape", "chat_completion<"),
     ("strict parse + schema validation", "check_output<"),
-    ("metrics, watcher cancelled, limits settled, headers", "JSONResponse>"),
+    ("metrics, limits settled, headers", "JSONResponse>"),
     ("response rendered and sent", "sent"),
 ]
 
@@ -120,7 +121,9 @@ async def measure(port: int) -> dict[str, dict[str, float]]:
              "raw_path": b"/v1/chat/completions", "query_string": b"", "root_path": "",
              "headers": [(b"host", b"gw"), (b"content-type", b"application/json"),
                          (b"content-length", str(len(BODY)).encode())],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2),
+             # as under `ir-gateway serve`: the connection signals a disconnect itself
+             "extensions": {DISCONNECT_EXTENSION: DisconnectSignal()}}
     never = asyncio.Event()
 
     async def one() -> dict[str, float]:
