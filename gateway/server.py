@@ -38,6 +38,13 @@ class CoalescingTransport:
             self._loop.call_soon(self.flush)
         self._pending.append(data)
 
+    def writelines(self, chunks: Any) -> None:  # through `write`, so nothing is reordered
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
     def flush(self) -> None:
         """Send what is held now (also run at the end of the loop turn of the first write)."""
         pending, self._pending = self._pending, []
