@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import uvicorn
@@ -30,14 +31,19 @@ class RunningGateway:
 async def running_gateway(settings: Settings, *,
                           own_protocol: bool = True) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
-    # The options `ir-gateway serve` runs with (its protocol included), on any free port and
-    # in the test's own event loop.
+    # Without its own protocol: as under a server other than the gateway's (e.g. Modal's).
+    overrides = {} if own_protocol else {"http": "httptools"}
+    async with serving(app, settings, **overrides) as url:
+        yield RunningGateway(url, app, settings)
+
+
+@asynccontextmanager
+async def serving(app: Any, settings: Settings, **overrides: Any) -> AsyncIterator[str]:
+    """Serve `app` with the options `ir-gateway serve` runs with (its protocol included),
+    on a free port and in the test's own event loop; yields the base URL."""
     options = {**uvicorn_options(settings), "host": "127.0.0.1", "port": 0,
-               "log_level": "warning", "lifespan": "on", "loop": "none"}
-    if not own_protocol:  # as under a server other than the gateway's own (e.g. Modal's)
-        options["http"] = "httptools"
-    config = uvicorn.Config(app, **options)
-    server = uvicorn.Server(config)
+               "log_level": "warning", "lifespan": "on", "loop": "none", **overrides}
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     try:
@@ -46,7 +52,7 @@ async def running_gateway(settings: Settings, *,
                 task.result()
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        yield RunningGateway(f"http://127.0.0.1:{port}", app, settings)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, timeout=10)

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.requests import Request
 
 from gateway.asgi import (
@@ -15,8 +14,9 @@ from gateway.asgi import (
     DisconnectSignal,
     until_disconnect,
 )
-from gateway.server import CoalescingTransport, uvicorn_options
+from gateway.server import CoalescingTransport
 from gateway.settings import Settings
+from tests.gateway_server import serving
 
 
 class RecordingTransport:
@@ -123,18 +123,9 @@ async def test_served_requests_carry_the_connection_signal() -> None:
                     "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    options = {**uvicorn_options(Settings(auth_enabled=False)), "host": "127.0.0.1",
-               "port": 0, "loop": "none", "lifespan": "off", "log_level": "warning"}
-    server = uvicorn.Server(uvicorn.Config(app, **options))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # startup failed: raise its error
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with serving(app, Settings(auth_enabled=False), lifespan="off") as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
         for _ in range(2):  # two requests on one kept-alive connection
             writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
             head = await reader.readuntil(b"\r\n\r\n")
@@ -147,9 +138,5 @@ async def test_served_requests_carry_the_connection_signal() -> None:
             if seen[0].lost:
                 break
             await asyncio.sleep(0.01)
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
     assert len(seen) == 2 and seen[0] is seen[1]  # one signal per connection
     assert isinstance(seen[0], DisconnectSignal) and seen[0].lost
-
