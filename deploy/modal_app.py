@@ -11,7 +11,8 @@ Two functions, so the GPU scales on its own and the CPU-only gateway can answer 
   key (`VLLM_API_KEY`, guards `/v1`, `/v2`, `/inference`, `/cohere` only) and Modal proxy auth on
   the whole endpoint (every route, `/invocations` and `/tokenize` included, needs the
   `Modal-Key`/`Modal-Secret` headers of a workspace proxy token). Only the gateway holds both.
-* `gateway_api`: the gateway as an ASGI app. Keys come from the `ir-gateway` Secret
+* `gateway_api`: `ir-gateway serve`, the same server the tests and benchmarks run (its own
+  uvicorn protocol, uvloop), as a Modal web server. Keys come from the `ir-gateway` Secret
   (`IRGW_KEYS_JSON`, written to a file at container start), the vLLM URL from the `vllm_server`
   function. One container with in-process limits unless Redis is configured.
 
@@ -32,7 +33,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import modal
 
@@ -43,11 +44,6 @@ if (_REPO / "gateway" / "__init__.py").is_file() and str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
 
 from gateway import vllm_flags  # noqa: E402
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from gateway.settings import Settings
 
 log = logging.getLogger("ir-gateway.modal")
 
@@ -63,6 +59,7 @@ MODEL_REVISION = "c03e6d358207e414f1eca0bb1891e29f1db0e242"
 # aliases resolve without asking vLLM for its model list.
 SERVED_MODEL_NAME = "qwen2.5-coder-7b"
 VLLM_PORT = 8000
+GATEWAY_PORT = 8000  # its own container, so the same number does not clash
 
 # -- pins. vLLM's own release pins flashinfer-python exactly; pinning the same version here
 # makes a mismatch an image-build error instead of a silently different kernel set.
@@ -98,10 +95,14 @@ VLLM_CACHE_VOLUME = "ir-gateway-vllm-cache"
 HF_CACHE_PATH = "/root/.cache/huggingface"
 VLLM_CACHE_PATH = "/root/.cache/vllm"  # torch.compile artefacts: a warm cache saves ~30 s
 GATEWAY_SCHEMAS_PATH = "/root/schemas"
+GATEWAY_CONSTRAINTS_PATH = "/root/constraints.txt"
 
 # -- timing
 # First deploy downloads ~15 GB and compiles; later cold starts load from the volumes.
 VLLM_STARTUP_TIMEOUT_S = 600
+# `ir-gateway serve` listens within a few seconds (it loads schemas and keys, nothing more);
+# it does not wait for vLLM, which may be cold.
+GATEWAY_STARTUP_TIMEOUT_S = 60
 # Longer than the gateway's upstream read timeout (300 s), so Modal never cuts a request the
 # gateway still waits for.
 REQUEST_TIMEOUT_S = 600
@@ -172,7 +173,11 @@ vllm_image = (
 
 gateway_image = (
     modal.Image.debian_slim(python_version="3.11")
-    .uv_pip_install(*GATEWAY_REQUIREMENTS)
+    # Under the versions the tests and benchmarks ran with (constraints.txt pins the test
+    # venv): gateway/server.py builds on uvicorn's protocol class, so production must run the
+    # server stack that was tested, not whatever release is newest on the day of the build.
+    .add_local_file(_REPO / "constraints.txt", GATEWAY_CONSTRAINTS_PATH, copy=True)
+    .uv_pip_install(*GATEWAY_REQUIREMENTS, extra_options=f"--constraint {GATEWAY_CONSTRAINTS_PATH}")
     .env({"IRGW_SCHEMAS_DIR": GATEWAY_SCHEMAS_PATH})
     .add_local_python_source("gateway")
     .add_local_dir(_REPO / "schemas", remote_path=GATEWAY_SCHEMAS_PATH)
@@ -186,11 +191,11 @@ def vllm_command(python: str = sys.executable) -> list[str]:
     return vllm_flags.server_command(python, VLLM_ARGS)
 
 
-def _exit_when_vllm_exits(process: subprocess.Popen[bytes]) -> None:
-    # Modal would otherwise keep a GPU container whose port never opens until the startup
+def _exit_with(process: subprocess.Popen[bytes], name: str) -> None:
+    # Modal would otherwise keep a container whose port never opens until the startup
     # timeout, or one that stopped serving: exiting lets Modal start a fresh container.
     code = process.wait()
-    log.error("vLLM exited with code %s; stopping the container", code)
+    log.error("%s exited with code %s; stopping the container", name, code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(1)
@@ -214,7 +219,7 @@ def vllm_server() -> None:
         raise RuntimeError(f"{vllm_flags.API_KEY_ENV} is empty in Secret {VLLM_SECRET_NAME!r}")
     # The key reaches vLLM through the inherited environment, never argv (argv shows in `ps`).
     process = subprocess.Popen(vllm_command(), stdin=subprocess.DEVNULL)
-    threading.Thread(target=_exit_when_vllm_exits, args=(process,), daemon=True).start()
+    threading.Thread(target=_exit_with, args=(process, "vLLM"), daemon=True).start()
 
 
 # --------------------------------------------------------------------------- gateway
@@ -224,20 +229,42 @@ class DeploymentConfigError(RuntimeError):
     """The Secrets do not describe a gateway that can start; the message says what to set."""
 
 
-def gateway_settings(
+def gateway_command(python: str = sys.executable, *, host: str = "0.0.0.0",
+                    port: int = GATEWAY_PORT) -> list[str]:
+    # Host 0.0.0.0: Modal's proxy reaches the server over the container's network interface.
+    return [python, "-m", "gateway", "serve", "--host", host, "--port", str(port)]
+
+
+def gateway_environment(
     env: Mapping[str, str],
     *,
     upstream_url: Callable[[], str],
     keys_dir: Path,
-) -> Settings:
-    """Settings for the gateway container from its environment (the Secrets).
+) -> dict[str, str]:
+    """The environment `ir-gateway serve` starts with in the gateway container: the Secrets
+    (`env`), plus, as `IRGW_*` variables, what they leave out and the deployment knows.
 
-    Anything set as `IRGW_*` in the `ir-gateway` Secret wins (pydantic-settings reads it);
-    only what is missing is filled in here. `env` must be the process environment in
-    production; tests pass a patched `os.environ`.
+    Anything set as `IRGW_*` in the `ir-gateway` Secret wins; only what is missing is filled
+    in. The settings are built here first, so a Secret that cannot work stops the container
+    with a `DeploymentConfigError` naming it rather than a server that fails later. `env`
+    must be the process environment in production (pydantic-settings reads `os.environ`);
+    tests pass a patched `os.environ`.
     """
     from gateway.settings import Settings
 
+    overrides = _settings_overrides(env, upstream_url=upstream_url, keys_dir=keys_dir)
+    Settings(**overrides)
+    return {**env, **{f"IRGW_{name.upper()}": _as_env_value(value)
+                      for name, value in overrides.items()}}
+
+
+def _as_env_value(value: object) -> str:
+    # pydantic-settings reads structured fields (the proxy headers) as JSON.
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def _settings_overrides(env: Mapping[str, str], *, upstream_url: Callable[[], str],
+                        keys_dir: Path) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
 
     if not env.get("IRGW_KEYS_FILE"):
@@ -286,7 +313,7 @@ def gateway_settings(
             f"{max_containers}x its limits: set IRGW_REDIS_URL in Secret "
             f"{GATEWAY_SECRET_NAME!r} or deploy with {MAX_CONTAINERS_ENV}=1"
         )
-    return Settings(**overrides)
+    return overrides
 
 
 def upstream_proxy_headers(env: Mapping[str, str]) -> dict[str, str]:
@@ -326,20 +353,22 @@ def _vllm_web_url() -> str:
     max_containers=GATEWAY_MAX_CONTAINERS,
 )
 @modal.concurrent(max_inputs=GATEWAY_MAX_INPUTS)
-@modal.asgi_app()
-def gateway_api() -> FastAPI:
-    from gateway.app import create_app
-    from gateway.cli import tune_gc_for_serving
-
-    settings = gateway_settings(os.environ, upstream_url=_vllm_web_url,
-                                keys_dir=Path("/tmp/ir-gateway"))
-    logging.basicConfig(level=settings.log_level.upper(),
+@modal.web_server(port=GATEWAY_PORT, startup_timeout=GATEWAY_STARTUP_TIMEOUT_S)
+def gateway_api() -> None:
+    # A web server rather than `@modal.asgi_app()`: production then runs `ir-gateway serve`,
+    # the server every test and benchmark runs (its protocol sends each answer in one write
+    # and tells the app of a lost client at once), not a second, untested one.
+    logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    gateway_app = create_app(settings)
-    tune_gc_for_serving()
-    log.info("gateway in front of %s (model %s, limits in %s)", settings.upstream_url,
-             settings.upstream_model, settings.ratelimit_backend)
-    return gateway_app
+    environment = gateway_environment(os.environ, upstream_url=_vllm_web_url,
+                                      keys_dir=Path("/tmp/ir-gateway"))
+    log.info("starting ir-gateway serve in front of %s", environment["IRGW_UPSTREAM_URL"])
+    # cwd: `python -m` finds the `gateway` package where Modal put it (next to this file's
+    # copy of it), without it being pip-installed in the image.
+    source_root = Path(vllm_flags.__file__).resolve().parent.parent
+    process = subprocess.Popen(gateway_command(), env=environment, cwd=source_root,
+                               stdin=subprocess.DEVNULL)
+    threading.Thread(target=_exit_with, args=(process, "ir-gateway serve"), daemon=True).start()
 
 
 # --------------------------------------------------------------------------- smoke test

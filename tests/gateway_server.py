@@ -31,7 +31,8 @@ class RunningGateway:
 async def running_gateway(settings: Settings, *,
                           own_protocol: bool = True) -> AsyncIterator[RunningGateway]:
     app = create_app(settings)
-    # Without its own protocol: as under a server other than the gateway's (e.g. Modal's).
+    # Without its own protocol: as under an ASGI server other than the gateway's, where
+    # create_app's app can also be mounted.
     overrides = {} if own_protocol else {"http": "httptools"}
     async with serving(app, settings, **overrides) as url:
         yield RunningGateway(url, app, settings)
@@ -58,10 +59,18 @@ async def serving(app: Any, settings: Settings, **overrides: Any) -> AsyncIterat
         await asyncio.wait_for(task, timeout=10)
 
 
-def _spawn_gateway(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@asynccontextmanager
+async def gateway_process(settings: Settings) -> AsyncIterator[str]:
+    """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
+    several instances share must then really cross process boundaries."""
+    port = free_port()
     env = {**os.environ}
     for name, value in settings.model_dump(exclude_none=True).items():
         if name in ("host", "port", "config_file"):
@@ -70,18 +79,21 @@ def _spawn_gateway(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
             value = value.get_secret_value()
         env[f"IRGW_{name.upper()}"] = str(value)
     env["IRGW_LOG_LEVEL"] = "warning"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--port", str(port)], env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    return process, f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
+    async with serving_process(command, env, f"http://127.0.0.1:{port}") as url:
+        yield url
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
 
 @asynccontextmanager
-async def gateway_process(settings: Settings) -> AsyncIterator[str]:
-    """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
-    several instances share must then really cross process boundaries."""
-    process, url = _spawn_gateway(settings)
+async def serving_process(command: list[str], env: dict[str, str],
+                          url: str) -> AsyncIterator[str]:
+    """Run `command` (a gateway server) with exactly `env`; yields `url` once its /healthz
+    answers, and stops the process afterwards."""
+    process = _start(command, env)
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(300):

@@ -25,8 +25,9 @@ import pytest
 
 from gateway import vllm_flags
 from gateway.keys import KeyStore
+from gateway.settings import Settings
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.gateway_server import running_gateway
+from tests.gateway_server import free_port, serving_process
 from tests.ir_samples import FUNCTION_IR, VALID
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,7 +151,7 @@ def test_vllm_function_is_an_a10g_web_server_behind_proxy_auth(
     assert modal_app.VLLM_MAX_CONTAINERS == 1
 
 
-def test_gateway_function_is_a_public_asgi_app_with_its_secrets(
+def test_gateway_function_is_a_public_web_server_with_its_secrets(
         modal_shape: dict[str, Any], modal_app: ModuleType) -> None:
     gateway = modal_shape["functions"]["gateway_api"]
     assert gateway["gpus"] == []
@@ -159,8 +160,14 @@ def test_gateway_function_is_a_public_asgi_app_with_its_secrets(
         "modal.Secret.from_name('ir-gateway-vllm')",
         "modal.Secret.from_name('ir-gateway-proxy-auth')",
     ]
-    assert gateway["web"]["type"] == "WEBHOOK_TYPE_ASGI_APP"
-    assert gateway["web"]["unauthenticated"] is True  # the gateway checks its own keys
+    # `ir-gateway serve` behind Modal's proxy, the server the tests and benchmarks run.
+    assert gateway["web"] == {
+        "unauthenticated": True,  # the gateway checks its own keys
+        "type": "WEBHOOK_TYPE_WEB_SERVER", "port": modal_app.GATEWAY_PORT,
+        "startup_timeout": modal_app.GATEWAY_STARTUP_TIMEOUT_S, "requires_proxy_auth": False,
+    }
+    assert modal_app.gateway_command("/usr/bin/python3", port=8000) == [
+        "/usr/bin/python3", "-m", "gateway", "serve", "--host", "0.0.0.0", "--port", "8000"]
     # Default deploy: one container, in-process limits.
     assert modal_app.GATEWAY_MAX_CONTAINERS == 1
     assert modal_app.GATEWAY_CONNECT_DEADLINE_S >= 120
@@ -385,10 +392,22 @@ def modal_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[
     yield {**values, "key": key}
 
 
+def served_settings(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings `ir-gateway serve` starts with when its environment is `environment`."""
+    for name in list(os.environ):
+        monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
 def test_gateway_settings_from_the_secrets(modal_app: ModuleType, modal_env: dict[str, str],
-                                           tmp_path: Path) -> None:
-    settings = modal_app.gateway_settings(os.environ, upstream_url=lambda: "https://vllm.example",
-                                          keys_dir=tmp_path / "keys")
+                                           tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = modal_app.gateway_environment(
+        os.environ, upstream_url=lambda: "https://vllm.example", keys_dir=tmp_path / "keys")
+    assert environment["VLLM_API_KEY"] == "vllm-secret-key"  # the Secrets pass through
+    settings = served_settings(environment, monkeypatch)
     assert settings.keys_file == tmp_path / "keys" / "keys.json"
     assert settings.keys_file.read_text() == modal_env["IRGW_KEYS_JSON"]
     assert settings.keys_file.stat().st_mode & 0o777 == 0o600
@@ -412,7 +431,9 @@ def test_gateway_settings_honour_operator_overrides(
     def never() -> str:
         raise AssertionError("the function's URL must not be looked up when one is set")
 
-    settings = modal_app.gateway_settings(os.environ, upstream_url=never, keys_dir=tmp_path)
+    environment = modal_app.gateway_environment(os.environ, upstream_url=never,
+                                                keys_dir=tmp_path)
+    settings = served_settings(environment, monkeypatch)
     assert settings.upstream_url == "https://elsewhere.example"
     assert settings.connect_deadline_s == 30
     assert settings.ratelimit_backend == "redis"
@@ -433,8 +454,8 @@ def test_gateway_refuses_to_start_misconfigured(
         else:
             monkeypatch.setenv(name, value)
     with pytest.raises(modal_app.DeploymentConfigError, match=message) as caught:
-        modal_app.gateway_settings(os.environ, upstream_url=lambda: "https://v.example",
-                                   keys_dir=tmp_path)
+        modal_app.gateway_environment(os.environ, upstream_url=lambda: "https://v.example",
+                                      keys_dir=tmp_path)
     assert "{not json" not in str(caught.value)
 
 
@@ -446,20 +467,23 @@ def test_proxy_auth_headers_must_be_a_proxy_token(
         modal_app.upstream_proxy_headers(os.environ)
 
 
-async def test_smoke_through_the_modal_gateway_wiring(
+async def test_smoke_through_the_modal_gateway_container(
         modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path) -> None:
-    """`gateway_api`'s wiring against a fake vLLM: keys from the Secret, vLLM's bearer key and
-    the proxy-auth headers on every upstream call, and `run_smoke` end to end."""
+    """What `gateway_api` starts, against a fake vLLM: its command with its environment, in
+    a process of its own; keys from the Secret, vLLM's bearer key and the proxy-auth headers
+    on every upstream call, and `run_smoke` end to end."""
     async with FakeUpstream(api_key="vllm-secret-key", model="qwen2.5-coder-7b") as fake:
         fake.script(Reply(VALID))
-        settings = modal_app.gateway_settings(os.environ, upstream_url=lambda: fake.url,
-                                              keys_dir=tmp_path / "keys")
-        async with running_gateway(settings) as gateway:
+        environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: fake.url,
+                                                    keys_dir=tmp_path / "keys")
+        port = free_port()
+        command = modal_app.gateway_command(sys.executable, host="127.0.0.1", port=port)
+        async with serving_process(command, environment, f"http://127.0.0.1:{port}") as url:
             lines: list[str] = []
-            ir = await asyncio.to_thread(modal_app.run_smoke, gateway.url, modal_env["key"],
+            ir = await asyncio.to_thread(modal_app.run_smoke, url, modal_env["key"],
                                          wait_s=30, say=lines.append)
             with pytest.raises(modal_app.SmokeError, match="HTTP 401"):
-                await asyncio.to_thread(modal_app.run_smoke, gateway.url, "irgw-not-a-key",
+                await asyncio.to_thread(modal_app.run_smoke, url, "irgw-not-a-key",
                                         wait_s=30, say=lines.append)
     assert ir == FUNCTION_IR
     assert any("tok/s" in line or "latency" in line for line in lines)

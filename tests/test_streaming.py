@@ -152,7 +152,7 @@ async def _disconnect_midway(url: str, body: dict[str, Any]) -> None:
 async def test_client_disconnect_cancels_the_upstream_call(fake: FakeUpstream,
                                                            own_protocol: bool) -> None:
     # Under `ir-gateway serve` the connection itself signals the disconnect; under another
-    # server (Modal's) a watcher task notices it through receive(). Both must cancel vLLM.
+    # ASGI server a watcher task notices it through receive(). Both must cancel vLLM.
     from tests.fake_upstream import Slow
 
     async with running_gateway(unit_settings(fake.url), own_protocol=own_protocol) as gateway:
