@@ -92,7 +92,10 @@ class GatewayApp(FastAPI):
 
     def __init__(self, services: Services, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.state.services = services
+        # A plain attribute, not `self.state.services`: Starlette's State finds its items
+        # through __getattr__, i.e. after a failed lookup that formats an AttributeError,
+        # twice per request on the hot path.
+        self.services = services
         self._direct: dict[str, Endpoint] = {}
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
@@ -111,7 +114,7 @@ class GatewayApp(FastAPI):
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        metrics = self.state.services.metrics
+        metrics = self.services.metrics
         endpoint = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
         status = 500  # if the server never gets to send one
         metrics.inflight += 1

@@ -75,7 +75,7 @@ async def test_schema_text_is_byte_identical_and_in_file_order(
     raws = [r.raw for r in fake.requests if r.path == "/v1/chat/completions"]
     texts = {raw[raw.index(b'"schema":') : raw.index(b',"strict"')] for raw in raws}
     assert len(texts) == 1
-    registered = gateway.app.state.services.registry.resolve("function_ir").schema_json
+    registered = gateway.app.services.registry.resolve("function_ir").schema_json
     assert texts.pop() == b'"schema":' + registered
     assert list(fake.requests[-1].json["response_format"]["json_schema"]["schema"]) == [
         "type", "properties", "required", "additionalProperties"]

@@ -418,9 +418,9 @@ class DevStack:
     def _serve(self, app: FastAPI, choice: ModelChoice, log_path: Path) -> int:
         opts = self.options
         assert self.vllm is not None
-        schemas = app.state.services.registry.names()
+        schemas = app.services.registry.names()
         # As `ir-gateway serve` runs, plus an access log for watching requests go by.
-        config = uvicorn.Config(app, **{**uvicorn_options(app.state.services.settings),
+        config = uvicorn.Config(app, **{**uvicorn_options(app.services.settings),
                                         "log_level": "info", "access_log": True})
         server = uvicorn.Server(config)
         self.server = server

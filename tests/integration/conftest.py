@@ -50,7 +50,7 @@ class Live:
         """A new key, returned once the running gateway accepts it (it re-reads the key
         file at most every 250 ms)."""
         _, plaintext = self.keys.create(f"test-{len(self.keys.list())}", KeyPolicy(**policy))
-        authenticator = self.gateway.app.state.services.authenticator
+        authenticator = self.gateway.app.services.authenticator
         deadline = time.monotonic() + 5
         while True:
             try:
