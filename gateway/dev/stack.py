@@ -31,10 +31,9 @@ from types import FrameType
 from typing import TextIO
 
 import uvicorn
-from fastapi import FastAPI
 from pydantic import ValidationError
 
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
 from gateway.registry import SchemaFileError
@@ -403,7 +402,7 @@ class DevStack:
         say(f"vLLM: ready in {took:.0f}s")
         return self._serve(app, choice, log_path)
 
-    def _build_app(self, choice: ModelChoice, upstream_key: str) -> FastAPI:
+    def _build_app(self, choice: ModelChoice, upstream_key: str) -> GatewayApp:
         assert self.vllm is not None
         try:
             settings = Settings(
@@ -415,7 +414,7 @@ class DevStack:
         except (SchemaFileError, ValidationError, FileNotFoundError, ValueError) as exc:
             raise DevStackError(f"the gateway cannot start: {exc}") from None
 
-    def _serve(self, app: FastAPI, choice: ModelChoice, log_path: Path) -> int:
+    def _serve(self, app: GatewayApp, choice: ModelChoice, log_path: Path) -> int:
         opts = self.options
         assert self.vllm is not None
         schemas = app.services.registry.names()
