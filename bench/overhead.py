@@ -66,6 +66,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from gateway.runtime import glibc_version, huge_page_environment, thp_mode  # noqa: E402
 from tests.ir_samples import FUNCTION_IR  # noqa: E402  (the same answer the unit tests use)
 
 HOST = "127.0.0.1"
@@ -377,11 +378,15 @@ def start_fake() -> tuple[Child, int]:
 
 
 def start_floor(upstream_port: int) -> tuple[Child, int]:
-    return start_child("floor", "--serve-floor", str(upstream_port))
+    # The process set-up `ir-gateway serve` gives itself (gateway/runtime.py), so that the
+    # gateway's margin over the floor is its own work, not a difference in memory layout.
+    env = huge_page_environment(os.environ, glibc=glibc_version(), thp=thp_mode())
+    return start_child("floor", "--serve-floor", str(upstream_port), env=env)
 
 
-def start_child(name: str, *args: str) -> tuple[Child, int]:
-    child = Child(name, [sys.executable, str(Path(__file__).resolve()), *args])
+def start_child(name: str, *args: str,
+                env: dict[str, str] | None = None) -> tuple[Child, int]:
+    child = Child(name, [sys.executable, str(Path(__file__).resolve()), *args], env=env)
     assert child.proc.stdout is not None
     ready, _, _ = select.select([child.proc.stdout], [], [], START_TIMEOUT_S)
     line = child.proc.stdout.readline().strip() if ready else b""
@@ -872,6 +877,13 @@ async def bench(sizes: Sizes, fake: Child, fake_port: int, floor: Child, floor_p
 # --------------------------------------------------------------------------------------
 
 
+def huge_pages_note() -> str:
+    env = huge_page_environment({}, glibc=glibc_version(), thp=thp_mode())
+    if env is None:
+        return f"here: none, THP mode {thp_mode()}, glibc {glibc_version()}"
+    return ", ".join(f"`{key}={value}`" for key, value in env.items())
+
+
 def versions() -> str:
     names = ["fastapi", "starlette", "uvicorn", "httptools", "uvloop", "aiohttp", "jsonschema",
              "rpds-py", "orjson", "pydantic", "ir-gateway"]
@@ -1267,9 +1279,11 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "- floor: its own process, the gateway's server protocol (`gateway/server.py`: "
         "uvicorn's httptools protocol with coalesced writes) on uvloop in front and the "
         "gateway's own upstream transport (`UpstreamClient`) behind; it forwards the direct "
-        "request's bytes to the fake and the fake's answer back, nothing else.",
+        "request's bytes to the fake and the fake's answer back, nothing else; it runs with "
+        f"the environment the gateway restarts itself in ({huge_pages_note()}).",
         "- gateway: `ir-gateway serve --upstream ... --port ...` as its own process (one "
-        "uvicorn worker, uvloop + the gateway's protocol), `IRGW_AUTH_ENABLED=false`, "
+        "uvicorn worker, uvloop + the gateway's protocol; its heap on huge pages where the "
+        "system allows, `gateway/runtime.py`), `IRGW_AUTH_ENABLED=false`, "
         "`IRGW_LOG_LEVEL=warning`, all other settings default. The auth-on gateway is a "
         "second such process with `IRGW_KEYS_FILE` (one key from `ir-gateway keys create "
         "--rpm 10000000 --tpm 1000000000`) and the in-memory limiter; both run side by side, "

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
-
-_GC_YOUNG_THRESHOLD = 20_000
-
-
-def tune_gc_for_serving() -> None:
-    """Call once the app is built, just before serving (here and in deploy/modal_app.py)."""
-    # Everything built so far lives as long as the process: out of the collector's sight,
-    # full collections stay short (no pauses that show in the p99 under load).
-    gc.freeze()
-    # A request allocates a few thousand short-lived containers; at the default threshold
-    # (700) the young generation was collected several times per request, ~8% of the CPU
-    # under load (sampled). Reference counting frees nearly all of it anyway.
-    gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -32,6 +18,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.auth import AuthConfigError
     from gateway.keys import KeyStoreError
     from gateway.registry import SchemaFileError
+    from gateway.runtime import restart_on_huge_pages, tune_gc_for_serving
     from gateway.server import uvicorn_options
     from gateway.settings import Settings
 
@@ -47,6 +34,8 @@ def _serve(args: argparse.Namespace) -> int:
     }
     try:
         settings = Settings(**overrides)
+        if settings.huge_pages:
+            restart_on_huge_pages()
         logging.basicConfig(level=settings.log_level.upper(),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         app = create_app(settings)

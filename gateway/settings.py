@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=16, ge=0, description="Requests waiting for a slot.")
     queue_timeout_s: float = Field(default=5.0, ge=0)
 
+    huge_pages: bool = Field(
+        default=True,
+        description="`serve` restarts itself with Python objects on transparent huge pages "
+        "(gateway/runtime.py) where glibc and the kernel allow it.",
+    )
     log_level: str = "info"
     config_file: Path | None = None
 

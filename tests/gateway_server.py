@@ -93,6 +93,14 @@ async def serving_process(command: list[str], env: dict[str, str],
                           url: str) -> AsyncIterator[str]:
     """Run `command` (a gateway server) with exactly `env`; yields `url` once its /healthz
     answers, and stops the process afterwards."""
+    async with served_process(command, env, url):
+        yield url
+
+
+@asynccontextmanager
+async def served_process(command: list[str], env: dict[str, str],
+                         url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """`serving_process`, yielding the process itself."""
     process = _start(command, env)
     try:
         async with httpx.AsyncClient() as client:
@@ -107,7 +115,7 @@ async def serving_process(command: list[str], env: dict[str, str],
                 await asyncio.sleep(0.05)
             else:
                 raise RuntimeError("gateway did not start in 15 s")
-        yield url
+        yield process
     finally:
         process.terminate()
         try:
