@@ -145,15 +145,21 @@ class SSEResponse(Response):
 class JSONResponse(Response):
     """orjson-rendered JSON (FastAPI's ORJSONResponse is deprecated), with its header list
     built directly: Starlette's generic `init_headers` is a visible cost on the hot path.
-    Header names are given in lowercase, as ASGI wants them and as all of this code does."""
+    Header names are given in lowercase, as ASGI wants them and as all of this code does.
+
+    `after_send` runs once the answer has been handed to the server, or failed to be (the
+    client went away): bookkeeping the client need not wait for, which must still happen.
+    """
 
     media_type = "application/json"
 
     def __init__(self, content: object, status_code: int = 200,
                  headers: Mapping[str, str] | None = None, media_type: str | None = None,
-                 background: BackgroundTask | None = None) -> None:
+                 background: BackgroundTask | None = None, *,
+                 after_send: Callable[[], Awaitable[None]] | None = None) -> None:
         self.status_code = status_code
         self.background = background
+        self.after_send = after_send
         if media_type is not None:
             self.media_type = media_type
         self.body = self.render(content)
@@ -167,3 +173,10 @@ class JSONResponse(Response):
 
     def render(self, content: object) -> bytes:
         return orjson.dumps(content)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if self.after_send is not None:
+                await self.after_send()

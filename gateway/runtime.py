@@ -80,7 +80,8 @@ def huge_page_environment(
 
 
 def restart_on_huge_pages() -> None:
-    """Re-execute this process with `huge_page_environment`; returns only if not needed.
+    """Re-execute this process with `huge_page_environment`; returns only where that is not
+    needed or not possible (then the process goes on as it is).
 
     Call it before building anything: nothing done so far in this process survives.
     """

@@ -270,3 +270,40 @@ async def test_a_stream_cut_short_is_charged_what_it_generated(fake: FakeUpstrea
     expected = 1000 - cut_short - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
     assert expected <= remaining < expected + 10
     assert remaining > 1000 - 2 * reservation
+
+
+async def test_the_answer_does_not_wait_for_the_requests_bookkeeping(fake: FakeUpstream,
+                                                                     tmp_path: Path) -> None:
+    """Settling the tokens and freeing the in-flight slot happen once the answer is sent:
+    the client gets it without waiting for them, and they still happen."""
+    _, _, key = new_key(tmp_path, tpm=1000)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+        limiter = gw.app.services.limiter
+        admit, proceed, settled = limiter.admit, asyncio.Event(), []
+
+        async def admit_with_slow_settlement(principal: Any, estimated_tokens: int) -> Any:
+            admission = await admit(principal, estimated_tokens)
+            settle = admission.settle
+
+            async def slow_settle(tokens: int | None) -> None:
+                await proceed.wait()
+                await settle(tokens)
+                settled.append(tokens)
+
+            admission.settle = slow_settle  # type: ignore[method-assign]
+            return admission
+
+        limiter.admit = admit_with_slow_settlement  # type: ignore[method-assign]
+        used = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+        fake.script(Reply(VALID, usage=used))
+        response = await client.post("/v1/chat/completions", json=BODY,
+                                     headers={"authorization": f"Bearer {key}"})
+        assert response.status_code == 200 and response.headers["x-irgw-output"] == "passed"
+        assert settled == [] and limiter.gate.active == 1  # still pending, slot still held
+        proceed.set()
+        for _ in range(200):
+            if settled and limiter.gate.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert settled == [30] and limiter.gate.active == 0

@@ -12,6 +12,7 @@ from gateway.asgi import (
     DISCONNECT_EXTENSION,
     ClientDisconnectedError,
     DisconnectSignal,
+    JSONResponse,
     until_disconnect,
 )
 from gateway.server import CoalescingTransport
@@ -140,3 +141,22 @@ async def test_served_requests_carry_the_connection_signal() -> None:
             await asyncio.sleep(0.01)
     assert len(seen) == 2 and seen[0] is seen[1]  # one signal per connection
     assert isinstance(seen[0], DisconnectSignal) and seen[0].lost
+
+
+async def test_a_responses_after_send_runs_even_when_the_client_is_gone() -> None:
+    ran: list[str] = []
+
+    async def after_send() -> None:
+        ran.append("bookkeeping")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            raise OSError("the connection was lost")
+
+    response = JSONResponse({"ok": True}, after_send=after_send)
+    with pytest.raises(OSError):
+        await response({"type": "http"}, receive, send)
+    assert ran == ["bookkeeping"]

@@ -48,6 +48,7 @@ class Completed:
     outcome: str
     attempts: int
     tokens: int
+    upstream_s: float  # from the first call to the accepted answer
 
 
 def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> GatewayError:
@@ -78,11 +79,12 @@ async def chat_completions(request: Request) -> Response:
         return await _stream(services, plan, body, model, rid, headers, admission)
 
     tokens: int | None = None
+    answered = False
     try:
         completed = await until_disconnect(
             request, _complete(services, plan, body, model, rid)
         )
-        tokens = completed.tokens
+        answered = True
     except ClientDisconnectedError:
         # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
         # reservation charged rather than refund it.
@@ -96,14 +98,21 @@ async def chat_completions(request: Request) -> Response:
             services.metrics.output_checked(plan.schema.ref, outcome)
         raise
     finally:
-        await admission.finish(tokens)
+        if not answered:
+            await admission.finish(tokens)
+
+    async def settle() -> None:
+        # After the answer is on its way: at low load every step runs on cold caches, and
+        # the client should not wait for steps whose result it never sees.
+        await admission.finish(completed.tokens)
+        services.metrics.upstream_took("chat", completed.upstream_s)
+        if plan.checked and plan.schema is not None:
+            services.metrics.output_checked(plan.schema.ref, completed.outcome)
 
     if plan.checked:
         headers["x-irgw-output"] = completed.outcome
         headers["x-irgw-attempts"] = str(completed.attempts)
-        if plan.schema is not None:
-            services.metrics.output_checked(plan.schema.ref, completed.outcome)
-    return JSONResponse(completed.response, headers=headers)
+    return JSONResponse(completed.response, headers=headers, after_send=settle)
 
 
 async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
@@ -120,7 +129,8 @@ async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], mo
         if not response["choices"]:
             raise UpstreamError("the upstream answered without choices")
         if not plan.checked:
-            return Completed(response, "passthrough", attempt, tokens)
+            return Completed(response, "passthrough", attempt, tokens,
+                             time.perf_counter() - started)
         choice = response["choices"][0]
         try:
             checked = check_output(
@@ -133,10 +143,10 @@ async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], mo
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
             continue
-        services.metrics.upstream_took("chat", time.perf_counter() - started)
+        upstream_s = time.perf_counter() - started
         _present(plan, response, checked)
         outcome = "retried" if attempt > 1 else checked.outcome.value
-        return Completed(response, outcome, attempt, tokens)
+        return Completed(response, outcome, attempt, tokens, upstream_s)
     raise AssertionError("unreachable")
 
 
