@@ -80,27 +80,22 @@ async def gateway_process(settings: Settings) -> AsyncIterator[str]:
         env[f"IRGW_{name.upper()}"] = str(value)
     env["IRGW_LOG_LEVEL"] = "warning"
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
-    async with serving_process(command, env, f"http://127.0.0.1:{port}") as url:
+    url = f"http://127.0.0.1:{port}"
+    async with serving_process(command, env, url):
         yield url
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Popen returns at once (it does not wait for the child); outside the async function
+    # only so that ruff's ASYNC220 rule has no blocking call to flag.
     return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
 
 
 @asynccontextmanager
 async def serving_process(command: list[str], env: dict[str, str],
-                          url: str) -> AsyncIterator[str]:
-    """Run `command` (a gateway server) with exactly `env`; yields `url` once its /healthz
-    answers, and stops the process afterwards."""
-    async with served_process(command, env, url):
-        yield url
-
-
-@asynccontextmanager
-async def served_process(command: list[str], env: dict[str, str],
-                         url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """`serving_process`, yielding the process itself."""
+                          url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """Run `command` (a gateway server at `url`) with exactly `env`; yields the process once
+    its /healthz answers, and stops it afterwards."""
     process = _start(command, env)
     try:
         async with httpx.AsyncClient() as client:

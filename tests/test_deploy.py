@@ -478,7 +478,8 @@ async def test_smoke_through_the_modal_gateway_container(
                                                     keys_dir=tmp_path / "keys")
         port = free_port()
         command = modal_app.gateway_command(sys.executable, host="127.0.0.1", port=port)
-        async with serving_process(command, environment, f"http://127.0.0.1:{port}") as url:
+        url = f"http://127.0.0.1:{port}"
+        async with serving_process(command, environment, url):
             lines: list[str] = []
             ir = await asyncio.to_thread(modal_app.run_smoke, url, modal_env["key"],
                                          wait_s=30, say=lines.append)

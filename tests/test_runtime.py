@@ -13,7 +13,7 @@ from gateway.runtime import (
     huge_page_environment,
     thp_mode,
 )
-from tests.gateway_server import free_port, served_process
+from tests.gateway_server import free_port, serving_process
 
 GLIBC = (2, 36)
 HUGETLB = "glibc.malloc.hugetlb=1"
@@ -92,7 +92,7 @@ async def test_serve_runs_on_huge_pages_where_the_system_allows(enabled: bool) -
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
     expected = enabled and huge_page_environment(
         env, glibc=glibc_version(), thp=thp_mode()) is not None
-    async with served_process(command, env, f"http://127.0.0.1:{port}") as process:
+    async with serving_process(command, env, f"http://127.0.0.1:{port}") as process:
         served = _environ(process.pid)  # the PID that answers is the one started
         assert (served.get("PYTHONMALLOC") == "malloc") is expected
         assert (HUGETLB in served.get("GLIBC_TUNABLES", "").split(":")) is expected
