@@ -336,3 +336,29 @@ async def test_real_responses_match_the_document(
     bad = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert bad.status_code == 400
     assert schema_errors(registry, "ErrorResponse", bad.json()) == []
+
+
+async def test_document_and_gateway_agree_on_stream_options(
+    registry: Registry, fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    # Found by schemathesis: the document allowed stream_options without streaming (the
+    # gateway refuses it, as vLLM and OpenAI do) and refused an explicit null (accepted).
+    base = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}]}
+    for route, component, body in (
+        ("/v1/chat/completions", "ChatCompletionRequest", base),
+        ("/v1/completions", "CompletionRequest", {"model": "schema/function_ir",
+                                                 "prompt": "add"}),
+    ):
+        refused = {**body, "stream": False, "stream_options": {"include_usage": True}}
+        assert schema_errors(registry, component, refused)
+        response = await client.post(route, json=refused)
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "stream_options"
+
+        unset = {**body, "stream_options": None}
+        assert schema_errors(registry, component, unset) == []
+        fake.script(Reply(VALID))
+        assert (await client.post(route, json=unset)).status_code == 200
+
+        streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        assert schema_errors(registry, component, streamed) == []

@@ -48,11 +48,18 @@ _RESPONSE_FORMAT: JSON = {
 
 _STREAM_OPTIONS: JSON = {
     "type": "object",
-    "description": "Only with `stream: true` (else 400).",
+    "description": "Only with `stream: true` (else 400); `null` means none.",
     "properties": {"include_usage": {
         "type": "boolean",
         "description": "Send a last chunk with `choices: []` and the usage.",
     }},
+}
+
+# vLLM and OpenAI refuse `stream_options` on a request that does not stream; so does the
+# gateway (400), and the document says so, so that a client generated from it agrees.
+_STREAM_OPTIONS_ONLY_WHEN_STREAMING: JSON = {
+    "if": {"not": {"properties": {"stream": {"const": True}}, "required": ["stream"]}},
+    "then": {"properties": {"stream_options": {"type": "null"}}},
 }
 
 _MAX_TOKENS: JSON = {
@@ -130,7 +137,7 @@ _CHAT_REQUEST: JSON = {
         "stream": {"type": "boolean", "default": False, "description": "A structured stream "
                    "holds back the finishing chunk until the whole answer is checked; a failed "
                    "check ends the stream with `data: {\"error\": ...}` before `[DONE]`."},
-        "stream_options": _schema("StreamOptions"),
+        "stream_options": _nullable(_schema("StreamOptions")),
         "max_tokens": _MAX_TOKENS,
         "max_completion_tokens": {**_MAX_TOKENS, "description": "Preferred over `max_tokens` "
                                   "when both are set."},
@@ -143,6 +150,7 @@ _CHAT_REQUEST: JSON = {
     },
     "required": ["model", "messages"],
     "additionalProperties": True,
+    **_STREAM_OPTIONS_ONLY_WHEN_STREAMING,
 }
 
 _COMPLETION_REQUEST: JSON = {
@@ -157,13 +165,14 @@ _COMPLETION_REQUEST: JSON = {
         "prompt": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         "response_format": _schema("ResponseFormat"),
         "stream": {"type": "boolean", "default": False},
-        "stream_options": _schema("StreamOptions"),
+        "stream_options": _nullable(_schema("StreamOptions")),
         "max_tokens": _MAX_TOKENS,
         "n": {"type": "integer", "minimum": 1, "default": 1},
         **_SAMPLING,
     },
     "required": ["model", "prompt"],
     "additionalProperties": True,
+    **_STREAM_OPTIONS_ONLY_WHEN_STREAMING,
 }
 
 _USAGE: JSON = {
