@@ -16,7 +16,7 @@ from tests import openai_spec
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, Slow
 from tests.gateway_server import RunningGateway, running_gateway
-from tests.ir_samples import FUNCTION_IR, VALID
+from tests.ir_samples import BAD_NAME, FUNCTION_IR, RAW_CONTROL, TRUNCATED, VALID
 
 CHAT = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}]}
 
@@ -127,6 +127,37 @@ async def test_metrics_count_every_answer_by_route_template(client: httpx.AsyncC
     assert "/v1/nothing" not in text
     # The scrape itself is in flight while it renders; nothing else is.
     assert "irgw_inflight_requests 1.0" in text
+
+
+async def test_metrics_count_checked_outputs_and_upstream_time_on_both_routes(
+        client: httpx.AsyncClient, fake: FakeUpstream) -> None:
+    # LlamaIndex's OpenAILike calls /v1/completions: its checked answers must show in the
+    # same outcome counters an operator watches for chat.
+    completion = {"model": "schema/function_ir", "prompt": "add"}
+    for route, body, reply, status in (
+        ("/v1/chat/completions", CHAT, Reply(VALID), 200),
+        ("/v1/chat/completions", CHAT, Reply(RAW_CONTROL), 200),
+        ("/v1/chat/completions", CHAT, Reply(BAD_NAME), 422),
+        ("/v1/completions", completion, Reply(VALID), 200),
+        ("/v1/completions", completion, Reply(RAW_CONTROL), 200),
+        ("/v1/completions", completion, Reply(BAD_NAME), 422),
+        ("/v1/completions", completion, Reply(TRUNCATED, finish_reason="length"), 422),
+    ):
+        fake.script(reply)
+        assert (await client.post(route, json=body)).status_code == status, (route, reply)
+    text = (await client.get("/metrics")).text
+
+    def value(prefix: str) -> float:
+        found = [row for row in text.splitlines() if row.startswith(prefix + " ")]
+        return float(found[0].split()[-1]) if found else 0.0
+
+    def outcome(name: str) -> float:
+        return value(f'irgw_output_checks_total{{outcome="{name}",schema="function_ir@1"}}')
+
+    assert (outcome("passed"), outcome("repaired"), outcome("failed"),
+            outcome("truncated")) == (2, 2, 2, 1)
+    assert value('irgw_upstream_seconds_count{route="chat"}') == 2
+    assert value('irgw_upstream_seconds_count{route="completions"}') == 2
 
 
 @pytest.mark.parametrize(("content", "needle"), [

@@ -63,6 +63,12 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
     return error
 
 
+def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) -> None:
+    if plan.schema is not None and isinstance(error, OutputValidationError):
+        outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
+        services.metrics.output_checked(plan.schema.ref, outcome)
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
@@ -93,9 +99,7 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError as error:
         tokens = error.tokens
         error.headers.update(headers)
-        if plan.schema is not None and isinstance(error, OutputValidationError):
-            outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
-            services.metrics.output_checked(plan.schema.ref, outcome)
+        count_failed_check(services, plan, error)
         raise
     finally:
         if not answered:

@@ -11,6 +11,7 @@ rely on.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -25,7 +26,7 @@ from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.chat import failure_to_error
+from gateway.routes.chat import count_failed_check, failure_to_error
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
@@ -89,10 +90,13 @@ async def completions(request: Request) -> Response:
     if plan.stream and not plan.checked:
         return await _passthrough_stream(services, body, rid, headers, admission)
     tokens: int | None = None
+    outcome: str | None = None
+    started = time.perf_counter()
     try:
         data = await until_disconnect(
             request, services.upstream.post_json("/v1/completions", body, {"x-request-id": rid})
         )
+        upstream_s = time.perf_counter() - started
         usage = usage_of(data)
         tokens = usage["total_tokens"] if usage else None
         response = _shape(data if isinstance(data, dict) else {}, model)
@@ -108,15 +112,19 @@ async def completions(request: Request) -> Response:
             except CheckFailure as failure:
                 raise failure_to_error(failure, 1, tokens or 0) from None
             choice["text"] = checked.text
-            headers["x-irgw-output"] = checked.outcome.value
+            outcome = headers["x-irgw-output"] = checked.outcome.value
     except ClientDisconnectedError:
         tokens = prepared.reserved  # the cancelled call's usage is unknown; the GPU did work
         return Response(status_code=499)
     except GatewayError as error:
         error.headers.update(headers)
+        count_failed_check(services, plan, error)
         raise
     finally:
         await admission.finish(tokens)
+    services.metrics.upstream_took("completions", upstream_s)
+    if outcome is not None and plan.schema is not None:
+        services.metrics.output_checked(plan.schema.ref, outcome)
     if plan.stream:
         return _single_chunk_stream(response, plan.include_usage, headers)
     return JSONResponse(response, headers=headers)
