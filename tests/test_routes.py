@@ -142,10 +142,11 @@ async def test_metrics_count_checked_outputs_and_upstream_time_on_both_routes(
         ("/v1/completions", completion, Reply(RAW_CONTROL), 200),
         ("/v1/completions", completion, Reply(BAD_NAME), 422),
         ("/v1/completions", completion, Reply(TRUNCATED, finish_reason="length"), 422),
+        ("/v1/chat/completions", {**CHAT, "stream": True}, Reply(RAW_CONTROL), 200),
     ):
         fake.script(reply)
         assert (await client.post(route, json=body)).status_code == status, (route, reply)
-    text = (await client.get("/metrics")).text
+    text = ""
 
     def value(prefix: str) -> float:
         found = [row for row in text.splitlines() if row.startswith(prefix + " ")]
@@ -154,8 +155,13 @@ async def test_metrics_count_checked_outputs_and_upstream_time_on_both_routes(
     def outcome(name: str) -> float:
         return value(f'irgw_output_checks_total{{outcome="{name}",schema="function_ir@1"}}')
 
+    for _ in range(50):  # a stream's outcome is counted as it closes, just after its end
+        text = (await client.get("/metrics")).text
+        if outcome("repaired") == 3:
+            break
+        await asyncio.sleep(0.02)
     assert (outcome("passed"), outcome("repaired"), outcome("failed"),
-            outcome("truncated")) == (2, 2, 2, 1)
+            outcome("truncated")) == (2, 3, 2, 1)
     assert value('irgw_upstream_seconds_count{route="chat"}') == 2
     assert value('irgw_upstream_seconds_count{route="completions"}') == 2
 
