@@ -144,18 +144,28 @@ async def test_error_policy_refuses_what_repair_would_fix(fake: FakeUpstream) ->
     openai_spec.validate("ErrorResponse", response.json())
 
 
-async def test_retry_policy_asks_again_then_gives_up(fake: FakeUpstream) -> None:
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/completions"])
+async def test_retry_policy_asks_again_then_gives_up(fake: FakeUpstream, route: str) -> None:
+    # Both routes: LlamaIndex's OpenAILike sends its structured calls to /v1/completions.
     settings = unit_settings(fake.url, output_policy="retry", max_retries=2)
+    body: dict[str, Any] = {"model": "schema/function_ir"}
+    if route == "/v1/completions":
+        body["prompt"] = "add"
+    else:
+        body["messages"] = [{"role": "user", "content": "add"}]
     async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
-        fake.script(Reply(BAD_NAME), Reply(VALID))
-        response = await chat(client, model="schema/function_ir")
+        fake.script(Reply(BAD_NAME), Reply(VALID, usage={
+            "prompt_tokens": 10, "completion_tokens": 30, "total_tokens": 40}))
+        response = await client.post(route, json=body)
         assert response.status_code == 200
         assert response.headers["x-irgw-output"] == "retried"
         assert response.headers["x-irgw-attempts"] == "2"
-        assert response.json()["choices"][0]["message"]["content"] == VALID
+        choice = response.json()["choices"][0]
+        assert (choice.get("text") or choice["message"]["content"]) == VALID
+        assert response.json()["usage"]["total_tokens"] == 40  # the accepted answer's
 
         fake.script(Reply(BAD_NAME), Reply(BAD_NAME), Reply(BAD_NAME))
-        response = await chat(client, model="schema/function_ir")
+        response = await client.post(route, json=body)
     assert response.status_code == 422
     assert response.json()["error"]["attempts"] == 3
     assert len(fake.requests) == 5

@@ -320,6 +320,10 @@ async def test_real_responses_match_the_document(
     completion = await client.post("/v1/completions", json={"model": "schema/function_ir",
                                                              "prompt": "add"})
     assert schema_errors(registry, "Completion", completion.json()) == []
+    documented = set(doc["paths"]["/v1/completions"]["post"]["responses"]["200"]["headers"])
+    sent = {name for name in completion.headers if name.startswith(("x-irgw-", "x-request-id",
+                                                                     "x-ratelimit-"))}
+    assert {"x-irgw-output", "x-irgw-attempts"} <= sent <= documented, sent - documented
 
     checks = [
         ("/v1/models", "ModelList", 200), ("/v1/models/schema/function_ir", "Model", 200),

@@ -100,8 +100,7 @@ _OPERATIONS: dict[tuple[str, str], JSON] = {
         "requestBody": _json_body("CompletionRequest", "A legacy completions request."),
         "responses": {
             "200": _ok("The completion (or, with `stream: true`, its chunks).", "Completion",
-                       "x-request-id", "x-irgw-schema", "x-irgw-output", *_RATELIMIT_NAMES,
-                       stream="Completion"),
+                       *_SUCCESS_HEADERS, stream="Completion"),
             **_error_responses(*_API_ERRORS),
         },
     },

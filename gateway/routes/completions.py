@@ -26,7 +26,7 @@ from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
 from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.chat import count_failed_check, failure_to_error
+from gateway.routes.chat import Completed, count_failed_check, failure_to_error
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
@@ -90,44 +90,61 @@ async def completions(request: Request) -> Response:
     if plan.stream and not plan.checked:
         return await _passthrough_stream(services, body, rid, headers, admission)
     tokens: int | None = None
-    outcome: str | None = None
-    started = time.perf_counter()
     try:
-        data = await until_disconnect(
-            request, services.upstream.post_json("/v1/completions", body, {"x-request-id": rid})
-        )
-        upstream_s = time.perf_counter() - started
-        usage = usage_of(data)
-        tokens = usage["total_tokens"] if usage else None
-        response = _shape(data if isinstance(data, dict) else {}, model)
-        if not response["choices"]:
-            raise UpstreamError("the upstream answered without choices")
-        if plan.checked:
-            choice = response["choices"][0]
-            try:
-                checked = check_output(
-                    choice["text"], plan.schema if plan.mode is Mode.SCHEMA else None,
-                    repair=plan.policy != "error", truncated=choice["finish_reason"] == "length",
-                )
-            except CheckFailure as failure:
-                raise failure_to_error(failure, 1, tokens or 0) from None
-            choice["text"] = checked.text
-            outcome = headers["x-irgw-output"] = checked.outcome.value
+        completed = await until_disconnect(request, _complete(services, plan, body, model, rid))
+        tokens = completed.tokens
     except ClientDisconnectedError:
         tokens = prepared.reserved  # the cancelled call's usage is unknown; the GPU did work
         return Response(status_code=499)
     except GatewayError as error:
+        tokens = error.tokens
         error.headers.update(headers)
         count_failed_check(services, plan, error)
         raise
     finally:
         await admission.finish(tokens)
-    services.metrics.upstream_took("completions", upstream_s)
-    if outcome is not None and plan.schema is not None:
-        services.metrics.output_checked(plan.schema.ref, outcome)
+    services.metrics.upstream_took("completions", completed.upstream_s)
+    response = completed.response
+    if plan.checked:
+        headers["x-irgw-output"] = completed.outcome
+        headers["x-irgw-attempts"] = str(completed.attempts)
+        if plan.schema is not None:
+            services.metrics.output_checked(plan.schema.ref, completed.outcome)
     if plan.stream:
         return _single_chunk_stream(response, plan.include_usage, headers)
     return JSONResponse(response, headers=headers)
+
+
+async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
+                    rid: str) -> Completed:
+    """Call vLLM and check its text, asking again under the `retry` policy (as chat does)."""
+    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
+    tokens = 0
+    started = time.perf_counter()
+    for attempt in range(1, attempts + 1):
+        data = await services.upstream.post_json("/v1/completions", body, {"x-request-id": rid})
+        response = _shape(data if isinstance(data, dict) else {}, model)
+        usage = response.get("usage")
+        tokens += usage["total_tokens"] if usage else 0
+        if not response["choices"]:
+            raise UpstreamError("the upstream answered without choices")
+        if not plan.checked:
+            return Completed(response, "passthrough", attempt, tokens,
+                             time.perf_counter() - started)
+        choice = response["choices"][0]
+        try:
+            checked = check_output(
+                choice["text"], plan.schema if plan.mode is Mode.SCHEMA else None,
+                repair=plan.policy != "error", truncated=choice["finish_reason"] == "length",
+            )
+        except CheckFailure as failure:
+            if failure.truncated or attempt == attempts:
+                raise failure_to_error(failure, attempt, tokens) from None
+            continue
+        choice["text"] = checked.text
+        outcome = "retried" if attempt > 1 else checked.outcome.value
+        return Completed(response, outcome, attempt, tokens, time.perf_counter() - started)
+    raise AssertionError("unreachable")
 
 
 def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
