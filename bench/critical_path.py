@@ -16,6 +16,7 @@ between requests at 200 req/s). The first step also pays for waking up, so read 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import gc
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import uvloop  # noqa: E402
 
 import gateway.routes.chat as chat  # noqa: E402
+import gateway.routes.checking as checking  # noqa: E402
 import gateway.upstream.client as client  # noqa: E402
 import gateway.upstream.transport as transport  # noqa: E402
 from gateway.app import create_app  # noqa: E402
@@ -90,9 +93,12 @@ def _mark_async(owner: Any, name: str) -> None:
 
 
 def instrument() -> None:
-    for name in ("plan_chat", "upstream_chat_body", "chat_completion", "check_output",
-                 "JSONResponse"):
+    for name in ("plan_chat", "upstream_chat_body", "JSONResponse"):
         _mark_sync(chat, name)
+    _mark_sync(checking, "check_output")
+    shapes = types.SimpleNamespace(chat_completion=chat.CHAT.shape)
+    _mark_sync(shapes, "chat_completion")
+    chat.CHAT = dataclasses.replace(chat.CHAT, shape=shapes.chat_completion)
     for name in ("read_json", "prepare"):
         _mark_async(chat, name)
     _mark_async(transport.Pool, "request")

@@ -7,9 +7,7 @@ The schema is resolved before the limiter runs so that a request refused for its
 
 from __future__ import annotations
 
-import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -17,12 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
-from gateway.errors import (
-    GatewayError,
-    OutputTruncatedError,
-    OutputValidationError,
-    UpstreamError,
-)
+from gateway.errors import GatewayError
 from gateway.planning import (
     ChatPlan,
     Mode,
@@ -32,41 +25,25 @@ from gateway.planning import (
 )
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
+from gateway.routes.checking import Route, complete, count_failed_check, failure_to_error
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import chat_completion
 from gateway.streaming import StreamState, relay_chat
 from gateway.tools import as_tool_call_response, plan_tool_call
-from gateway.validation import CheckedOutput, CheckFailure, check_output
+from gateway.validation import CheckedOutput
 
 router = APIRouter(route_class=RawRoute)
 
 
-@dataclass
-class Completed:
-    response: dict[str, Any]
-    outcome: str
-    attempts: int
-    tokens: int
-    upstream_s: float  # from the first call to the accepted answer
+def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> None:
+    choice["message"]["content"] = checked.text
+    if plan.mode is Mode.TOOL:
+        as_tool_call_response(plan, choice)
 
 
-def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> GatewayError:
-    error_class = OutputTruncatedError if failure.truncated else OutputValidationError
-    message = (
-        f"the model's answer does not conform to the schema: {failure.describe()}"
-        if not failure.truncated
-        else f"{failure.reason}; raise max_tokens or use a schema with tighter bounds"
-    )
-    error = error_class(message, extra={**failure.error_extra(), "attempts": attempts})
-    error.tokens = tokens
-    return error
-
-
-def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) -> None:
-    if plan.schema is not None and isinstance(error, OutputValidationError):
-        outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
-        services.metrics.output_checked(plan.schema.ref, outcome)
+CHAT = Route("/v1/chat/completions", chat_completion,
+             lambda choice: choice["message"]["content"], _accept)
 
 
 @router.post("/v1/chat/completions")
@@ -88,7 +65,7 @@ async def chat_completions(request: Request) -> Response:
     answered = False
     try:
         completed = await until_disconnect(
-            request, _complete(services, plan, body, model, rid)
+            request, complete(CHAT, services, plan, body, model, rid)
         )
         answered = True
     except ClientDisconnectedError:
@@ -117,48 +94,6 @@ async def chat_completions(request: Request) -> Response:
         headers["x-irgw-output"] = completed.outcome
         headers["x-irgw-attempts"] = str(completed.attempts)
     return JSONResponse(completed.response, headers=headers, after_send=settle)
-
-
-async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
-                    rid: str) -> Completed:
-    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
-    tokens = 0
-    started = time.perf_counter()
-    for attempt in range(1, attempts + 1):
-        data = await services.upstream.post_json("/v1/chat/completions", body,
-                                                  {"x-request-id": rid})
-        response = chat_completion(data if isinstance(data, dict) else {}, model)
-        usage = response.get("usage")
-        tokens += usage["total_tokens"] if usage else 0
-        if not response["choices"]:
-            raise UpstreamError("the upstream answered without choices")
-        if not plan.checked:
-            return Completed(response, "passthrough", attempt, tokens,
-                             time.perf_counter() - started)
-        choice = response["choices"][0]
-        try:
-            checked = check_output(
-                choice["message"]["content"],
-                plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
-                repair=plan.policy != "error",
-                truncated=choice["finish_reason"] == "length",
-            )
-        except CheckFailure as failure:
-            if failure.truncated or attempt == attempts:
-                raise failure_to_error(failure, attempt, tokens) from None
-            continue
-        upstream_s = time.perf_counter() - started
-        _present(plan, response, checked)
-        outcome = "retried" if attempt > 1 else checked.outcome.value
-        return Completed(response, outcome, attempt, tokens, upstream_s)
-    raise AssertionError("unreachable")
-
-
-def _present(plan: ChatPlan, response: dict[str, Any], checked: CheckedOutput) -> None:
-    choice = response["choices"][0]
-    choice["message"]["content"] = checked.text
-    if plan.mode is Mode.TOOL:
-        as_tool_call_response(plan, choice)
 
 
 async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,

@@ -11,7 +11,6 @@ rely on.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any
@@ -22,16 +21,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
-from gateway.errors import GatewayError, InvalidRequestError, UpstreamError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.chat import Completed, count_failed_check, failure_to_error
+from gateway.routes.checking import Route, complete, count_failed_check
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
 from gateway.upstream.dialects import Dialect
-from gateway.validation import CheckFailure, check_output
+from gateway.validation import CheckedOutput
 
 router = APIRouter(route_class=RawRoute)
 _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
@@ -77,6 +76,13 @@ def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
     return result
 
 
+def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> None:
+    choice["text"] = checked.text
+
+
+COMPLETIONS = Route("/v1/completions", _shape, lambda choice: choice["text"], _accept)
+
+
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     services = services_of(request)
@@ -91,7 +97,9 @@ async def completions(request: Request) -> Response:
         return await _passthrough_stream(services, body, rid, headers, admission)
     tokens: int | None = None
     try:
-        completed = await until_disconnect(request, _complete(services, plan, body, model, rid))
+        completed = await until_disconnect(
+            request, complete(COMPLETIONS, services, plan, body, model, rid)
+        )
         tokens = completed.tokens
     except ClientDisconnectedError:
         tokens = prepared.reserved  # the cancelled call's usage is unknown; the GPU did work
@@ -113,38 +121,6 @@ async def completions(request: Request) -> Response:
     if plan.stream:
         return _single_chunk_stream(response, plan.include_usage, headers)
     return JSONResponse(response, headers=headers)
-
-
-async def _complete(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
-                    rid: str) -> Completed:
-    """Call vLLM and check its text, asking again under the `retry` policy (as chat does)."""
-    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
-    tokens = 0
-    started = time.perf_counter()
-    for attempt in range(1, attempts + 1):
-        data = await services.upstream.post_json("/v1/completions", body, {"x-request-id": rid})
-        response = _shape(data if isinstance(data, dict) else {}, model)
-        usage = response.get("usage")
-        tokens += usage["total_tokens"] if usage else 0
-        if not response["choices"]:
-            raise UpstreamError("the upstream answered without choices")
-        if not plan.checked:
-            return Completed(response, "passthrough", attempt, tokens,
-                             time.perf_counter() - started)
-        choice = response["choices"][0]
-        try:
-            checked = check_output(
-                choice["text"], plan.schema if plan.mode is Mode.SCHEMA else None,
-                repair=plan.policy != "error", truncated=choice["finish_reason"] == "length",
-            )
-        except CheckFailure as failure:
-            if failure.truncated or attempt == attempts:
-                raise failure_to_error(failure, attempt, tokens) from None
-            continue
-        choice["text"] = checked.text
-        outcome = "retried" if attempt > 1 else checked.outcome.value
-        return Completed(response, outcome, attempt, tokens, time.perf_counter() - started)
-    raise AssertionError("unreachable")
 
 
 def _single_chunk_stream(response: dict[str, Any], include_usage: bool,

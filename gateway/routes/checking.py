@@ -1,0 +1,93 @@
+"""One non-streamed answer from vLLM, checked under the output policy: the loop both
+generation routes share, so that chat and legacy completions keep the same guarantee
+(repair, retry, typed errors, the counted outcome). They differ only in where vLLM is
+called and where the generated text sits in the answer: a `Route` says that."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import (
+    GatewayError,
+    OutputTruncatedError,
+    OutputValidationError,
+    UpstreamError,
+)
+from gateway.planning import ChatPlan, Mode
+from gateway.services import Services
+from gateway.validation import CheckedOutput, CheckFailure, check_output
+
+
+@dataclass(frozen=True)
+class Route:
+    path: str  # vLLM's endpoint
+    shape: Callable[[dict[str, Any], str], dict[str, Any]]  # vLLM's answer -> OpenAI's
+    text: Callable[[dict[str, Any]], Any]  # a choice's generated text
+    accept: Callable[[ChatPlan, dict[str, Any], CheckedOutput], None]  # the checked text back
+
+
+@dataclass
+class Completed:
+    response: dict[str, Any]
+    outcome: str
+    attempts: int
+    tokens: int
+    upstream_s: float  # from the first call to the accepted answer
+
+
+def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> GatewayError:
+    error_class = OutputTruncatedError if failure.truncated else OutputValidationError
+    message = (
+        f"the model's answer does not conform to the schema: {failure.describe()}"
+        if not failure.truncated
+        else f"{failure.reason}; raise max_tokens or use a schema with tighter bounds"
+    )
+    error = error_class(message, extra={**failure.error_extra(), "attempts": attempts})
+    error.tokens = tokens
+    return error
+
+
+def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) -> None:
+    if plan.schema is not None and isinstance(error, OutputValidationError):
+        outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
+        services.metrics.output_checked(plan.schema.ref, outcome)
+
+
+async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[str, Any],
+                   model: str, rid: str) -> Completed:
+    """vLLM's answer in OpenAI's shape, its text checked (and repaired) when the plan says
+    so; asked for again under the `retry` policy. Raises the typed error when the policy
+    runs out; a truncated answer is never retried (the same request would be cut again)."""
+    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
+    tokens = 0
+    started = time.perf_counter()
+    for attempt in range(1, attempts + 1):
+        data = await services.upstream.post_json(route.path, body, {"x-request-id": rid})
+        response = route.shape(data if isinstance(data, dict) else {}, model)
+        usage = response.get("usage")
+        tokens += usage["total_tokens"] if usage else 0
+        if not response["choices"]:
+            raise UpstreamError("the upstream answered without choices")
+        if not plan.checked:
+            return Completed(response, "passthrough", attempt, tokens,
+                             time.perf_counter() - started)
+        choice = response["choices"][0]
+        try:
+            checked = check_output(
+                route.text(choice),
+                plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
+                repair=plan.policy != "error",
+                truncated=choice["finish_reason"] == "length",
+            )
+        except CheckFailure as failure:
+            if failure.truncated or attempt == attempts:
+                raise failure_to_error(failure, attempt, tokens) from None
+            continue
+        upstream_s = time.perf_counter() - started
+        route.accept(plan, choice, checked)
+        outcome = "retried" if attempt > 1 else checked.outcome.value
+        return Completed(response, outcome, attempt, tokens, upstream_s)
+    raise AssertionError("unreachable")
