@@ -366,3 +366,33 @@ async def test_document_and_gateway_agree_on_stream_options(
 
         streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
         assert schema_errors(registry, component, streamed) == []
+
+
+async def test_streamed_events_match_the_document(
+    registry: Registry, fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    chat_body = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}],
+                 "stream": True}
+    cases = [("/v1/chat/completions", chat_body, Reply(VALID)),
+             ("/v1/chat/completions", chat_body, Reply(BAD_NAME)),  # ends with an error event
+             ("/v1/completions", {"model": fake.model, "prompt": "add", "stream": True},
+              Reply(VALID))]
+    for path, body, reply in cases:
+        pointer = "/".join(part.replace("~", "~0").replace("/", "~1") for part in (
+            "paths", path, "post", "responses", "200", "content", "text/event-stream", "schema"))
+        validator = Draft202012Validator({"$ref": f"{DOC_URI}#/{pointer}"}, registry=registry)
+        payload_validator = Draft202012Validator(
+            {"$ref": f"{DOC_URI}#/{pointer}/properties/data/anyOf/1/contentSchema"},
+            registry=registry)
+        fake.script(reply)
+        response = await client.post(path, json=body)
+        assert response.headers["content-type"].startswith("text/event-stream")
+        datas = [line[5:].strip() for line in response.text.splitlines()
+                 if line.startswith("data:")]
+        assert datas[-1] == "[DONE]" and len(datas) > 2
+        for data in datas:  # what an SSE parser hands over, event by event
+            assert list(validator.iter_errors({"data": data, "event": "message"})) == []
+        for data in datas[:-1]:
+            errors = list(payload_validator.iter_errors(json.loads(data)))
+            assert errors == [], (path, data, [e.message for e in errors])
+        assert ("error" in json.loads(datas[-2])) == (reply.content == BAD_NAME)

@@ -68,10 +68,23 @@ def _json_body(schema_name: str, description: str) -> JSON:
 def _ok(description: str, schema_name: str, *headers: str, stream: str | None = None) -> JSON:
     content: JSON = {"application/json": {"schema": _schema(schema_name)}}
     if stream is not None:
-        content["text/event-stream"] = {
-            "schema": {"type": "string", "description": f"Server-sent events: `data: <{stream}>` "
-                       "lines, then `data: [DONE]`."},
-        }
+        # One event, not the whole body: the reading OpenAPI 3.2 gives (`itemSchema`) and
+        # the one tools apply to 3.1's `schema` for text/event-stream.
+        content["text/event-stream"] = {"schema": {
+            "type": "object",
+            "description": f"One server-sent event. Its `data` is a `{stream}` as JSON, or, "
+            "after a failed check of a structured stream, `{\"error\": ...}` "
+            "(ErrorResponse); the last event's `data` is `[DONE]`.",
+            "properties": {
+                "data": {"anyOf": [
+                    {"const": "[DONE]"},
+                    {"type": "string", "contentMediaType": "application/json",
+                     "contentSchema": {"oneOf": [_schema(stream), _schema("ErrorResponse")]}},
+                ]},
+                "event": {"type": "string"},
+            },
+            "required": ["data"],
+        }}
     response: JSON = {"description": description}
     if headers:
         response["headers"] = _headers(*headers)
@@ -100,7 +113,7 @@ _OPERATIONS: dict[tuple[str, str], JSON] = {
         "requestBody": _json_body("CompletionRequest", "A legacy completions request."),
         "responses": {
             "200": _ok("The completion (or, with `stream: true`, its chunks).", "Completion",
-                       *_SUCCESS_HEADERS, stream="Completion"),
+                       *_SUCCESS_HEADERS, stream="CompletionChunk"),
             **_error_responses(*_API_ERRORS),
         },
     },

@@ -264,24 +264,30 @@ _CHAT_CHUNK: JSON = {
     "required": ["id", "object", "created", "model", "choices"],
 }
 
-_COMPLETION_RESPONSE: JSON = {
-    "type": "object",
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"const": "text_completion"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {"type": "array", "items": {
-            "type": "object",
-            "properties": {"index": {"type": "integer"}, "text": {"type": "string"},
-                           "logprobs": _nullable({"type": "object"}),
-                           "finish_reason": _FINISH_REASON},
-            "required": ["index", "text", "logprobs", "finish_reason"],
-        }},
-        "usage": _schema("Usage"),
-    },
-    "required": ["id", "object", "created", "model", "choices"],
-}
+def _completion(finish_reason: JSON) -> JSON:
+    return {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {"type": "array", "items": {
+                "type": "object",
+                "properties": {"index": {"type": "integer"}, "text": {"type": "string"},
+                               "logprobs": _nullable({"type": "object"}),
+                               "finish_reason": finish_reason},
+                "required": ["index", "text", "logprobs", "finish_reason"],
+            }},
+            "usage": _schema("Usage"),
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    }
+
+
+_COMPLETION_RESPONSE = _completion(_FINISH_REASON)
+# A streamed piece has the same shape; `finish_reason` stays null until the last one.
+_COMPLETION_CHUNK = _completion(_nullable(_FINISH_REASON))
 
 _MODEL: JSON = {
     "type": "object",
@@ -400,6 +406,7 @@ _COMPONENT_SCHEMAS: dict[str, JSON] = {
     "ChatCompletion": _CHAT_RESPONSE,
     "ChatCompletionChunk": _CHAT_CHUNK,
     "Completion": _COMPLETION_RESPONSE,
+    "CompletionChunk": _COMPLETION_CHUNK,
     "Model": _MODEL,
     "ModelList": {"type": "object",
                   "properties": {"object": {"const": "list"},
