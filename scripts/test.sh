@@ -16,7 +16,8 @@ phase() {
 phase "setup: gateway venv" scripts/setup-venv.sh
 phase "setup: redis-server" scripts/setup-redis.sh
 phase "setup: vLLM (CPU) venv" scripts/setup-vllm-env.sh
-phase "setup: LlamaIndex venv (openai<3)" scripts/setup-llamaindex-env.sh
+phase "setup: LlamaIndex venv (openai<3)" scripts/setup-client-env.sh llamaindex
+phase "setup: schemathesis venv" scripts/setup-client-env.sh schemathesis
 phase "build: tiny test models" .venv/bin/python -c "
 from gateway.dev.vllm_process import build_dev_model
 print(build_dev_model(trained=True)); print(build_dev_model(trained=False))"

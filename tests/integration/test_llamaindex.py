@@ -1,7 +1,7 @@
 """LlamaIndex (`OpenAILike.structured_predict`) against the gateway and a real vLLM.
 
 LlamaIndex's OpenAI packages pin `openai<3`, so it lives in its own venv
-(`scripts/setup-llamaindex-env.sh` -> .venv-llamaindex) and runs as a subprocess:
+(`scripts/setup-client-env.sh llamaindex` -> .venv-llamaindex) and runs as a subprocess:
 tests/llamaindex_checks.py prints one JSON line with every attempt and what went on the wire.
 The subprocess is awaited asynchronously: the gateway serves it from this test's event loop.
 """
@@ -25,7 +25,7 @@ OUTPUT_ERROR_CODES = {"output_validation_failed", "output_truncated"}
 
 def llamaindex_python() -> Path:
     if not LLAMAINDEX_PYTHON.exists():
-        pytest.fail(f"{LLAMAINDEX_PYTHON} is missing: run scripts/setup-llamaindex-env.sh "
+        pytest.fail(f"{LLAMAINDEX_PYTHON} is missing: run scripts/setup-client-env.sh llamaindex "
                     "(LlamaIndex pins openai<3, so it has its own venv)")
     return LLAMAINDEX_PYTHON
 
