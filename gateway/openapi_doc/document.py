@@ -29,6 +29,7 @@ from gateway.openapi_doc.headers import _HEADER_COMPONENT_NAMES, _HEADERS, DOCUM
 from gateway.openapi_doc.operations import (
     _OPERATIONS,
     _PATH_PARAMETER_DESCRIPTIONS,
+    _PATH_PARAMETER_EXAMPLES,
     _response_components,
 )
 from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS
@@ -71,7 +72,9 @@ def enrich(generated: JSON) -> JSON:
                 {"name": p["name"], "in": p["in"], "required": p.get("required", False),
                  **({"description": _PATH_PARAMETER_DESCRIPTIONS[p["name"]]}
                     if p["name"] in _PATH_PARAMETER_DESCRIPTIONS else {}),
-                 "schema": {"type": p["schema"].get("type", "string")}}
+                 "schema": {"type": p["schema"].get("type", "string"),
+                            **({"examples": _PATH_PARAMETER_EXAMPLES[p["name"]]}
+                               if p["name"] in _PATH_PARAMETER_EXAMPLES else {})}}
                 for p in operation.get("parameters", [])
             ]
             if parameters:

@@ -171,6 +171,13 @@ _OPERATIONS: dict[tuple[str, str], JSON] = {
     },
 }
 
+# Values that exist in every deployment (the registry ships them), so that readers and
+# request generators reach a 200 and not only the 404.
+_PATH_PARAMETER_EXAMPLES = {
+    "model_id": ["schema/function_ir", "schema/function_ir@1"],
+    "ref": ["function_ir", "function_ir@1", "test_plan_ir"],
+}
+
 _PATH_PARAMETER_DESCRIPTIONS = {
     "model_id": "A model id; may contain `/` (`schema/function_ir`).",
     "ref": "`name` or `name@version`.",
