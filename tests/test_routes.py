@@ -105,6 +105,12 @@ async def test_idle_client_connections_outlive_the_clients_own_idle_expiry(
             writer.close()
 
 
+def sample(metrics_text: str, series: str) -> float:
+    """One series' value in Prometheus text (0 when it is absent)."""
+    found = [row for row in metrics_text.splitlines() if row.startswith(series + " ")]
+    return float(found[0].removeprefix(series + " ")) if found else 0.0
+
+
 async def test_metrics_count_every_answer_by_route_template(client: httpx.AsyncClient,
                                                              fake: FakeUpstream) -> None:
     fake.script(Reply(VALID))
@@ -116,9 +122,7 @@ async def test_metrics_count_every_answer_by_route_template(client: httpx.AsyncC
     text = (await client.get("/metrics")).text
 
     def count(route: str, status: int) -> float:
-        line = f'irgw_requests_total{{route="{route}",status="{status}"}} '
-        found = [row for row in text.splitlines() if row.startswith(line)]
-        return float(found[0].removeprefix(line)) if found else 0.0
+        return sample(text, f'irgw_requests_total{{route="{route}",status="{status}"}}')
 
     assert count("/v1/chat/completions", 200) == 1
     assert count("/v1/chat/completions", 400) == 1
@@ -148,12 +152,8 @@ async def test_metrics_count_checked_outputs_and_upstream_time_on_both_routes(
         assert (await client.post(route, json=body)).status_code == status, (route, reply)
     text = ""
 
-    def value(prefix: str) -> float:
-        found = [row for row in text.splitlines() if row.startswith(prefix + " ")]
-        return float(found[0].split()[-1]) if found else 0.0
-
     def outcome(name: str) -> float:
-        return value(f'irgw_output_checks_total{{outcome="{name}",schema="function_ir@1"}}')
+        return sample(text, f'irgw_output_checks_total{{outcome="{name}",schema="function_ir@1"}}')
 
     for _ in range(50):  # a stream's outcome is counted as it closes, just after its end
         text = (await client.get("/metrics")).text
@@ -162,8 +162,8 @@ async def test_metrics_count_checked_outputs_and_upstream_time_on_both_routes(
         await asyncio.sleep(0.02)
     assert (outcome("passed"), outcome("repaired"), outcome("failed"),
             outcome("truncated")) == (2, 3, 2, 1)
-    assert value('irgw_upstream_seconds_count{route="chat"}') == 2
-    assert value('irgw_upstream_seconds_count{route="completions"}') == 2
+    assert sample(text, 'irgw_upstream_seconds_count{route="chat"}') == 2
+    assert sample(text, 'irgw_upstream_seconds_count{route="completions"}') == 2
 
 
 @pytest.mark.parametrize(("content", "needle"), [
