@@ -264,6 +264,7 @@ _CHAT_CHUNK: JSON = {
     "required": ["id", "object", "created", "model", "choices"],
 }
 
+
 def _completion(finish_reason: JSON) -> JSON:
     return {
         "type": "object",
