@@ -25,6 +25,9 @@ class ClientDisconnectedError(Exception):
 
 
 DISCONNECT_EXTENSION = "irgw.disconnect"
+# What Starlette makes of "text/event-stream" (it adds the charset to text/ types), so a
+# stream answered in one piece carries the same header as a relayed one.
+SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
 
 
 class DisconnectSignal:
@@ -142,16 +145,16 @@ class SSEResponse(Response):
                 await self.on_close()
 
 
-class JSONResponse(Response):
-    """orjson-rendered JSON (FastAPI's ORJSONResponse is deprecated), with its header list
-    built directly: Starlette's generic `init_headers` is a visible cost on the hot path.
-    Header names are given in lowercase, as ASGI wants them and as all of this code does.
+class BodyResponse(Response):
+    """An answer whose body is known in full, with its header list built directly:
+    Starlette's generic `init_headers` is a visible cost on the hot path. Header names are
+    given in lowercase, as ASGI wants them and as all of this code does.
 
     `after_send` runs once the answer has been handed to the server, or failed to be (the
     client went away): bookkeeping the client need not wait for, which must still happen.
     """
 
-    media_type = "application/json"
+    media_type = "application/octet-stream"
 
     def __init__(self, content: object, status_code: int = 200,
                  headers: Mapping[str, str] | None = None, media_type: str | None = None,
@@ -172,7 +175,8 @@ class JSONResponse(Response):
         self.raw_headers = raw
 
     def render(self, content: object) -> bytes:
-        return orjson.dumps(content)
+        assert isinstance(content, bytes)
+        return content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -180,3 +184,12 @@ class JSONResponse(Response):
         finally:
             if self.after_send is not None:
                 await self.after_send()
+
+
+class JSONResponse(BodyResponse):
+    """orjson-rendered JSON (FastAPI's ORJSONResponse is deprecated)."""
+
+    media_type = "application/json"
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)

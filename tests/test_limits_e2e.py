@@ -272,8 +272,13 @@ async def test_a_stream_cut_short_is_charged_what_it_generated(fake: FakeUpstrea
     assert remaining > 1000 - 2 * reservation
 
 
-async def test_the_answer_does_not_wait_for_the_requests_bookkeeping(fake: FakeUpstream,
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.parametrize("route,extra", [
+    ("/v1/chat/completions", {}),
+    ("/v1/completions", {"prompt": "add"}),
+    ("/v1/completions", {"prompt": "add", "stream": True}),  # checked, sent in one piece
+])
+async def test_the_answer_does_not_wait_for_the_requests_bookkeeping(
+        fake: FakeUpstream, tmp_path: Path, route: str, extra: dict[str, Any]) -> None:
     """Settling the tokens and freeing the in-flight slot happen once the answer is sent:
     the client gets it without waiting for them, and they still happen."""
     _, _, key = new_key(tmp_path, tpm=1000)
@@ -297,7 +302,10 @@ async def test_the_answer_does_not_wait_for_the_requests_bookkeeping(fake: FakeU
         limiter.admit = admit_with_slow_settlement  # type: ignore[method-assign]
         used = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
         fake.script(Reply(VALID, usage=used))
-        response = await client.post("/v1/chat/completions", json=BODY,
+        body = {**BODY, **extra}
+        if "prompt" in body:
+            del body["messages"]
+        response = await client.post(route, json=body,
                                      headers={"authorization": f"Bearer {key}"})
         assert response.status_code == 200 and response.headers["x-irgw-output"] == "passed"
         assert settled == [] and limiter.gate.active == 1  # still pending, slot still held

@@ -14,8 +14,7 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
-from gateway.errors import GatewayError
+from gateway.asgi import JSONResponse, SSEResponse
 from gateway.planning import (
     ChatPlan,
     Mode,
@@ -25,7 +24,13 @@ from gateway.planning import (
 )
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.checking import Route, complete, count_failed_check, failure_to_error
+from gateway.routes.checking import (
+    Route,
+    answer,
+    failure_to_error,
+    settlement,
+    success_headers,
+)
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import chat_completion
@@ -42,7 +47,7 @@ def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> N
         as_tool_call_response(plan, choice)
 
 
-CHAT = Route("/v1/chat/completions", chat_completion,
+CHAT = Route("/v1/chat/completions", "chat", chat_completion,
              lambda choice: choice["message"]["content"], _accept)
 
 
@@ -61,39 +66,9 @@ async def chat_completions(request: Request) -> Response:
     if plan.stream:
         return await _stream(services, plan, body, model, rid, headers, admission)
 
-    tokens: int | None = None
-    answered = False
-    try:
-        completed = await until_disconnect(
-            request, complete(CHAT, services, plan, body, model, rid)
-        )
-        answered = True
-    except ClientDisconnectedError:
-        # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
-        # reservation charged rather than refund it.
-        tokens = prepared.reserved
-        return Response(status_code=499)
-    except GatewayError as error:
-        tokens = error.tokens
-        error.headers.update(headers)
-        count_failed_check(services, plan, error)
-        raise
-    finally:
-        if not answered:
-            await admission.finish(tokens)
-
-    async def settle() -> None:
-        # After the answer is on its way: at low load every step runs on cold caches, and
-        # the client should not wait for steps whose result it never sees.
-        await admission.finish(completed.tokens)
-        services.metrics.upstream_took("chat", completed.upstream_s)
-        if plan.checked and plan.schema is not None:
-            services.metrics.output_checked(plan.schema.ref, completed.outcome)
-
-    if plan.checked:
-        headers["x-irgw-output"] = completed.outcome
-        headers["x-irgw-attempts"] = str(completed.attempts)
-    return JSONResponse(completed.response, headers=headers, after_send=settle)
+    completed = await answer(CHAT, request, services, plan, body, model, prepared)
+    return JSONResponse(completed.response, headers=success_headers(plan, completed, headers),
+                        after_send=settlement(CHAT, services, plan, prepared, completed))
 
 
 async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,

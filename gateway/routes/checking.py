@@ -1,15 +1,19 @@
 """One non-streamed answer from vLLM, checked under the output policy: the loop both
 generation routes share, so that chat and legacy completions keep the same guarantee
-(repair, retry, typed errors, the counted outcome). They differ only in where vLLM is
-called and where the generated text sits in the answer: a `Route` says that."""
+(repair, retry, typed errors, the counted outcome, bookkeeping after the answer). They
+differ only in where vLLM is called and where the generated text sits in the answer: a
+`Route` says that."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.requests import Request
+
+from gateway.asgi import ClientDisconnectedError, until_disconnect
 from gateway.errors import (
     GatewayError,
     OutputTruncatedError,
@@ -17,6 +21,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.planning import ChatPlan, Mode
+from gateway.routes.admission import Prepared
 from gateway.services import Services
 from gateway.validation import CheckedOutput, CheckFailure, check_output
 
@@ -24,6 +29,7 @@ from gateway.validation import CheckedOutput, CheckFailure, check_output
 @dataclass(frozen=True)
 class Route:
     path: str  # vLLM's endpoint
+    label: str  # the `route` label of its metrics
     shape: Callable[[dict[str, Any], str], dict[str, Any]]  # vLLM's answer -> OpenAI's
     text: Callable[[dict[str, Any]], Any]  # a choice's generated text
     accept: Callable[[ChatPlan, dict[str, Any], CheckedOutput], None]  # the checked text back
@@ -91,3 +97,52 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
         outcome = "retried" if attempt > 1 else checked.outcome.value
         return Completed(response, outcome, attempt, tokens, upstream_s)
     raise AssertionError("unreachable")
+
+
+async def answer(route: Route, request: Request, services: Services, plan: ChatPlan,
+                 body: dict[str, Any], model: str, prepared: Prepared) -> Completed:
+    """`complete` while the client waits for it. When it ends without an answer (a typed
+    error, the client gone) the reservation is settled before this raises; after an
+    answer, `settlement` does it once the answer is on its way."""
+    tokens: int | None = None
+    answered = False
+    try:
+        completed = await until_disconnect(
+            request, complete(route, services, plan, body, model, prepared.request_id)
+        )
+        answered = True
+        return completed
+    except ClientDisconnectedError:
+        # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
+        # reservation charged rather than refund it.
+        tokens = prepared.reserved
+        raise
+    except GatewayError as error:
+        tokens = error.tokens
+        error.headers.update(prepared.headers)
+        count_failed_check(services, plan, error)
+        raise
+    finally:
+        if not answered:
+            await prepared.admission.finish(tokens)
+
+
+def success_headers(plan: ChatPlan, completed: Completed,
+                    headers: dict[str, str]) -> dict[str, str]:
+    if plan.checked:
+        headers["x-irgw-output"] = completed.outcome
+        headers["x-irgw-attempts"] = str(completed.attempts)
+    return headers
+
+
+def settlement(route: Route, services: Services, plan: ChatPlan, prepared: Prepared,
+               completed: Completed) -> Callable[[], Awaitable[None]]:
+    """The request's bookkeeping, for `after_send`: at low load every step runs on cold
+    caches, and the client should not wait for steps whose result it never sees."""
+    async def settle() -> None:
+        await prepared.admission.finish(completed.tokens)
+        services.metrics.upstream_took(route.label, completed.upstream_s)
+        if plan.checked and plan.schema is not None:
+            services.metrics.output_checked(plan.schema.ref, completed.outcome)
+
+    return settle

@@ -11,7 +11,7 @@ rely on.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -20,12 +20,12 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import ClientDisconnectedError, JSONResponse, SSEResponse, until_disconnect
-from gateway.errors import GatewayError, InvalidRequestError
+from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse, SSEResponse
+from gateway.errors import InvalidRequestError
 from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
-from gateway.routes.checking import Route, complete, count_failed_check
+from gateway.routes.checking import Route, answer, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
@@ -80,7 +80,8 @@ def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> N
     choice["text"] = checked.text
 
 
-COMPLETIONS = Route("/v1/completions", _shape, lambda choice: choice["text"], _accept)
+COMPLETIONS = Route("/v1/completions", "completions", _shape, lambda choice: choice["text"],
+                    _accept)
 
 
 @router.post("/v1/completions")
@@ -95,42 +96,24 @@ async def completions(request: Request) -> Response:
 
     if plan.stream and not plan.checked:
         return await _passthrough_stream(services, body, rid, headers, admission)
-    tokens: int | None = None
-    try:
-        completed = await until_disconnect(
-            request, complete(COMPLETIONS, services, plan, body, model, rid)
-        )
-        tokens = completed.tokens
-    except ClientDisconnectedError:
-        tokens = prepared.reserved  # the cancelled call's usage is unknown; the GPU did work
-        return Response(status_code=499)
-    except GatewayError as error:
-        tokens = error.tokens
-        error.headers.update(headers)
-        count_failed_check(services, plan, error)
-        raise
-    finally:
-        await admission.finish(tokens)
-    services.metrics.upstream_took("completions", completed.upstream_s)
-    response = completed.response
-    if plan.checked:
-        headers["x-irgw-output"] = completed.outcome
-        headers["x-irgw-attempts"] = str(completed.attempts)
-        if plan.schema is not None:
-            services.metrics.output_checked(plan.schema.ref, completed.outcome)
+    completed = await answer(COMPLETIONS, request, services, plan, body, model, prepared)
+    headers = success_headers(plan, completed, headers)
+    settle = settlement(COMPLETIONS, services, plan, prepared, completed)
     if plan.stream:
-        return _single_chunk_stream(response, plan.include_usage, headers)
-    return JSONResponse(response, headers=headers)
+        return _single_chunk_stream(completed.response, plan.include_usage, headers, settle)
+    return JSONResponse(completed.response, headers=headers, after_send=settle)
 
 
 def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
-                         headers: dict[str, str]) -> Response:
+                         headers: dict[str, str],
+                         settle: Callable[[], Awaitable[None]]) -> Response:
     chunk = {k: v for k, v in response.items() if k != "usage"}
     events = [sse(chunk)]
     if include_usage and "usage" in response:
         events.append(sse({**chunk, "choices": [], "usage": response["usage"]}))
     events.append(SSE_DONE)
-    return Response(b"".join(events), media_type="text/event-stream", headers=headers)
+    return BodyResponse(b"".join(events), media_type=SSE_MEDIA_TYPE, headers=headers,
+                        after_send=settle)
 
 
 async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str,
