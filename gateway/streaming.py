@@ -1,4 +1,4 @@
-"""Relaying a chat stream while checking it.
+"""Relaying vLLM's streams: chat, checked as it goes, and unchecked legacy completions.
 
 Content chunks go to the client as they arrive. The chunk that carries `finish_reason`
 (and the usage chunk) is held back until the whole answer has been parsed and validated:
@@ -8,18 +8,23 @@ a valid answer then ends normally; an invalid one ends with `data: {"error": ...
 A stream cannot be retried once content has gone out, so the `retry` policy acts like
 `repair` here. The lossless repair (escaping raw control characters inside strings) is
 applied on the fly, so what the client assembles is the repaired text.
+
+Both relays end a stream that fails upstream (an error event, a body that is not JSON, a
+connection lost before `[DONE]`) with the gateway's error event and `[DONE]`, so a client
+never takes a cut-off stream for a whole one.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.planning import ChatPlan, Mode
+from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens
 from gateway.shapes import SSE_DONE, chat_chunk, sse, usage_of
 from gateway.tools import as_tool_call_chunk
 from gateway.upstream.client import normalise_error
@@ -36,8 +41,39 @@ class StreamState:
     parts: list[str] = field(default_factory=list)
 
 
+def stream_tokens(plan: ChatPlan, state: StreamState) -> int | None:
+    """What a finished or broken stream is charged: vLLM's usage; if it never came, the
+    prompt estimate plus a token per content chunk (a stream cut short still cost GPU
+    time); None (refund) if nothing was generated."""
+    if state.usage is not None:
+        return state.usage["total_tokens"]
+    if state.content_chunks:
+        return estimate_prompt_tokens(plan.body) + state.content_chunks
+    return None
+
+
 def _error_event(error: GatewayError) -> bytes:
     return sse(error.body())
+
+
+async def upstream_objects(events: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    """vLLM's stream events as objects, until `[DONE]`. Raises the gateway error for an
+    error event, an event that is not a JSON object, or a stream that ends without
+    `[DONE]` (vLLM died or the connection was cut)."""
+    async for data in events:
+        if data == b"[DONE]":
+            return
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"the upstream sent a stream event that is not JSON: "
+                                f"{data[:200]!r}") from None
+        if not isinstance(raw, dict):
+            raise UpstreamError("the upstream sent a stream event that is not an object")
+        if "error" in raw:
+            raise normalise_error(int(_status_of(raw)), data)
+        yield raw
+    raise UpstreamError("the upstream stream ended without [DONE]")
 
 
 async def relay_chat(
@@ -52,41 +88,29 @@ async def relay_chat(
     first = True
     finish_reason: str | None = None
     try:
-        async for data in events:
-            if data == b"[DONE]":
-                break
-            try:
-                raw = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(f"the upstream sent a stream event that is not JSON: "
-                                    f"{data[:200]!r}") from None
-            if not isinstance(raw, dict):
-                raise UpstreamError("the upstream sent a stream event that is not an object")
-            if "error" in raw:
-                raise normalise_error(int(_status_of(raw)), data)
-            state.usage = usage_of(raw) or state.usage
-            for choice in raw.get("choices") or []:
-                delta = choice.get("delta") or {}
-                content = delta.get("content")
-                if content:
-                    if escaper is not None:
-                        # Escaped before shaping, so a tool call carries the repaired text.
-                        content = delta["content"] = escaper.feed(content)
-                    state.parts.append(content)
-                    state.content_chunks += 1
-            chunk = chat_chunk(raw, model, include_usage=plan.include_usage)
-            for choice in chunk["choices"]:
-                if choice["finish_reason"] is not None:
-                    finish_reason = choice["finish_reason"]
-            if plan.mode is Mode.TOOL:
-                as_tool_call_chunk(plan, chunk, first=first)
-                first = False
-            if plan.checked and (finish_reason is not None or not chunk["choices"]):
-                held.append(chunk)
-            elif chunk["choices"] or plan.include_usage:
-                yield sse(chunk)
-        else:
-            raise UpstreamError("the upstream stream ended without [DONE]")
+        async with aclosing(upstream_objects(events)) as objects:
+            async for raw in objects:
+                state.usage = usage_of(raw) or state.usage
+                for choice in raw.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    content = delta.get("content")
+                    if content:
+                        if escaper is not None:
+                            # Escaped before shaping, so a tool call carries the repaired text.
+                            content = delta["content"] = escaper.feed(content)
+                        state.parts.append(content)
+                        state.content_chunks += 1
+                chunk = chat_chunk(raw, model, include_usage=plan.include_usage)
+                for choice in chunk["choices"]:
+                    if choice["finish_reason"] is not None:
+                        finish_reason = choice["finish_reason"]
+                if plan.mode is Mode.TOOL:
+                    as_tool_call_chunk(plan, chunk, first=first)
+                    first = False
+                if plan.checked and (finish_reason is not None or not chunk["choices"]):
+                    held.append(chunk)
+                elif chunk["choices"] or plan.include_usage:
+                    yield sse(chunk)
     except GatewayError as error:
         state.outcome = "error"
         yield _error_event(error)
@@ -122,3 +146,29 @@ def _status_of(raw: dict[str, Any]) -> int:
     error = raw.get("error")
     code = error.get("code") if isinstance(error, dict) else None
     return code if isinstance(code, int) and 400 <= code < 600 else 500
+
+
+async def relay_completion(events: AsyncIterator[bytes], include_usage: bool,
+                           state: StreamState) -> AsyncIterator[bytes]:
+    """An unchecked `/v1/completions` stream, relayed as vLLM sends it. vLLM is always
+    asked for usage (the limiter settles on it); the usage event reaches the client only
+    if it asked for one."""
+    try:
+        async with aclosing(upstream_objects(events)) as objects:
+            async for raw in objects:
+                usage = usage_of(raw)
+                if usage is not None:
+                    state.usage = usage
+                    if not raw.get("choices"):
+                        if include_usage:
+                            yield sse(raw)
+                        continue
+                    if not include_usage:
+                        raw.pop("usage")
+                if any(choice.get("text") for choice in raw.get("choices") or []):
+                    state.content_chunks += 1
+                yield sse(raw)
+    except GatewayError as error:
+        state.outcome = "error"
+        yield _error_event(error)
+    yield SSE_DONE

@@ -244,21 +244,26 @@ async def test_keys_never_leak_into_logs_bodies_or_metrics(
         assert secret.split("-")[-1][:16] not in haystack
 
 
-async def test_a_stream_cut_short_is_charged_what_it_generated(fake: FakeUpstream,
-                                                               tmp_path: Path) -> None:
+@pytest.mark.parametrize("route,body,head_chunks", [
+    ("/v1/chat/completions", {**BODY, "stream": True}, 1),  # the role chunk comes first
+    ("/v1/completions", {"model": "qwen-coder", "prompt": "add", "max_tokens": 50,
+                         "stream": True}, 0),  # unchecked: relayed as vLLM sends it
+])
+async def test_a_stream_cut_short_is_charged_what_it_generated(
+        fake: FakeUpstream, tmp_path: Path, route: str, body: dict[str, Any],
+        head_chunks: int) -> None:
     from gateway.planning import estimate_prompt_tokens
     from tests.fake_upstream import CrashMidStream
 
-    body = {**BODY, "stream": True}
     reservation = estimate_prompt_tokens(body) + body["max_tokens"]
     _, _, key = new_key(tmp_path, tpm=1000)
     async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
             httpx.AsyncClient(base_url=gw.url) as client:
         headers = {"authorization": f"Bearer {key}"}
-        # vLLM dies after the role chunk and two content chunks: no usage ever arrives.
-        fake.script(CrashMidStream(after_chunks=3, then=Reply(VALID, chunk_size=4)))
-        async with client.stream("POST", "/v1/chat/completions", json=body,
-                                 headers=headers) as response:
+        # vLLM dies after two content chunks: no usage ever arrives.
+        fake.script(CrashMidStream(after_chunks=head_chunks + 2,
+                                   then=Reply(VALID, chunk_size=4)))
+        async with client.stream("POST", route, json=body, headers=headers) as response:
             text = (await response.aread()).decode()
         assert '"upstream_error"' in text and text.rstrip().endswith("data: [DONE]")
         fake.script(Reply(VALID))
@@ -315,3 +320,27 @@ async def test_the_answer_does_not_wait_for_the_requests_bookkeeping(
                 break
             await asyncio.sleep(0.01)
         assert settled == [30] and limiter.gate.active == 0
+
+
+async def test_an_unchecked_completion_stream_is_charged_its_usage(fake: FakeUpstream,
+                                                                   tmp_path: Path) -> None:
+    """The client did not ask for usage; the gateway asks vLLM for it anyway and settles
+    the key's token limit on it (a stream must not be free of the TPM limit)."""
+    from gateway.planning import estimate_prompt_tokens
+
+    body = {"model": "qwen-coder", "prompt": "add", "max_tokens": 50, "stream": True}
+    _, _, key = new_key(tmp_path, tpm=1000)
+    async with running_gateway(keyed_settings(fake, tmp_path / "keys.json")) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        used = {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}
+        fake.script(Reply(" return a + b", usage=used))
+        async with client.stream("POST", "/v1/completions", json=body,
+                                 headers=headers) as response:
+            text = (await response.aread()).decode()
+        assert response.status_code == 200 and '"usage"' not in text
+        fake.script(Reply(VALID))
+        after = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    expected = 1000 - 30 - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
+    assert expected <= remaining < expected + 10

@@ -172,3 +172,46 @@ async def test_client_disconnect_cancels_the_upstream_call(fake: FakeUpstream,
         assert response.headers["x-irgw-output"] == "passed"
 
 
+
+
+COMPLETION: dict[str, Any] = {"model": "qwen-coder", "prompt": "def add(a, b):", "stream": True}
+
+
+async def stream_completion(client: httpx.AsyncClient,
+                            **extra: Any) -> tuple[httpx.Response, list[Any]]:
+    async with client.stream("POST", "/v1/completions", json={**COMPLETION, **extra}) as response:
+        events, _ = await read_events(response)
+    return response, events
+
+
+@pytest.mark.parametrize("asked", [True, False])
+async def test_unchecked_completion_stream_carries_usage_only_when_asked(
+        client: httpx.AsyncClient, fake: FakeUpstream, asked: bool) -> None:
+    fake.script(Reply(" return a + b", chunk_size=4))
+    extra = {"stream_options": {"include_usage": True}} if asked else {}
+    response, events = await stream_completion(client, **extra)
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    assert "".join(c["text"] for e in events[:-1] for c in e["choices"]) == " return a + b"
+    usage = [e for e in events[:-1] if "usage" in e]
+    if asked:
+        assert len(usage) == 1 and usage[0]["choices"] == []
+        assert usage[0]["usage"]["total_tokens"] > 0
+    else:
+        assert usage == []
+    # vLLM is asked for usage either way: the key's token limit settles on it.
+    assert fake.requests[-1].json["stream_options"]["include_usage"] is True
+
+
+@pytest.mark.parametrize("failure", [
+    CrashMidStream(after_chunks=2, then=Reply(" return a + b", chunk_size=2)),
+    StreamError(after_chunks=2),
+    StreamError(after_chunks=2, done=False),
+])
+async def test_unchecked_completion_stream_that_fails_upstream_ends_with_an_error(
+        client: httpx.AsyncClient, fake: FakeUpstream, failure: Any) -> None:
+    fake.script(failure)
+    response, events = await stream_completion(client)
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    assert events[-2]["error"]["type"] == "upstream_error"
+    openai_spec.validate("ErrorResponse", events[-2])
+    assert all("error" not in e for e in events[:-2])  # what came before is vLLM's text

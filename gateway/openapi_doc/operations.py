@@ -73,8 +73,9 @@ def _ok(description: str, schema_name: str, *headers: str, stream: str | None = 
         content["text/event-stream"] = {"schema": {
             "type": "object",
             "description": f"One server-sent event. Its `data` is a `{stream}` as JSON, or, "
-            "after a failed check of a structured stream, `{\"error\": ...}` "
-            "(ErrorResponse); the last event's `data` is `[DONE]`.",
+            "when the stream fails (a structured answer fails its check, or vLLM breaks "
+            "the stream off), `{\"error\": ...}` (ErrorResponse); the last event's `data` "
+            "is `[DONE]`.",
             "properties": {
                 "data": {"anyOf": [
                     {"const": "[DONE]"},

@@ -18,7 +18,6 @@ from gateway.asgi import JSONResponse, SSEResponse
 from gateway.planning import (
     ChatPlan,
     Mode,
-    estimate_prompt_tokens,
     plan_chat,
     upstream_chat_body,
 )
@@ -34,7 +33,7 @@ from gateway.routes.checking import (
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import chat_completion
-from gateway.streaming import StreamState, relay_chat
+from gateway.streaming import StreamState, relay_chat, stream_tokens
 from gateway.tools import as_tool_call_response, plan_tool_call
 from gateway.validation import CheckedOutput
 
@@ -86,14 +85,7 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
 
     async def on_close() -> None:
         await stack.aclose()
-        if state.usage is not None:
-            tokens: int | None = state.usage["total_tokens"]
-        elif state.content_chunks:
-            # Cut short before vLLM reported usage: what was generated still cost GPU time.
-            tokens = estimate_prompt_tokens(plan.body) + state.content_chunks
-        else:
-            tokens = None
-        await admission.finish(tokens)
+        await admission.finish(stream_tokens(plan, state))
         if plan.schema is not None and state.outcome in (
             "passed", "repaired", "failed", "truncated"
         ):

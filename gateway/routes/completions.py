@@ -6,16 +6,15 @@ vLLM's completions endpoint never honoured `response_format`, so the constraint 
 the release's own field (`structured_outputs` or, before 0.10.2, `guided_json`).
 A structured stream is answered after checking, as one content chunk: a completion
 cannot be retracted once streamed, and this route has no error-event convention clients
-rely on.
+rely on. An unchecked stream is relayed as vLLM sends it (`streaming.relay_completion`).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
-import orjson
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
@@ -29,6 +28,7 @@ from gateway.routes.checking import Route, answer, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
 from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
+from gateway.streaming import StreamState, relay_completion, stream_tokens
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckedOutput
 
@@ -56,7 +56,11 @@ def _upstream_body(plan: ChatPlan, dialect: Dialect, model: str,
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     if plan.checked:
-        body["stream"] = False
+        body["stream"] = False  # checked whole, then answered (see the module's docstring)
+    elif plan.stream:
+        # Usage is always needed to settle token limits, whether the client asked or not.
+        body["stream_options"] = {**(plan.body.get("stream_options") or {}),
+                                  "include_usage": True}
     return body
 
 
@@ -95,7 +99,7 @@ async def completions(request: Request) -> Response:
     body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
 
     if plan.stream and not plan.checked:
-        return await _passthrough_stream(services, body, rid, headers, admission)
+        return await _passthrough_stream(services, plan, body, rid, headers, admission)
     completed = await answer(COMPLETIONS, request, services, plan, body, model, prepared)
     headers = success_headers(plan, completed, headers)
     settle = settlement(COMPLETIONS, services, plan, prepared, completed)
@@ -116,8 +120,9 @@ def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
                         after_send=settle)
 
 
-async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str,
-                              headers: dict[str, str], admission: Admission) -> Response:
+async def _passthrough_stream(services: Services, plan: ChatPlan, body: dict[str, Any],
+                              rid: str, headers: dict[str, str],
+                              admission: Admission) -> Response:
     stack = AsyncExitStack()
     try:
         events = await stack.enter_async_context(
@@ -126,18 +131,11 @@ async def _passthrough_stream(services: Services, body: dict[str, Any], rid: str
         await stack.aclose()
         await admission.finish(None)
         raise
-    seen: dict[str, int | None] = {"tokens": None}
-
-    async def relay() -> AsyncIterator[bytes]:
-        async for data in events:
-            if data != b"[DONE]":
-                usage = usage_of(orjson.loads(data)) if b'"usage"' in data else None
-                if usage:
-                    seen["tokens"] = usage["total_tokens"]
-            yield b"data: " + data + b"\n\n"
+    state = StreamState()
 
     async def on_close() -> None:
         await stack.aclose()
-        await admission.finish(seen["tokens"])
+        await admission.finish(stream_tokens(plan, state))
 
-    return SSEResponse(relay(), headers=headers, on_close=on_close)
+    return SSEResponse(relay_completion(events, plan.include_usage, state), headers=headers,
+                       on_close=on_close)

@@ -30,7 +30,7 @@ from openai import AsyncOpenAI
 
 from tests.conftest import REPO
 from tests.function_ir_model import FunctionIR
-from tests.integration.conftest import Live
+from tests.integration.conftest import SERVED_MODEL, Live
 
 T = TypeVar("T")
 
@@ -472,6 +472,26 @@ async def test_completions_stream_with_a_schema_alias(sdk: Sdk) -> None:
         assert_function_ir(text)
 
     await until_success(call, check)
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+async def test_unchecked_completions_stream(sdk: Sdk, include_usage: bool) -> None:
+    # No schema: vLLM's chunks are relayed as they come; the gateway asks vLLM for usage
+    # either way (its token limits settle on it) and passes it on only when asked.
+    stream = await sdk.client.completions.create(
+        model=SERVED_MODEL, prompt="def add(a, b):", temperature=0, max_tokens=12, stream=True,
+        stream_options={"include_usage": True} if include_usage else None,
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text and chunks[0].object == "text_completion"
+    with_usage = [c for c in chunks if c.usage is not None]
+    if include_usage:
+        assert len(with_usage) == 1 and not with_usage[0].choices
+        assert with_usage[0].usage.completion_tokens > 0
+    else:
+        assert with_usage == []
+    assert sdk.wire.last.status == 200 and "x-irgw-schema" not in sdk.wire.last.headers
 
 
 # ------------------------------------------------------------------------------ errors
