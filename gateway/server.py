@@ -113,4 +113,6 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # `server: uvicorn` tells a caller nothing it needs and a scanner what to try.
         "server_header": False,
         "timeout_keep_alive": settings.keepalive_timeout_s,
+        # uvicorn's default waits for every request, however long its stream runs.
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,
     }

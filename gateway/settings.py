@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         "idle expiry (httpx and the openai client 5 s, aiohttp 15 s), so the client always "
         "closes first: a request sent just as the server closes the connection is lost.",
     )
+    shutdown_grace_s: float = Field(
+        default=25.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C: how long requests in flight (streams included) may "
+        "run on before they are cancelled, and their vLLM calls with them. Under the 30 s "
+        "that Kubernetes and most platforms wait before SIGKILL, so that the cancelling "
+        "(which frees vLLM's slots and settles token limits) still happens.",
+    )
     max_request_bytes: int = Field(
         default=8 * 1024 * 1024,
         ge=1024,

@@ -70,6 +70,14 @@ def free_port() -> int:
 async def gateway_process(settings: Settings) -> AsyncIterator[str]:
     """The gateway as its own `ir-gateway serve` process, as a deployment runs it: what
     several instances share must then really cross process boundaries."""
+    async with serve_process(settings) as (url, _):
+        yield url
+
+
+@asynccontextmanager
+async def serve_process(
+        settings: Settings) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`gateway_process`, with the process itself (to signal it)."""
     port = free_port()
     env = {**os.environ}
     for name, value in settings.model_dump(exclude_none=True).items():
@@ -81,8 +89,8 @@ async def gateway_process(settings: Settings) -> AsyncIterator[str]:
     env["IRGW_LOG_LEVEL"] = "warning"
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    async with serving_process(command, env, url):
-        yield url
+    async with serving_process(command, env, url) as process:
+        yield url, process
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import time
 from typing import Any
 
+import httpx
 import pytest
 from starlette.requests import Request
 
@@ -17,7 +22,9 @@ from gateway.asgi import (
 )
 from gateway.server import CoalescingTransport
 from gateway.settings import Settings
-from tests.gateway_server import serving
+from tests.conftest import unit_settings
+from tests.fake_upstream import FakeUpstream, Reply, SlowStream
+from tests.gateway_server import serve_process, serving
 
 
 class RecordingTransport:
@@ -160,3 +167,59 @@ async def test_a_responses_after_send_runs_even_when_the_client_is_gone() -> Non
     with pytest.raises(OSError):
         await response({"type": "http"}, receive, send)
     assert ran == ["bookkeeping"]
+
+
+async def _stream_until_signalled(url: str, process: subprocess.Popen[bytes],
+                                  signalled: asyncio.Event) -> tuple[str, bool]:
+    """A chat stream that receives SIGTERM after its first event; what it read, and whether
+    the stream ended cleanly."""
+    body = {"model": "qwen-coder", "messages": [{"role": "user", "content": "add"}],
+            "stream": True}
+    received = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                async for line in response.aiter_lines():
+                    received.append(line)
+                    if line.startswith("data:") and not signalled.is_set():
+                        process.send_signal(signal.SIGTERM)
+                        signalled.set()
+            return "\n".join(received), True
+        except httpx.TransportError:
+            return "\n".join(received), False
+
+
+@pytest.mark.parametrize("grace_s,chunk_delay_s,finishes", [
+    (10.0, 0.05, True),  # the stream ends within the grace period: it is served whole
+    (0.5, 1.0, False),  # it would not: cut at the deadline, vLLM's call cancelled
+])
+async def test_shutdown_lets_streams_finish_within_the_grace_period(
+        fake: FakeUpstream, grace_s: float, chunk_delay_s: float, finishes: bool) -> None:
+    settings = unit_settings(fake.url, shutdown_grace_s=grace_s)
+    fake.script(SlowStream(chunk_delay_s, Reply("just some prose", chunk_size=3)))
+    async with serve_process(settings) as (url, process):
+        signalled = asyncio.Event()
+        started = time.monotonic()
+        text, clean = await _stream_until_signalled(url, process, signalled)
+        assert signalled.is_set()
+        for _ in range(200):  # the process exits by itself once its requests are done
+            if process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        took = time.monotonic() - started
+        # uvicorn re-raises the signal once it has shut down: the status says "terminated".
+        assert process.returncode == -signal.SIGTERM
+    if finishes:
+        assert clean and text.rstrip().endswith("data: [DONE]")
+        assert assembled_prose(text) == "just some prose"
+    else:
+        assert not clean and "[DONE]" not in text
+        assert took < grace_s + 5  # not the 6 s the stream would have taken
+        await fake.wait_cancelled()
+
+
+def assembled_prose(text: str) -> str:
+    events = [json.loads(line[len("data: "):]) for line in text.splitlines()
+              if line.startswith("data: {")]
+    return "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events if e["choices"])
