@@ -175,7 +175,8 @@ class BodyResponse(Response):
         self.raw_headers = raw
 
     def render(self, content: object) -> bytes:
-        assert isinstance(content, bytes)
+        if not isinstance(content, bytes):
+            raise TypeError(f"a BodyResponse takes bytes, not {type(content).__name__}")
         return content
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
