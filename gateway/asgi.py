@@ -21,7 +21,9 @@ T = TypeVar("T")
 
 
 class ClientDisconnectedError(Exception):
-    pass
+    def __init__(self, *, started: bool = True) -> None:
+        super().__init__("the client disconnected")
+        self.started = started  # False: gone before the work began (e.g. while queued)
 
 
 DISCONNECT_EXTENSION = "irgw.disconnect"
@@ -76,7 +78,7 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
     if signal is not None:
         if signal.lost:
             work.close()
-            raise ClientDisconnectedError
+            raise ClientDisconnectedError(started=False)
         signal.add(on_disconnect)
     else:  # another server: a watcher task waits for http.disconnect
         async def watch() -> None:

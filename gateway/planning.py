@@ -10,6 +10,7 @@ Everything the gateway does not need to understand is passed to vLLM as it came.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,8 @@ from gateway.settings import OutputPolicy, Settings
 from gateway.upstream.dialects import Dialect
 
 SCHEMA_MODEL_PREFIX = "schema/"
+# OpenAI's rule for json_schema.name; it also keeps the name safe in a response header.
+_ADHOC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Mode(StrEnum):
@@ -158,9 +161,11 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
     spec = _require_dict(response_format.get("json_schema"), "response_format.json_schema")
     name = spec.get("name")
     if "schema" in spec:
-        if name is not None and not isinstance(name, str):
-            raise InvalidRequestError("response_format.json_schema.name must be a string",
-                                      param="response_format.json_schema.name")
+        if name is not None and not (isinstance(name, str) and _ADHOC_NAME_RE.match(name)):
+            raise InvalidRequestError(
+                "response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, "
+                "'_' and '-' (as OpenAI requires)", param="response_format.json_schema.name",
+            )
         plan.schema = adhoc_schema(name or "adhoc", spec["schema"], settings.adhoc_output_policy)
     else:
         if not isinstance(name, str) or not name:

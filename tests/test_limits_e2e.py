@@ -344,3 +344,99 @@ async def test_an_unchecked_completion_stream_is_charged_its_usage(fake: FakeUps
     remaining = int(after.headers["x-ratelimit-remaining-tokens"])
     expected = 1000 - 30 - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
     assert expected <= remaining < expected + 10
+
+
+async def test_retry_keeps_the_usage_of_attempts_before_a_failed_one(fake: FakeUpstream,
+                                                                     tmp_path: Path) -> None:
+    from gateway.planning import estimate_prompt_tokens
+    from tests.ir_samples import BAD_NAME
+
+    _, _, key = new_key(tmp_path, tpm=100_000)
+    settings = keyed_settings(fake, tmp_path / "keys.json", output_policy="retry",
+                              max_retries=1)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        used = {"prompt_tokens": 1000, "completion_tokens": 4000, "total_tokens": 5000}
+        # The first answer fails the schema (5000 tokens of GPU work), the retry hits a 500.
+        fake.script(Reply(BAD_NAME, usage=used), ErrorReply.new_shape(500, "engine died"))
+        response = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+        assert response.status_code == 502
+        fake.script(Reply(VALID))
+        after = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    expected = 100_000 - 5000 - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
+    assert expected <= remaining < expected + 20
+
+
+async def test_a_request_whose_client_left_while_queued_costs_nothing(
+        fake: FakeUpstream, tmp_path: Path) -> None:
+    from gateway.planning import estimate_prompt_tokens
+    from tests.fake_upstream import Slow
+
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    _, blocker = store.create("blocker", KeyPolicy())
+    _, victim = store.create("victim", KeyPolicy(tpm=10_000))
+    settings = unit_settings(fake.url, auth_enabled=True, keys_file=tmp_path / "keys.json",
+                             max_inflight=1, queue_size=4)
+    body = {**BODY, "max_tokens": 5000}
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Slow(1.0, then=Reply(VALID)), Reply(VALID))
+        first = asyncio.create_task(client.post(
+            "/v1/chat/completions", json=BODY, headers={"authorization": f"Bearer {blocker}"}))
+        await fake.wait_requests(1)
+        async with httpx.AsyncClient(base_url=gw.url) as impatient:
+            with pytest.raises(httpx.TimeoutException):  # gives up while queued behind it
+                await impatient.post("/v1/chat/completions", json=body, timeout=0.3,
+                                     headers={"authorization": f"Bearer {victim}"})
+        assert (await first).status_code == 200
+        after = await client.post("/v1/chat/completions", json=BODY,
+                                  headers={"authorization": f"Bearer {victim}"})
+        assert len(fake.requests) == 2  # the queued request never reached vLLM...
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    expected = 10_000 - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
+    assert expected <= remaining < expected + 10  # ...and was not charged for
+
+
+async def test_a_schemas_warnings_header_survives_any_property_name(fake: FakeUpstream) -> None:
+    """The warnings quote the client's schema; a name no header can carry as is must not
+    fail the answer after vLLM has run (nor keep the request's slot)."""
+    schema = {"type": "object", "properties": {"é\r\nx": {"type": "string", "format": "é"}},
+              "required": ["é\r\nx"], "additionalProperties": False}
+    async with running_gateway(unit_settings(fake.url)) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        fake.script(Reply('{"é\\r\\nx": "https://example.com"}'))
+        response = await client.post("/v1/chat/completions", json={
+            "model": "qwen-coder", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "Link", "schema": schema}}})
+        assert response.status_code == 200, response.text
+        warnings = response.headers["x-irgw-schema-warnings"]
+        assert "/properties/\\xe9\\r\\nx: format '\\xe9'" in warnings, warnings
+        refused = await client.post("/v1/chat/completions", json={
+            "model": "qwen-coder", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "Lien\u00e9", "schema": schema}}})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "response_format.json_schema.name"
+        assert gw.app.services.limiter.gate.active == 0
+
+
+async def test_an_upstream_timeout_keeps_the_reservation_charged(fake: FakeUpstream,
+                                                                 tmp_path: Path) -> None:
+    """As with a client that left: the gateway gave up on a generation vLLM was running."""
+    from gateway.planning import estimate_prompt_tokens
+    from tests.fake_upstream import Slow
+
+    reservation = estimate_prompt_tokens(BODY) + BODY["max_tokens"]
+    _, _, key = new_key(tmp_path, tpm=1000)
+    settings = keyed_settings(fake, tmp_path / "keys.json", upstream_timeout_s=0.3)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        await client.get("/readyz")
+        fake.script(Slow(2.0, then=Reply(VALID)))
+        timed_out = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+        assert timed_out.status_code == 504
+        fake.script(Reply(VALID))
+        after = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    assert 1000 - 2 * reservation <= remaining < 1000 - 2 * reservation + 10

@@ -198,6 +198,42 @@ async def test_tokens_reserve_and_settle(backend: Backend) -> None:
     backend.about(whole.headers["x-ratelimit-remaining-tokens"], 0)
 
 
+async def test_a_clock_stepping_back_puts_no_key_into_debt(backend: Backend) -> None:
+    """Redis's TIME can step back (NTP, a failover to a host whose clock is behind)."""
+    limiter = backend.limiter()
+    who = key(tpm=1000)
+    reserved = await limiter.admit(who, 500)
+    if backend.kind == "memory":
+        backend.clock.now -= 600
+    else:  # Redis's own clock cannot be moved: the bucket's timestamp moves ahead instead
+        from redis.asyncio import Redis
+
+        assert backend.url is not None
+        redis = Redis.from_url(backend.url)
+        bucket = f"{backend.prefix}{{{who.key_id}}}:tokens"
+        stamp = int(await redis.hget(bucket, "ts")) + 600 * 1_000_000
+        await redis.hset(bucket, "ts", str(stamp))
+        await redis.aclose()
+    await reserved.finish(100)  # a refund of 400, ten minutes "before" the reservation
+    after = await limiter.admit(who, 10)
+    backend.about(after.headers["x-ratelimit-remaining-tokens"], 890)
+
+
+async def test_slots_are_released_when_settling_fails() -> None:
+    released: list[str] = []
+
+    async def settle(tokens: int | None) -> None:
+        raise ConnectionError("Redis went away mid-settle")
+
+    async def release() -> None:
+        released.append("slot")
+
+    admission = Admission({}, settle=settle, release=release)
+    with pytest.raises(ConnectionError):
+        await admission.finish(10)
+    assert released == ["slot"]
+
+
 async def test_request_larger_than_tpm_is_a_400(backend: Backend) -> None:
     limiter = backend.limiter()
     with pytest.raises(InvalidRequestError) as info:

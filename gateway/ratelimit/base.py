@@ -62,19 +62,25 @@ class Admission:
             await release()
 
     async def finish(self, actual_tokens: int | None) -> None:
-        """`settle`, then `release`: what every request does once, when it is over."""
-        await self.settle(actual_tokens)
-        await self.release()
+        """`settle`, then `release`: what every request does once, when it is over. The
+        slots are freed even if settling fails or is cancelled (a stalled Redis, shutdown):
+        a slot held forever would lock the key out."""
+        try:
+            await self.settle(actual_tokens)
+        finally:
+            await self.release()
 
     async def cancel(self) -> None:
         """The request never reached the upstream: give back everything, then release."""
-        if not self._settled:
-            self._settled = True
-            if self._cancel is not None:
-                await self._cancel()
-            elif self._settle is not None:
-                await self._settle(None)
-        await self.release()
+        try:
+            if not self._settled:
+                self._settled = True
+                if self._cancel is not None:
+                    await self._cancel()
+                elif self._settle is not None:
+                    await self._settle(None)
+        finally:
+            await self.release()
 
     def add_release(self, release: AsyncCallback) -> None:
         """Run `release` too when this admission is released (before the earlier ones)."""

@@ -114,7 +114,7 @@ class MemoryQuotas:
         if state is None:
             return float(limit)
         level, when = state
-        return min(float(limit), level + (now - when) * limit / WINDOW_S)
+        return min(float(limit), level + max(0.0, now - when) * limit / WINDOW_S)
 
     def _store(self, bucket: tuple[str, str], limit: int, level: float, now: float) -> None:
         if level >= limit - EPSILON:

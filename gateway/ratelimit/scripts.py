@@ -13,7 +13,8 @@ local EPS = 1e-6
 local function level(key, limit)
   local s = redis.call('HMGET', key, 'level', 'ts')
   if not s[1] then return limit end
-  local l = tonumber(s[1]) + (now - tonumber(s[2])) * limit / WINDOW
+  -- TIME can step back (NTP, a failover to a host whose clock is behind): no negative refill.
+  local l = tonumber(s[1]) + math.max(0, now - tonumber(s[2])) * limit / WINDOW
   if l > limit then return limit end
   return l
 end

@@ -47,5 +47,8 @@ async def prepare(request: Request, services: Services, principal: Principal,
     if plan.schema is not None:
         headers["x-irgw-schema"] = plan.schema.ref
         if plan.warnings:
-            headers["x-irgw-schema-warnings"] = "; ".join(plan.warnings)[:1000]
+            # They quote the client's schema (property names, formats): escaped, so that no
+            # character can break the header or fail to encode once vLLM has answered.
+            warnings = "; ".join(plan.warnings).encode("unicode_escape").decode("ascii")
+            headers["x-irgw-schema-warnings"] = warnings[:1000]
     return Prepared(rid, upstream_model, dialect, max_tokens, reserved, admission, headers)

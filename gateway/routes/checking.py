@@ -19,6 +19,7 @@ from gateway.errors import (
     OutputTruncatedError,
     OutputValidationError,
     UpstreamError,
+    UpstreamTimeoutError,
 )
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
@@ -71,12 +72,19 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
     tokens = 0
     started = time.perf_counter()
     for attempt in range(1, attempts + 1):
-        data = await services.upstream.post_json(route.path, body, {"x-request-id": rid})
+        try:
+            data = await services.upstream.post_json(route.path, body, {"x-request-id": rid})
+        except GatewayError as error:
+            if tokens:  # the earlier attempts' usage was real GPU work
+                error.tokens = (error.tokens or 0) + tokens
+            raise
         response = route.shape(data if isinstance(data, dict) else {}, model)
         usage = response.get("usage")
         tokens += usage["total_tokens"] if usage else 0
         if not response["choices"]:
-            raise UpstreamError("the upstream answered without choices")
+            error = UpstreamError("the upstream answered without choices")
+            error.tokens = tokens or None
+            raise error
         if not plan.checked:
             return Completed(response, "passthrough", attempt, tokens,
                              time.perf_counter() - started)
@@ -112,13 +120,16 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
         )
         answered = True
         return completed
-    except ClientDisconnectedError:
+    except ClientDisconnectedError as gone:
         # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
-        # reservation charged rather than refund it.
-        tokens = prepared.reserved
+        # reservation charged rather than refund it. Gone before the call (it waited in
+        # the queue): vLLM never saw it, so nothing is charged.
+        tokens = prepared.reserved if gone.started else None
         raise
     except GatewayError as error:
-        tokens = error.tokens
+        # A timeout, like a disconnect, gave up on a generation vLLM was running.
+        tokens = (max(error.tokens or 0, prepared.reserved)
+                  if isinstance(error, UpstreamTimeoutError) else error.tokens)
         error.headers.update(prepared.headers)
         count_failed_check(services, plan, error)
         raise
