@@ -103,6 +103,16 @@ async def opened(pool: Pool) -> AsyncIterator[Pool]:
         await pool.aclose()
 
 
+@contextlib.asynccontextmanager
+async def client_for(url: str) -> AsyncIterator[UpstreamClient]:
+    client = UpstreamClient(Settings(upstream_url=url, auth_enabled=False))
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 async def test_requests_share_one_kept_alive_connection_and_are_framed_exactly() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while (request := await server.read_request(reader)) is not None:
@@ -251,6 +261,47 @@ async def test_what_is_not_http_is_a_broken_connection() -> None:
             await pool.request("GET", "/version", None)
 
 
+async def test_interim_answers_are_skipped_for_the_final_one() -> None:
+    """A 103 Early Hints taken as the answer would leave the real 200 to the next request."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            n = len(server.heads)
+            if n == 1:
+                writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # its own read, apart from the answer
+            writer.write(answer(b'{"answer_for":%d}' % n))
+
+    async with RawServer(serve) as server, opened(pool_for(server.url())) as pool:
+        for n in (1, 2):
+            response = await pool.request("POST", "/v1/chat/completions", b"{}")
+            assert response.status == 200
+            assert "link" not in response.headers
+            assert await response.read() == b'{"answer_for":%d}' % n
+        assert server.connections == 1
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["while-idle", "after-the-answer"])
+async def test_bytes_nobody_asked_for_close_the_connection(apart: bool) -> None:
+    """Framing that cannot be trusted: kept, it would garble the next request's answer."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(answer(b'{"answer_for":%d}' % len(server.heads)))
+            if len(server.heads) == 1:
+                if apart:
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n")
+
+    async with RawServer(serve) as server, \
+            opened(pool_for(server.url(), read_timeout_s=0.5)) as pool:
+        for n in (1, 2):
+            response = await pool.request("POST", "/v1/chat/completions", b"{}")
+            assert await response.read() == b'{"answer_for":%d}' % n
+            await asyncio.sleep(0.2)
+        assert server.connections == 2
+
+
 async def test_nothing_arriving_in_time_is_a_read_timeout() -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
@@ -363,3 +414,69 @@ async def test_a_closed_pool_fails_at_once_instead_of_retrying_as_if_vllm_were_b
     await pool.aclose()
     with pytest.raises(ConnectionBroken, match="closed"):
         await pool.request("GET", "/version", None)
+
+
+async def test_a_stale_retry_takes_a_new_connection_not_the_next_idle_one() -> None:
+    """Idle connections go stale together (the server's keep-alive timer fired for all)."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = True
+        while await server.read_request(reader) is not None:
+            if not first and server.connections <= 2:
+                return  # the keep-alive timer "already fired": closed, request unhandled
+            first = False
+            await asyncio.sleep(0.05)  # keeps both warm-up requests in flight together
+            writer.write(answer(b'{"version":"0.12.0"}'))
+
+    async with RawServer(serve) as server, client_for(server.url()) as client:
+        await asyncio.gather(client.get_json("/version"), client.get_json("/version"))
+        assert client.pool.open_connections == 2
+        assert await client.post_json("/v1/chat/completions", {}, {}) == {"version": "0.12.0"}
+        assert server.connections == 3
+
+
+async def test_a_close_long_after_the_request_is_not_retried() -> None:
+    """The server had the POST and worked on it: sending it again would run it twice."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await server.read_request(reader)) is not None:
+            if request.startswith(b"POST"):
+                await asyncio.sleep(0.5)  # generating, then dropped without a byte
+                return
+            writer.write(answer(b'{"version":"0.12.0"}'))
+
+    async with RawServer(serve) as server, client_for(server.url()) as client:
+        await client.get_json("/version")  # the POST goes on a reused connection
+        with pytest.raises(UpstreamError, match="closed the connection"):
+            await client.post_json("/v1/chat/completions", {}, {})
+        assert sum(head.startswith(b"POST") for head in server.heads) == 1
+
+
+async def test_sse_data_lines_of_one_event_are_joined() -> None:
+    events = (b": keep-alive comment\r\n\r\n"
+              b'data: {"a":1}\r\n\r\n'
+              b'event: message\nid: 7\ndata:{"b":2}\n\n'
+              b'data: {"multi":\ndata: "line"}\n\n'
+              b"data: [DONE]")  # the last event cut short of its blank line
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for i in range(len(events)):  # a byte per read: lines and events split anywhere
+            writer.write(b"1\r\n%s\r\n" % events[i:i + 1])
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    async with RawServer(serve) as server, client_for(server.url()) as client:
+        async with client.stream("/v1/chat/completions", {}, {}) as payloads:
+            received = [data async for data in payloads]
+    assert received == [b'{"a":1}', b'{"b":2}', b'{"multi":\n"line"}', b"[DONE]"]
+
+
+async def test_an_unsupported_vllm_release_is_an_upstream_error() -> None:
+    """A 502 that names the release, not a 500 "internal error" on every request."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await server.read_request(reader) is not None:
+            writer.write(answer(b'{"version":"0.9.1"}'))
+
+    async with RawServer(serve) as server, client_for(server.url()) as client:
+        with pytest.raises(UpstreamError, match=r"0\.9\.1 is older than 0\.9\.2"):
+            await client.dialect()

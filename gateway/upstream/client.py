@@ -24,7 +24,7 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.settings import Settings
-from gateway.upstream.dialects import Dialect, dialect_for
+from gateway.upstream.dialects import Dialect, UnsupportedVersionError, dialect_for
 from gateway.upstream.transport import (
     ConnectFailed,
     ConnectionBroken,
@@ -116,7 +116,10 @@ class UpstreamClient:
             version = data.get("version") if isinstance(data, dict) else None
             if not isinstance(version, str):
                 raise UpstreamError("upstream /version did not return a version string")
-            self._dialect = dialect_for(version)
+            try:
+                self._dialect = dialect_for(version)
+            except UnsupportedVersionError as exc:  # a deployment fault, not the gateway's
+                raise UpstreamError(str(exc)) from exc
             log.info("upstream vLLM %s: dialect %s", version, self._dialect.name)
         return self._dialect
 
@@ -167,7 +170,8 @@ class UpstreamClient:
         stale_retry = True
         while True:
             try:
-                response = await self.pool.request(method, path, data, headers.items())
+                response = await self.pool.request(method, path, data, headers.items(),
+                                                   fresh=not stale_retry)
                 break
             except ConnectFailed as exc:
                 # Refused: vLLM is booting or down. Retried up to the connect deadline.
@@ -184,8 +188,12 @@ class UpstreamClient:
             except StaleConnection as exc:
                 # A pooled connection the server closed just as we reused it (a clean close,
                 # or a reset when it closed with our request unread: a keep-alive timer that
-                # fired late on a busy vLLM). The request never reached vLLM, so one retry
-                # on a fresh connection is safe; twice in a row is not a stale connection.
+                # fired late on a busy vLLM). Only a close within about a round trip of our
+                # write counts, so the request almost surely never reached vLLM and one retry
+                # is safe. A server that read the request and dropped it at once looks the
+                # same and gets it twice: accepted, as telling them apart is not possible.
+                # The retry takes a new connection, as the other idle ones may be stale too;
+                # twice in a row is not a stale connection.
                 if not stale_retry:
                     raise UpstreamError("the upstream closed the connection") from exc
                 stale_retry = False
@@ -219,16 +227,23 @@ def _decode(body: bytes) -> Any:
 
 
 async def _sse_data(response: Response) -> AsyncIterator[bytes]:
+    """The payload of each event: its `data:` lines joined by "\n", at the blank line."""
     pending = b""
+    data: list[bytes] = []  # the data lines of the event being read
     try:
         async for chunk in response.iter_chunks():
             lines = (pending + chunk).split(b"\n")
             pending = lines.pop()
             for line in lines:
                 if line.startswith(b"data:"):
-                    yield line[5:].strip()
+                    data.append(line[5:].strip())
+                elif data and line in (b"", b"\r"):
+                    yield data[0] if len(data) == 1 else b"\n".join(data)
+                    data = []
         if pending.startswith(b"data:"):
-            yield pending[5:].strip()
+            data.append(pending[5:].strip())
+        if data:  # an event cut short by the end of the stream: lenient, as vLLM ends cleanly
+            yield data[0] if len(data) == 1 else b"\n".join(data)
     except ReadTimeout as exc:
         raise UpstreamTimeoutError("the upstream stopped streaming in time") from exc
     except ConnectionBroken as exc:

@@ -27,6 +27,11 @@ import httptools
 
 _HIGH_WATER = 1 << 20  # bytes buffered from a stream before we stop reading the socket
 _UNSENDABLE = re.compile(r"[\r\n\0]")  # would split or end a header line
+# A server that closed a kept-alive connection before reading our request (its keep-alive
+# timer won the race) has its FIN or reset reach us within about one round trip of our
+# write. A close that comes later means the server had the request and was working on it:
+# sending it again would run it twice.
+_STALE_WINDOW_S = 0.25
 
 
 class TransportError(Exception):
@@ -38,7 +43,8 @@ class ConnectFailed(TransportError):
 
 
 class StaleConnection(TransportError):
-    """A reused keep-alive connection closed before a single byte of the answer arrived."""
+    """A reused keep-alive connection closed just after the request was written, before a
+    single byte of the answer arrived."""
 
 
 class ConnectionBroken(TransportError):
@@ -61,6 +67,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._expecting = False  # from send() to the end of the final answer
+        self._sent_at = 0.0
         self._reset_answer()
 
     def _reset_answer(self) -> None:
@@ -81,12 +89,20 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._expecting:
+            # Bytes nobody asked for (after the answer ended, or while idle in the pool): the
+            # framing cannot be trusted, and parsing them would hand them to the next request.
+            self.close()
+            return
         self.received_any = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(ConnectionBroken("the upstream tried to switch protocols"))
         except httptools.HttpParserError as exc:
+            if not self._expecting:  # the answer is whole; what came after it is not ours
+                self.close()
+                return
             self._fail(ConnectionBroken(f"the upstream's answer is not valid HTTP: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -95,7 +111,8 @@ class _Connection(asyncio.Protocol):
             return
         if self.headers_done and not self._delimited:
             self.complete = True  # a close-delimited body ends with the connection
-        elif not self.received_any and self.reused:
+        elif (not self.received_any and self.reused
+              and time.monotonic() - self._sent_at < _STALE_WINDOW_S):
             self.error = StaleConnection(f"the upstream closed a kept-alive connection ({exc})")
         else:
             self.error = ConnectionBroken(f"the upstream closed the connection ({exc})")
@@ -103,11 +120,21 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        if not self._expecting:  # more after the answer, in the same read: stop parsing it
+            raise ConnectionBroken("the upstream sent an answer nobody asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (100 Continue, 103 Early Hints; 101 raises HttpParserUpgrade):
+            # the real one follows on the same connection.
+            self.headers.clear()
+            return
+        self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         self._delimited = ("content-length" in self.headers
                            or "chunked" in self.headers.get("transfer-encoding", "").lower())
@@ -123,6 +150,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if not self.headers_done:  # the end of an interim answer
+            return
+        self._expecting = False
         self.complete = True
         self._wake()
 
@@ -144,6 +174,8 @@ class _Connection(asyncio.Protocol):
         if self._paused:  # the last answer ended while we had stopped reading
             self._paused = False
             self.transport.resume_reading()
+        self._expecting = True
+        self._sent_at = time.monotonic()
         self.transport.write(data)
 
     async def wait(self, timeout_s: float) -> None:
@@ -256,9 +288,10 @@ class Pool:
         self._closed = False
 
     async def request(self, method: str, path: str, body: bytes | None,
-                      headers: Iterable[tuple[str, str]] = ()) -> Response:
+                      headers: Iterable[tuple[str, str]] = (), *, fresh: bool = False) -> Response:
         """Send one request and wait for the answer's head. A reused connection that turns out
-        to be closed raises StaleConnection: the caller decides whether to try again."""
+        to be closed raises StaleConnection: the caller decides whether to try again, with
+        `fresh` to pass over the idle connections, which may have gone stale together."""
         head = (f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode("latin-1")
                 + self._fixed_head + _header_lines(headers))
         if body is not None:
@@ -266,7 +299,7 @@ class Pool:
         data = head + b"\r\n" + (body or b"")
         await self._slots.acquire()
         try:
-            conn = await self._checkout()
+            conn = await self._checkout(fresh=fresh)
         except BaseException:
             self._slots.release()
             raise
@@ -279,11 +312,11 @@ class Pool:
             raise
         return Response(self, conn, self._read_timeout_s)
 
-    async def _checkout(self) -> _Connection:
+    async def _checkout(self, *, fresh: bool = False) -> _Connection:
         if self._closed:  # shutting down: not a reason to retry until the connect deadline
             raise ConnectionBroken("the upstream client is closed")
         now = time.monotonic()
-        while self._idle:
+        while self._idle and not fresh:  # passed over ones expire or are found stale by others
             conn = self._idle.pop()
             if (conn.closed or conn.transport is None or conn.transport.is_closing()
                     or now - conn.idle_since > self._keepalive_s):
