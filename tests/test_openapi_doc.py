@@ -371,6 +371,30 @@ async def test_document_and_gateway_agree_on_stream_options(
         assert schema_errors(registry, component, streamed) == []
 
 
+async def test_document_and_gateway_agree_on_adhoc_schema_names(
+    registry: Registry, fake: FakeUpstream, client: httpx.AsyncClient
+) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string"}},
+              "required": ["city"], "additionalProperties": False}
+
+    def body(name: str, with_schema: bool = True) -> dict[str, Any]:
+        spec: dict[str, Any] = {"name": name, "schema": schema} if with_schema else {"name": name}
+        return {"model": "m", "messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": spec}}
+
+    for name in ("Lien\u00e9", "has space", "x" * 65, ""):
+        assert schema_errors(registry, "ChatCompletionRequest", body(name)), name
+        response = await client.post("/v1/chat/completions", json=body(name))
+        assert response.status_code == 400, name
+        assert response.json()["error"]["param"] == "response_format.json_schema.name"
+    fake.script(Reply('{"city": "Paris"}'))
+    assert schema_errors(registry, "ChatCompletionRequest", body("City_v-2")) == []
+    assert (await client.post("/v1/chat/completions", json=body("City_v-2"))).status_code == 200
+    # A registered schema's name (no `schema`) keeps its `@version`.
+    assert schema_errors(registry, "ChatCompletionRequest",
+                         body("function_ir@1", with_schema=False)) == []
+
+
 async def test_streamed_events_match_the_document(
     registry: Registry, fake: FakeUpstream, client: httpx.AsyncClient
 ) -> None:

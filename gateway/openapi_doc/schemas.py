@@ -31,7 +31,8 @@ _RESPONSE_FORMAT: JSON = {
                  "properties": {
                      "name": {"type": "string", "description": "A registered schema "
                               "(`name` or `name@version`) when `schema` is absent; otherwise "
-                              "a label for the ad-hoc schema.",
+                              "a label for the ad-hoc schema: 1-64 characters of a-z, A-Z, "
+                              "0-9, `_` and `-`, as OpenAI requires.",
                               "examples": ["function_ir", "function_ir@1"]},
                      "schema": {"type": "object", "description": "An ad-hoc JSON Schema "
                                 "(Draft 2020-12); invalid ones are a 400 `invalid_schema`."},
@@ -40,6 +41,8 @@ _RESPONSE_FORMAT: JSON = {
                      "description": {"type": "string"},
                  },
                  "additionalProperties": True,
+                 "if": {"required": ["schema"]},
+                 "then": {"properties": {"name": {"pattern": "^[A-Za-z0-9_-]{1,64}$"}}},
              },
          },
          "required": ["type", "json_schema"]},
