@@ -139,8 +139,8 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
     elif plan.mode is Mode.JSON_OBJECT:
         plan.policy = settings.output_policy or "repair"
     if plan.checked:
-        n = body.get("n", 1)
-        if n != 1:
+        n = body.get("n")
+        if n is not None and (type(n) is not int or n != 1):
             raise InvalidRequestError("'n' must be 1 for structured output", param="n")
     return plan
 
@@ -161,7 +161,7 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
     spec = _require_dict(response_format.get("json_schema"), "response_format.json_schema")
     name = spec.get("name")
     if "schema" in spec:
-        if name is not None and not (isinstance(name, str) and _ADHOC_NAME_RE.match(name)):
+        if name is not None and not (isinstance(name, str) and _ADHOC_NAME_RE.fullmatch(name)):
             raise InvalidRequestError(
                 "response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, "
                 "'_' and '-' (as OpenAI requires)", param="response_format.json_schema.name",

@@ -77,6 +77,11 @@ class RegisteredSchema:
     def ref(self) -> str:
         return f"{self.name}@{self.version}" if not self.adhoc else f"{self.name} (ad-hoc)"
 
+    @property
+    def metric_label(self) -> str:
+        # Ad-hoc names come from requests: one label for all keeps the series few.
+        return "(ad-hoc)" if self.adhoc else self.ref
+
     def public(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -133,10 +138,14 @@ def unenforced_keywords(schema: Any) -> list[str]:
 
 def check_json_schema(schema: Any, *, what: str) -> None:
     """Raise InvalidSchemaError unless `schema` is a valid Draft 2020-12 schema."""
-    if not isinstance(schema, dict | bool):
-        raise InvalidSchemaError(f"{what} must be a JSON object", param="response_format")
+    if not isinstance(schema, dict):  # `false` would accept nothing, `true` anything
+        raise InvalidSchemaError(f"{what} must be a JSON object",
+                                 param="response_format.json_schema.schema")
     try:
         Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise InvalidSchemaError(f"{what} is nested too deeply",
+                                 param="response_format.json_schema.schema") from None
     except SchemaError as exc:
         pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
         raise InvalidSchemaError(
@@ -147,24 +156,22 @@ def check_json_schema(schema: Any, *, what: str) -> None:
 
 def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSchema:
     check_json_schema(schema, what="response_format.json_schema.schema")
-    schema_map = schema if isinstance(schema, dict) else {}
     try:
-        _fast_validator(schema_map)
-    except (ValueError, jsonschema_rs.ReferencingError) as exc:
+        return RegisteredSchema(
+            name=name,
+            version=0,
+            description="ad-hoc schema sent with the request",
+            schema=schema,
+            output_policy=policy,
+            source="request",
+            adhoc=True,
+            unenforced=tuple(unenforced_keywords(schema)),
+        )
+    except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
         raise InvalidSchemaError(
             f"response_format.json_schema.schema cannot be used: {exc}",
             param="response_format.json_schema.schema",
         ) from None
-    return RegisteredSchema(
-        name=name,
-        version=0,
-        description="ad-hoc schema sent with the request",
-        schema=schema_map,
-        output_policy=policy,
-        source="request",
-        adhoc=True,
-        unenforced=tuple(unenforced_keywords(schema_map)),
-    )
 
 
 class SchemaRegistry:
@@ -206,7 +213,7 @@ class SchemaRegistry:
 
     def resolve(self, ref: str, *, param: str | None = None) -> RegisteredSchema:
         """`name` (newest version) or `name@version`."""
-        match = _REF_RE.match(ref)
+        match = _REF_RE.fullmatch(ref)
         versions = self._by_name.get(match["name"]) if match else None
         if match is None or not versions:
             known = ", ".join(self.names())
@@ -243,7 +250,7 @@ def _load_file(path: Path) -> RegisteredSchema:
     if unknown:
         raise SchemaFileError(f"{path}: unknown keys {sorted(unknown)}")
     name, version = data.get("name"), data.get("version")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SchemaFileError(f"{path}: 'name' must match {_NAME_RE.pattern}")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise SchemaFileError(f"{path}: 'version' must be a positive integer")
@@ -258,25 +265,26 @@ def _load_file(path: Path) -> RegisteredSchema:
         raise SchemaFileError(f"{path}: 'schema' must be a JSON object")
     try:
         Draft202012Validator.check_schema(schema)
+    except RecursionError:
+        raise SchemaFileError(f"{path}: 'schema' is nested too deeply") from None
     except SchemaError as exc:
         pointer = "/" + "/".join(str(p) for p in exc.absolute_path)
         raise SchemaFileError(
             f"{path}: not a valid JSON Schema (Draft 2020-12) at schema{pointer}: {exc.message}"
         ) from None
-    try:
-        _fast_validator(schema)
-    except (ValueError, jsonschema_rs.ReferencingError) as exc:
-        raise SchemaFileError(f"{path}: schema cannot be compiled: {exc}") from None
     holes = unenforced_keywords(schema)
     if holes:
         raise SchemaFileError(
             f"{path}: uses keywords xgrammar does not enforce while decoding: {'; '.join(holes)}"
         )
-    return RegisteredSchema(
-        name=name,
-        version=version,
-        description=description,
-        schema=schema,
-        output_policy=cast(OutputPolicy, policy),
-        source=str(path),
-    )
+    try:  # compiles both validators and the text sent to vLLM
+        return RegisteredSchema(
+            name=name,
+            version=version,
+            description=description,
+            schema=schema,
+            output_policy=cast(OutputPolicy, policy),
+            source=str(path),
+        )
+    except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
+        raise SchemaFileError(f"{path}: schema cannot be compiled: {exc}") from None

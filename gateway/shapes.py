@@ -12,14 +12,28 @@ from typing import Any
 
 import orjson
 
+from gateway.errors import UpstreamError
+
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
 
-def _finish_reason(value: Any) -> str | None:
-    if value is None:
+def finish_reason(value: Any) -> str | None:
+    """vLLM's reason in OpenAI's words. vLLM's own "abort" and "error" mean the generation
+    failed: an upstream error, never an answer that looks finished. "repetition" (stopped
+    by its repetition check) cut the answer short, as "length" does. Anything else
+    unknown is taken for a stop."""
+    if value is None or value in FINISH_REASONS:
+        return value
+    if value in ("abort", "error"):
+        raise UpstreamError(f"vLLM ended the generation with finish_reason {value!r}")
+    return "length" if value == "repetition" else "stop"
+
+
+def _logprobs(raw: Any) -> dict[str, Any] | None:
+    # OpenAI's object has both keys; vLLM's only `content`.
+    if not isinstance(raw, dict):
         return None
-    # vLLM's "abort" and friends have no OpenAI name; a stop we did not ask for is a stop.
-    return value if value in FINISH_REASONS else "stop"
+    return {"content": raw.get("content"), "refusal": raw.get("refusal")}
 
 
 def usage_of(data: Any) -> dict[str, int] | None:
@@ -59,8 +73,8 @@ def chat_completion(data: dict[str, Any], model: str) -> dict[str, Any]:
         choices.append({
             "index": raw.get("index", index),
             "message": _message(raw.get("message") or {}),
-            "logprobs": raw.get("logprobs"),
-            "finish_reason": _finish_reason(raw.get("finish_reason")) or "stop",
+            "logprobs": _logprobs(raw.get("logprobs")),
+            "finish_reason": finish_reason(raw.get("finish_reason")) or "stop",
         })
     result: dict[str, Any] = {
         "id": data.get("id") or "chatcmpl-gateway",
@@ -91,8 +105,8 @@ def chat_chunk(data: dict[str, Any], model: str, *, include_usage: bool) -> dict
         choices.append({
             "index": raw.get("index", index),
             "delta": delta,
-            "logprobs": raw.get("logprobs"),
-            "finish_reason": _finish_reason(raw.get("finish_reason")),
+            "logprobs": _logprobs(raw.get("logprobs")),
+            "finish_reason": finish_reason(raw.get("finish_reason")),
         })
     chunk: dict[str, Any] = {
         "id": data.get("id") or "chatcmpl-gateway",

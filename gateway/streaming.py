@@ -25,7 +25,7 @@ import orjson
 
 from gateway.errors import GatewayError, UpstreamError
 from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens
-from gateway.shapes import SSE_DONE, chat_chunk, sse, usage_of
+from gateway.shapes import SSE_DONE, chat_chunk, finish_reason, sse, usage_of
 from gateway.tools import as_tool_call_chunk
 from gateway.upstream.client import normalise_error
 from gateway.validation import CheckFailure, Outcome, StreamingEscaper, check_output
@@ -165,7 +165,10 @@ async def relay_completion(events: AsyncIterator[bytes], include_usage: bool,
                         continue
                     if not include_usage:
                         raw.pop("usage")
-                if any(choice.get("text") for choice in raw.get("choices") or []):
+                choices = raw.get("choices") or []
+                for choice in choices:
+                    choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
+                if any(choice.get("text") for choice in choices):
                     state.content_chunks += 1
                 yield sse(raw)
     except GatewayError as error:

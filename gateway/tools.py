@@ -65,7 +65,8 @@ def plan_tool_call(plan: ChatPlan, registry: SchemaRegistry, settings: Settings)
     plan.tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
     plan.policy = settings.output_policy or plan.schema.output_policy
     plan.warnings.extend(plan.schema.unenforced)
-    if plan.body.get("n", 1) != 1:
+    n = plan.body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise InvalidRequestError("'n' must be 1 for structured output", param="n")
 
 
@@ -77,7 +78,8 @@ def as_tool_call_response(plan: ChatPlan, choice: dict[str, Any]) -> None:
         "function": {"name": plan.tool_name, "arguments": message["content"]},
     }]
     message["content"] = None
-    choice["finish_reason"] = "tool_calls"
+    if choice["finish_reason"] == "stop":  # "length" stays: the cap was reached
+        choice["finish_reason"] = "tool_calls"
 
 
 def as_tool_call_chunk(plan: ChatPlan, chunk: dict[str, Any], *, first: bool) -> None:

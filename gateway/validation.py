@@ -9,17 +9,19 @@ it is the only repair the gateway makes.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.exceptions import best_match
 
 from gateway.registry import RegisteredSchema
 
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
+_ESCAPED_CONTROL_RE = re.compile(r"\\[\x00-\x1f]")
 _SHORT_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _MAX_RAW_OUTPUT = 16_384  # raw output echoed in an error body, for debugging
 
@@ -69,7 +71,12 @@ def _escape_control(match: re.Match[str]) -> str:
 
 
 def escape_controls_in_strings(text: str) -> str:
-    """Escape raw control characters inside JSON string literals, and nowhere else."""
+    """Escape raw control characters inside JSON string literals, and nowhere else.
+
+    Not when one follows a backslash: `\\<LF>` is no escape, and no spelling of it is
+    certainly what was meant (the text is returned as it is, and fails its parse)."""
+    if _ESCAPED_CONTROL_RE.search(text):
+        return text
     return _STRING_RE.sub(lambda m: _CONTROL_RE.sub(_escape_control, m.group()), text)
 
 
@@ -114,21 +121,35 @@ def parse_strict(text: str) -> Any:
         ) from None
 
 
-def _pointer(error: ValidationError) -> str:
-    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in error.absolute_path)
+def _pointer(path: Iterable[Any]) -> str:
+    """RFC 6901: "" is the whole document."""
+    return "".join(f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in path)
 
 
 def validate_document(document: Any, schema: RegisteredSchema, text: str) -> None:
+    """jsonschema-rs decides; python-jsonschema only words the failure, as its `best_match`
+    picks the most relevant error. They can disagree (Python's `re` lets `$` match before
+    a final newline; its format checks need libraries not installed): rs still decides."""
     if schema.fast_validator.is_valid(document):
         return
-    error = best_match(schema.validator.iter_errors(document))
-    if error is None:  # the two validators disagree; Python's jsonschema is the reference
-        return
-    keyword_path = "/".join(str(p) for p in error.absolute_schema_path)
+    try:
+        error = best_match(schema.validator.iter_errors(document))
+    except RecursionError:  # a recursive schema and a deep answer: rs words it instead
+        error = None
+    if error is not None:
+        raise CheckFailure(
+            reason=error.message,
+            pointer=_pointer(error.absolute_path),
+            constraint=f"{error.validator} at schema#{_pointer(error.absolute_schema_path)}",
+            raw_output=text,
+        )
+    fast = next(iter(schema.fast_validator.iter_errors(document)), None)
+    schema_path = list(fast.schema_path) if fast is not None else []
     raise CheckFailure(
-        reason=error.message,
-        pointer=_pointer(error) or "/",
-        constraint=f"{error.validator} at schema#/{keyword_path}",
+        reason=fast.message if fast is not None else "the answer does not match the schema",
+        pointer=_pointer(fast.instance_path) if fast is not None else "",
+        constraint=f"{schema_path[-1] if schema_path else 'schema'} at "
+        f"schema#{_pointer(schema_path)}",
         raw_output=text,
     )
 

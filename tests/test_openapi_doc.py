@@ -382,8 +382,11 @@ async def test_document_and_gateway_agree_on_adhoc_schema_names(
         return {"model": "m", "messages": [{"role": "user", "content": "x"}],
                 "response_format": {"type": "json_schema", "json_schema": spec}}
 
-    for name in ("Lien\u00e9", "has space", "x" * 65, ""):
-        assert schema_errors(registry, "ChatCompletionRequest", body(name)), name
+    for name in ("Lien\u00e9", "has space", "x" * 65, "", "Point\n"):
+        # (Python's `re` lets `$` match before a final newline, ECMA-262 does not: the
+        # document's pattern refuses "Point\n", this test's validator cannot tell.)
+        if name != "Point\n":
+            assert schema_errors(registry, "ChatCompletionRequest", body(name)), name
         response = await client.post("/v1/chat/completions", json=body(name))
         assert response.status_code == 400, name
         assert response.json()["error"]["param"] == "response_format.json_schema.name"

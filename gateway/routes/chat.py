@@ -89,7 +89,7 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
         if plan.schema is not None and state.outcome in (
             "passed", "repaired", "failed", "truncated"
         ):
-            services.metrics.output_checked(plan.schema.ref, state.outcome)
+            services.metrics.output_checked(plan.schema.metric_label, state.outcome)
 
     if plan.checked:
         headers["x-irgw-output"] = "checked-at-end"

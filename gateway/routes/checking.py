@@ -60,7 +60,7 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
 def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) -> None:
     if plan.schema is not None and isinstance(error, OutputValidationError):
         outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
-        services.metrics.output_checked(plan.schema.ref, outcome)
+        services.metrics.output_checked(plan.schema.metric_label, outcome)
 
 
 async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[str, Any],
@@ -154,6 +154,6 @@ def settlement(route: Route, services: Services, plan: ChatPlan, prepared: Prepa
         await prepared.admission.finish(completed.tokens)
         services.metrics.upstream_took(route.label, completed.upstream_s)
         if plan.checked and plan.schema is not None:
-            services.metrics.output_checked(plan.schema.ref, completed.outcome)
+            services.metrics.output_checked(plan.schema.metric_label, completed.outcome)
 
     return settle

@@ -34,7 +34,7 @@ def header(request: Request, name: bytes) -> str | None:
 def request_id(request: Request) -> str:
     """The caller's `x-request-id` if it is sane, else a fresh one."""
     given = header(request, b"x-request-id")
-    if given and _REQUEST_ID_RE.match(given):
+    if given and _REQUEST_ID_RE.fullmatch(given):
         return given
     return "req_" + os.urandom(16).hex()  # uuid4's randomness, without building a UUID
 

@@ -27,7 +27,7 @@ from gateway.routes.admission import prepare
 from gateway.routes.checking import Route, answer, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.services import Services
-from gateway.shapes import FINISH_REASONS, SSE_DONE, sse, usage_of
+from gateway.shapes import SSE_DONE, finish_reason, sse, usage_of
 from gateway.streaming import StreamState, relay_completion, stream_tokens
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckedOutput
@@ -67,10 +67,9 @@ def _upstream_body(plan: ChatPlan, dialect: Dialect, model: str,
 def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
     choices = []
     for index, raw in enumerate(data.get("choices") or []):
-        reason = raw.get("finish_reason")
         choices.append({"index": raw.get("index", index), "text": raw.get("text") or "",
                         "logprobs": raw.get("logprobs"),
-                        "finish_reason": reason if reason in FINISH_REASONS else "stop"})
+                        "finish_reason": finish_reason(raw.get("finish_reason")) or "stop"})
     result: dict[str, Any] = {"id": data.get("id") or "cmpl-gateway",
                               "object": "text_completion", "created": data.get("created") or 0,
                               "model": model, "choices": choices}

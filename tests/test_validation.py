@@ -1,0 +1,187 @@
+"""The output check on its own: what passes, what is repaired, what fails and how it is
+named. Found by a review of the whole check; each case let a bad answer through as
+"passed", changed its meaning, or turned into a 500."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.errors import InvalidSchemaError
+from gateway.registry import SchemaFileError, SchemaRegistry, adhoc_schema
+from gateway.shapes import chat_completion
+from gateway.validation import CheckFailure, StreamingEscaper, check_output
+from tests import openai_spec
+from tests.fake_upstream import FakeUpstream, Reply
+from tests.sse import read_events
+
+NAME = {"type": "object", "properties": {"name": {"type": "string", "pattern": "^[a-z]+$"}},
+        "required": ["name"], "additionalProperties": False}
+
+
+def schema(body: dict[str, Any]) -> Any:
+    return adhoc_schema("t", body, "repair")
+
+
+def test_a_pattern_anchor_does_not_let_a_trailing_newline_through() -> None:
+    # Python's `re` matches `$` before a final newline; JSON Schema's patterns are ECMA-262.
+    with pytest.raises(CheckFailure) as failure:
+        check_output('{"name": "abc\\n"}', schema(NAME), repair=True)
+    assert failure.value.pointer == "/name"
+    assert check_output('{"name": "abc"}', schema(NAME), repair=True).outcome == "passed"
+
+
+@pytest.mark.parametrize(("fmt", "bad", "good"), [
+    ("date-time", "yesterday", "2026-11-28T10:00:00Z"),
+    ("uri", "not a uri", "https://example.com/x"),
+    ("email", "a@b@c", "dev@example.com"),
+])
+def test_formats_are_checked(fmt: str, bad: str, good: str) -> None:
+    when = schema({"type": "object", "properties": {"v": {"type": "string", "format": fmt}}})
+    with pytest.raises(CheckFailure) as failure:
+        check_output(json.dumps({"v": bad}), when, repair=True)
+    assert failure.value.pointer == "/v" and "format" in failure.value.constraint
+    check_output(json.dumps({"v": good}), when, repair=True)
+
+
+def test_a_raw_control_character_after_a_backslash_is_not_repaired() -> None:
+    # `\<LF>` is no escape; "repairing" it gave a backslash and an `n` the model never wrote.
+    text = '{"name": "x\\\ny"}'
+    with pytest.raises(CheckFailure, match="not valid JSON"):
+        check_output(text, None, repair=True)
+    escaper = StreamingEscaper()  # the streamed answer fails the same way
+    with pytest.raises(CheckFailure):
+        check_output(escaper.feed(text[:11]) + escaper.feed(text[11:]), None, repair=False)
+    # A raw control character elsewhere is still repaired, losslessly.
+    repaired = check_output('{"name": "x\ny"}', None, repair=True)
+    assert repaired.outcome == "repaired" and repaired.document == {"name": "x\ny"}
+
+
+def test_a_recursive_schema_and_a_failing_answer_are_a_check_failure() -> None:
+    tree = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}},
+            "additionalProperties": False}
+    deep: dict[str, Any] = {}
+    for _ in range(300):
+        deep = {"kids": [deep]}
+    deep_bad = {"kids": [deep, {"x": 1}]}
+    with pytest.raises(CheckFailure):
+        check_output(json.dumps(deep_bad), schema(tree), repair=True)
+    with pytest.raises(CheckFailure):
+        check_output("5", schema({"$ref": "#", "type": "string"}), repair=True)
+
+
+def test_the_whole_document_is_pointed_at_with_an_empty_pointer() -> None:
+    with pytest.raises(CheckFailure) as failure:  # RFC 6901: "/" is the key ""
+        check_output("5", schema(NAME), repair=True)
+    assert failure.value.pointer == ""
+    with pytest.raises(CheckFailure) as failure:
+        check_output('{"a/b": 1}', schema({"type": "object", "properties": {
+            "a/b": {"type": "string"}}}), repair=True)
+    assert failure.value.pointer == "/a~1b"
+    assert failure.value.constraint == "type at schema#/properties/a~1b/type"
+
+
+@pytest.mark.parametrize("bad", [False, True, [], "x"])
+def test_an_adhoc_schema_must_be_an_object(bad: Any) -> None:
+    # `false` was sent to vLLM as `{}`, and every answer passed.
+    with pytest.raises(InvalidSchemaError, match="must be a JSON object"):
+        schema(bad)
+
+
+def test_a_deeply_nested_adhoc_schema_is_a_400_not_a_500() -> None:
+    nested: dict[str, Any] = {"type": "string"}
+    for _ in range(200):
+        nested = {"type": "object", "properties": {"a": nested}}
+    with pytest.raises(InvalidSchemaError):
+        schema(nested)
+
+
+@pytest.mark.parametrize(("body", "why"), [
+    ('"schema": {"type": "integer", "maximum": 100000000000000000000000}', "compiled"),
+    ('"schema": ' + '{"type": "object", "properties": {"a": ' * 200 + "{}" + "}}" * 200,
+     "nested too deeply"),
+])
+def test_a_schema_file_that_cannot_be_used_is_named(tmp_path: Path, body: str,
+                                                    why: str) -> None:
+    path = tmp_path / "broken.json"
+    path.write_text('{"name": "broken", "version": 1, "description": "x", ' + body + "}")
+    with pytest.raises(SchemaFileError, match=why) as error:
+        SchemaRegistry.load(tmp_path)
+    assert str(path) in str(error.value)
+
+
+def test_names_with_a_trailing_newline_are_not_names(tmp_path: Path) -> None:
+    registry = SchemaRegistry.load(Path(__file__).resolve().parent.parent / "schemas")
+    assert "function_ir" in registry and "function_ir\n" not in registry
+    (tmp_path / "x.json").write_text(json.dumps({
+        "name": "x\n", "version": 1, "description": "x", "schema": {"type": "object"}}))
+    with pytest.raises(SchemaFileError, match="'name' must match"):
+        SchemaRegistry.load(tmp_path)
+
+
+# -- the answer's shape
+
+
+def test_logprobs_have_openais_shape() -> None:
+    raw = {"id": "c", "created": 1, "choices": [{
+        "index": 0, "message": {"role": "assistant", "content": "{}"}, "finish_reason": "stop",
+        "logprobs": {"content": [{"token": "{", "logprob": -0.1, "bytes": [123],
+                                  "top_logprobs": []}]}}]}
+    shaped = chat_completion(raw, "m")
+    assert shaped["choices"][0]["logprobs"]["refusal"] is None
+    openai_spec.validate("CreateChatCompletionResponse", shaped)
+
+
+BODY = {"model": "schema/function_ir", "messages": [{"role": "user", "content": "add"}]}
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+async def test_a_generation_vllm_aborted_is_an_upstream_error(
+        client: httpx.AsyncClient, fake: FakeUpstream, reason: str) -> None:
+    from tests.ir_samples import VALID
+
+    fake.script(Reply(VALID, finish_reason=reason))
+    response = await client.post("/v1/chat/completions", json=BODY)
+    assert response.status_code == 502 and reason in response.json()["error"]["message"]
+    fake.script(Reply(VALID, finish_reason=reason))
+    async with client.stream("POST", "/v1/chat/completions",
+                             json={**BODY, "stream": True}) as streamed:
+        events, _ = await read_events(streamed)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["type"] == "upstream_error"
+
+
+async def test_vllms_repetition_stop_is_a_cut_off_answer(client: httpx.AsyncClient,
+                                                        fake: FakeUpstream) -> None:
+    fake.script(Reply("just some prose", finish_reason="repetition"))
+    response = await client.post("/v1/chat/completions", json={**BODY, "model": "qwen-coder"})
+    assert response.json()["choices"][0]["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(("n", "status"), [(None, 200), (1, 200), (True, 400), (1.0, 400),
+                                           (2, 400)])
+async def test_n_for_structured_output(client: httpx.AsyncClient, fake: FakeUpstream,
+                                       n: Any, status: int) -> None:
+    from tests.ir_samples import VALID
+
+    fake.script(Reply(VALID))
+    response = await client.post("/v1/chat/completions", json={**BODY, "n": n})
+    assert response.status_code == status, response.text
+
+
+async def test_adhoc_schemas_share_one_metrics_label(client: httpx.AsyncClient,
+                                                     fake: FakeUpstream) -> None:
+    """Their names come from requests: a label each would grow the series without end."""
+    for name in ("One", "Two"):
+        fake.script(Reply('{"city": "Paris"}'))
+        response = await client.post("/v1/chat/completions", json={
+            "model": "qwen-coder", "messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": {
+                "type": "object", "properties": {"city": {"type": "string"}}}}}})
+        assert response.headers["x-irgw-schema"] == f"{name} (ad-hoc)"
+    metrics = (await client.get("/metrics")).text
+    assert 'irgw_output_checks_total{outcome="passed",schema="(ad-hoc)"} 2.0' in metrics
+    assert "One" not in metrics and "Two" not in metrics
