@@ -317,6 +317,17 @@ async def test_forced_tool_is_served_as_a_checked_schema(
     assert sent["response_format"]["json_schema"]["schema"]["required"] == ["intent", "signature"]
 
 
+async def test_forced_tool_call_cut_at_max_tokens_says_length(client: httpx.AsyncClient,
+                                                              fake: FakeUpstream) -> None:
+    # The arguments happen to be complete JSON, but the cap was reached: the client must
+    # see "length", not a "tool_calls" that looks finished.
+    fake.script(Reply(VALID, finish_reason="length"))
+    response = await client.post("/v1/chat/completions", json=_tool_body("required"))
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert choice["finish_reason"] == "length" and choice["message"]["tool_calls"]
+
+
 async def test_forced_tool_with_parameters_validates_arguments(client: httpx.AsyncClient,
                                                                fake: FakeUpstream) -> None:
     parameters = {"type": "object", "properties": {"city": {"type": "string"}},
