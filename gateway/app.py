@@ -24,15 +24,18 @@ from gateway.errors import (
     NotFoundError,
 )
 from gateway.routes import chat, completions, health, models, schemas
-from gateway.routes.common import RawRoute
+from gateway.routes.common import RawRoute, request_id
 from gateway.services import Services
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway")
 
 
-def _error_response(error: GatewayError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
+def _error_response(request: Request, error: GatewayError) -> Response:
+    # Every error carries the request id, so a caller can quote it whatever went wrong; one
+    # set once the request was sent upstream is already among the error's headers.
+    headers = {"x-request-id": request_id(request), **error.headers}
+    return JSONResponse(error.body(), status_code=error.status_code, headers=headers)
 
 
 async def _on_gateway_error(request: Request, exc: Exception) -> Response:
@@ -42,7 +45,7 @@ async def _on_gateway_error(request: Request, exc: Exception) -> Response:
         cause = exc.__cause__
         log.warning("%s %s -> %d %s: %s%s", request.method, request.url.path, exc.status_code,
                     exc.code, exc, f" (cause: {cause!r})" if cause is not None else "")
-    return _error_response(exc)
+    return _error_response(request, exc)
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
@@ -55,19 +58,21 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = MethodNotAllowedError(
             f"Method {request.method} is not allowed on {request.url.path}"
         )
-        error.headers["allow"] = (exc.headers or {}).get("allow", "")
+        # Starlette spells it "Allow".
+        given = {name.lower(): value for name, value in (exc.headers or {}).items()}
+        error.headers["allow"] = given.get("allow", "")
     else:
         error = GatewayError(str(exc.detail))
         error.status_code = exc.status_code
-    return _error_response(error)
+    return _error_response(request, error)
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    return _error_response(InvalidRequestError(f"{where}: {first.get('msg', 'invalid')}",
-                                               param=where or None))
+    return _error_response(request, InvalidRequestError(
+        f"{where}: {first.get('msg', 'invalid')}", param=where or None))
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:
@@ -80,7 +85,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # The exception text may quote request data; it goes to the log, not to the client.
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path,
               exc_info=exc)
-    return _error_response(GatewayError("internal error in the gateway", code="internal_error"))
+    return _error_response(request, GatewayError("internal error in the gateway",
+                                                 code="internal_error"))
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -178,6 +184,9 @@ def create_app(settings: Settings) -> GatewayApp:
         "JSON schemas, strict output checking, API keys and rate limits.",
         lifespan=lifespan,
         default_response_class=JSONResponse,
+        # A trailing slash is a 404 like any unknown path: Starlette's redirect would be a
+        # bare 307 to an http:// URL built from the Host header, which clients follow.
+        redirect_slashes=False,
     )
     app.add_exception_handler(GatewayError, _on_gateway_error)
     app.add_exception_handler(ClientDisconnectedError, _on_client_gone)

@@ -70,7 +70,8 @@ class Authenticator:
                 param="response_format",
                 code="adhoc_schema_not_allowed",
             )
-        if schema_name is not None and not policy.allows_schema(schema_name):
+        # An ad-hoc schema's name is the client's to choose: the allow-list cannot apply.
+        if schema_name is not None and not adhoc and not policy.allows_schema(schema_name):
             raise PermissionDeniedError(
                 f"This API key may not use the schema {schema_name!r}.",
                 code="schema_not_allowed",

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import string
 import tempfile
 import time
@@ -305,20 +306,35 @@ class KeyStore:
                 f"keys file {self.path} is not a valid keys file: {where}: {first['msg']}"
             ) from None
 
+    def _target(self) -> Path:
+        # Through a symlink to the file it names: replacing the link itself would leave the
+        # file the gateways read unchanged, and a revocation would silently do nothing.
+        return Path(os.path.realpath(self.path))
+
     def _write(self, content: _KeyFile) -> None:
         data = json.dumps(content.model_dump(mode="json"), indent=2).encode() + b"\n"
-        directory = self.path.parent
+        target = self._target()
+        directory = target.parent
         try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+            # The replacement keeps the file's mode and owner: a gateway running as another
+            # user that could read the old file must be able to read the new one.
+            st: os.stat_result | None = os.stat(target)
+        except FileNotFoundError:
+            st = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{target.name}.", suffix=".tmp")
         except OSError as exc:
             raise KeyStoreError(f"cannot write keys file {self.path}: {exc}") from None
         try:
             with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), 0o600)
+                os.fchmod(fh.fileno(), stat.S_IMODE(st.st_mode) if st is not None else 0o600)
+                if st is not None:
+                    with contextlib.suppress(OSError):  # only root may give files away
+                        os.fchown(fh.fileno(), st.st_uid, st.st_gid)
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -334,9 +350,10 @@ class KeyStore:
     def _locked(self) -> Iterator[None]:
         # A separate lock file: the data file's inode changes on every replace, so a lock
         # held on it would not exclude a writer that opened the new one.
-        lock_path = self.path.parent / f".{self.path.name}.lock"
+        target = self._target()
+        lock_path = target.parent / f".{target.name}.lock"
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise KeyStoreError(f"cannot lock keys file {self.path}: {exc}") from None

@@ -24,7 +24,8 @@ _DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="IRGW_", extra="forbid")
+    # An empty variable is unset: `IRGW_HOST=` must not mean "every interface".
+    model_config = SettingsConfigDict(env_prefix="IRGW_", extra="forbid", env_ignore_empty=True)
 
     # -- the upstream vLLM server
     upstream_url: str = "http://127.0.0.1:8000"
@@ -48,7 +49,7 @@ class Settings(BaseSettings):
 
     # -- listening
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = Field(default=8080, ge=0, le=65535)
     keepalive_timeout_s: int = Field(
         default=75,
         ge=1,
@@ -109,6 +110,10 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"must be http(s)://host[:port], got {value!r}")
+        try:
+            parts.port  # noqa: B018  (reading it is the check: a bad port raises)
+        except ValueError as exc:
+            raise ValueError(f"{exc}, in {value!r}") from None
         return value.rstrip("/")
 
     @classmethod

@@ -422,6 +422,44 @@ def test_check_schema() -> None:
     wide = Principal("k2", "n", KeyPolicy(allow_adhoc=True))
     auth.check_schema(wide, "anything", adhoc=False)
     auth.check_schema(wide, None, adhoc=True)
+    # An ad-hoc schema's name is the client's choice: the allow-list does not apply to it.
+    scoped = Principal("k3", "n", KeyPolicy(schemas=["invoice"], allow_adhoc=True))
+    auth.check_schema(scoped, "FunctionIR", adhoc=True)
+    with pytest.raises(PermissionDeniedError):
+        auth.check_schema(scoped, "receipt", adhoc=False)
+
+
+def test_writing_through_a_symlink_changes_the_file_it_names(tmp_path: Path) -> None:
+    real = tmp_path / "real" / "keys.json"
+    real.parent.mkdir()
+    KeyStore(real, create=True).create("alice", KeyPolicy())
+    link = tmp_path / "keys.json"
+    link.symlink_to(real)
+    _, bob = KeyStore(link).create("bob", KeyPolicy())
+    KeyStore(link).revoke(parse_key(bob).key_id)  # type: ignore[union-attr]
+    assert link.is_symlink()  # not replaced by a file of its own
+    assert KeyStore(real).verify(bob) is None  # the gateways' file has the revocation
+
+
+def test_a_write_keeps_the_files_mode(keys_file: Path) -> None:
+    # A gateway running as another user reads the file through its group or other bits.
+    store = KeyStore(keys_file, create=True)
+    keys_file.chmod(0o644)
+    store.create("alice", KeyPolicy())
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o644
+    fresh = keys_file.with_name("fresh.json")
+    KeyStore(fresh, create=True).create("bob", KeyPolicy())
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o600  # a new file is private
+
+
+def test_settings_refuse_what_would_serve_somewhere_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRGW_HOST", "")  # unset, not "every interface"
+    assert Settings().host == "127.0.0.1"
+    with pytest.raises(ValueError, match="less than or equal to 65535"):
+        Settings(port=70000)
+    for url in ("http://127.0.0.1:abc", "http://127.0.0.1:99999"):
+        with pytest.raises(ValueError, match=r"[Pp]ort"):
+            Settings(upstream_url=url)
 
 
 def test_cap_max_tokens() -> None:

@@ -67,14 +67,20 @@ async def test_health_and_readiness(client: httpx.AsyncClient, fake: FakeUpstrea
     ("GET", "/v1/nothing", 404, "unknown_route"),
     ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
     ("DELETE", "/v1/models", 405, "method_not_allowed"),
+    # No redirect: Starlette's was a bare 307 to an http:// URL made from the Host header.
+    ("POST", "/v1/chat/completions/", 404, "unknown_route"),
+    ("GET", "/v1/schemas/", 404, "unknown_route"),
 ])
 async def test_unknown_routes_and_methods_answer_in_openai_shape(
     client: httpx.AsyncClient, method: str, path: str, status: int, code: str,
 ) -> None:
-    response = await client.request(method, path)
+    response = await client.request(method, path, headers={"x-request-id": "trace-42"})
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
     openai_spec.validate("ErrorResponse", response.json())
+    assert response.headers["x-request-id"] == "trace-42"  # to quote, whatever went wrong
+    if status == 405:  # RFC 9110: the methods that are allowed
+        assert response.headers["allow"] in ("POST", "GET")
 
 
 async def test_generation_routes_skip_the_middleware_stack(gateway: RunningGateway) -> None:
@@ -434,3 +440,39 @@ async def test_a_connection_dropped_before_any_answer_is_retried_once(drop: str)
             assert second.json()["error"]["code"] == "upstream_error"
     finally:
         await runner.cleanup()
+
+
+async def test_errors_before_the_upstream_call_carry_the_request_id(
+        fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, max_inflight=1, queue_size=0)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        bad = await client.post("/v1/chat/completions", content=b"{nope",
+                                headers={"x-request-id": "trace-1"})
+        assert bad.status_code == 400 and bad.headers["x-request-id"] == "trace-1"
+        fake.script(Slow(1.0, then=Reply(VALID)))
+        first = asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
+        await fake.wait_requests(1)
+        refused = await client.post("/v1/chat/completions", json=CHAT,
+                                    headers={"x-request-id": "trace-2"})
+        assert refused.status_code == 503 and refused.headers["x-request-id"] == "trace-2"
+        assert (await first).status_code == 200
+        generated = await client.post("/v1/chat/completions", content=b"{nope")
+        assert generated.headers["x-request-id"].startswith("req_")
+
+
+async def test_a_client_gone_mid_body_is_a_499_not_a_400(gateway: RunningGateway,
+                                                        client: httpx.AsyncClient) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                 b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"mod")
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    for _ in range(50):
+        metrics = (await client.get("/metrics")).text
+        if 'route="/v1/chat/completions",status="499"' in metrics:
+            break
+        await asyncio.sleep(0.05)
+    assert 'route="/v1/chat/completions",status="499"' in metrics
+    assert 'route="/v1/chat/completions",status="400"' not in metrics

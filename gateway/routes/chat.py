@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import JSONResponse, SSEResponse
+from gateway.errors import GatewayError
 from gateway.planning import (
     ChatPlan,
     Mode,
@@ -77,9 +78,11 @@ async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], mode
         events = await stack.enter_async_context(
             services.upstream.stream("/v1/chat/completions", body, {"x-request-id": rid})
         )
-    except BaseException:
+    except BaseException as exc:
         await stack.aclose()
         await admission.finish(None)
+        if isinstance(exc, GatewayError):  # the request id vLLM was sent, and the limits
+            exc.headers.update(headers)
         raise
     state = StreamState()
 

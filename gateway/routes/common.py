@@ -12,6 +12,7 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.asgi import ClientDisconnectedError
 from gateway.errors import BodyTooLargeError, InvalidRequestError
 from gateway.services import Services
 
@@ -48,8 +49,8 @@ async def read_json(request: Request, limit: int) -> Any:
     size = 0
     while True:  # straight from ASGI: Starlette's body() adds a generator per request
         message = await request.receive()
-        if message["type"] != "http.request":
-            raise InvalidRequestError("the client went away before sending the whole body")
+        if message["type"] != "http.request":  # gone before sending the whole body
+            raise ClientDisconnectedError(started=False)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

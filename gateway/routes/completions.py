@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse, SSEResponse
-from gateway.errors import InvalidRequestError
+from gateway.errors import GatewayError, InvalidRequestError
 from gateway.planning import ChatPlan, Mode, plan_completion
 from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
@@ -126,9 +126,11 @@ async def _passthrough_stream(services: Services, plan: ChatPlan, body: dict[str
     try:
         events = await stack.enter_async_context(
             services.upstream.stream("/v1/completions", body, {"x-request-id": rid}))
-    except BaseException:
+    except BaseException as exc:
         await stack.aclose()
         await admission.finish(None)
+        if isinstance(exc, GatewayError):  # the request id vLLM was sent, and the limits
+            exc.headers.update(headers)
         raise
     state = StreamState()
 
