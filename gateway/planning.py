@@ -24,7 +24,7 @@ from gateway.upstream.dialects import Dialect
 
 SCHEMA_MODEL_PREFIX = "schema/"
 # OpenAI's rule for json_schema.name; it also keeps the name safe in a response header.
-_ADHOC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ADHOC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Mode(StrEnum):
@@ -139,10 +139,15 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
     elif plan.mode is Mode.JSON_OBJECT:
         plan.policy = settings.output_policy or "repair"
     if plan.checked:
-        n = body.get("n")
-        if n is not None and (type(n) is not int or n != 1):
-            raise InvalidRequestError("'n' must be 1 for structured output", param="n")
+        require_one_choice(body)
     return plan
+
+
+def require_one_choice(body: dict[str, Any]) -> None:
+    """A checked answer is one answer: `n` unset, null or 1 (not `true`, not `1.0`)."""
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
+        raise InvalidRequestError("'n' must be 1 for structured output", param="n")
 
 
 def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
@@ -161,7 +166,7 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
     spec = _require_dict(response_format.get("json_schema"), "response_format.json_schema")
     name = spec.get("name")
     if "schema" in spec:
-        if name is not None and not (isinstance(name, str) and _ADHOC_NAME_RE.fullmatch(name)):
+        if name is not None and not (isinstance(name, str) and ADHOC_NAME_RE.fullmatch(name)):
             raise InvalidRequestError(
                 "response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, "
                 "'_' and '-' (as OpenAI requires)", param="response_format.json_schema.name",

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from gateway.errors import InvalidRequestError
-from gateway.planning import ChatPlan, Mode
+from gateway.planning import ADHOC_NAME_RE, ChatPlan, Mode, require_one_choice
 from gateway.registry import SchemaRegistry, adhoc_schema
 from gateway.settings import Settings
 
@@ -54,6 +54,11 @@ def plan_tool_call(plan: ChatPlan, registry: SchemaRegistry, settings: Settings)
             "use one of them", param="tool_choice",
         )
     name: str = function["name"]
+    if not ADHOC_NAME_RE.fullmatch(name):  # it becomes the x-irgw-schema header, too
+        raise InvalidRequestError(
+            "a function's name must be 1-64 characters of a-z, A-Z, 0-9, '_' and '-' (as "
+            "OpenAI requires)", param="tools",
+        )
     parameters = function.get("parameters")
     if not parameters and name in registry:
         plan.schema = registry.resolve(name)
@@ -65,9 +70,7 @@ def plan_tool_call(plan: ChatPlan, registry: SchemaRegistry, settings: Settings)
     plan.tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
     plan.policy = settings.output_policy or plan.schema.output_policy
     plan.warnings.extend(plan.schema.unenforced)
-    n = plan.body.get("n")
-    if n is not None and (type(n) is not int or n != 1):
-        raise InvalidRequestError("'n' must be 1 for structured output", param="n")
+    require_one_choice(plan.body)
 
 
 def as_tool_call_response(plan: ChatPlan, choice: dict[str, Any]) -> None:

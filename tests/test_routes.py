@@ -334,6 +334,16 @@ async def test_forced_tool_call_cut_at_max_tokens_says_length(client: httpx.Asyn
     assert choice["finish_reason"] == "length" and choice["message"]["tool_calls"]
 
 
+async def test_a_forced_tool_needs_a_name_openai_would_take(client: httpx.AsyncClient,
+                                                             fake: FakeUpstream) -> None:
+    # The name is also the x-irgw-schema header: one no header can carry failed the answer
+    # after vLLM had run.
+    response = await client.post("/v1/chat/completions", json=_tool_body(
+        "required", {"type": "object"}, name="r\u00e9sum\u00e9\nx"))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
+    assert fake.requests == []
+
+
 async def test_forced_tool_with_parameters_validates_arguments(client: httpx.AsyncClient,
                                                                fake: FakeUpstream) -> None:
     parameters = {"type": "object", "properties": {"city": {"type": "string"}},
