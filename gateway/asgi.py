@@ -137,7 +137,7 @@ class SSEResponse(Response):
                 group.start_soon(stream_then_stop)
                 await _wait_for_disconnect(receive)
                 group.cancel_scope.cancel()
-        except OSError:
+        except* OSError:  # anyio's task group raises a group, never the bare error
             pass  # the client went away while we were writing
         finally:
             with anyio.CancelScope(shield=True):

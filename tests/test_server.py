@@ -223,3 +223,35 @@ def assembled_prose(text: str) -> str:
               if line.startswith("data: {")]
     return "".join(e["choices"][0]["delta"].get("content") or ""
                    for e in events if e["choices"])
+
+
+async def test_a_stream_whose_client_is_gone_ends_quietly_and_cleans_up() -> None:
+    """Under a server whose `send` raises once the client is gone (not uvicorn's, which
+    drops the write), the stream stops without an error and still gives its slot back."""
+    from gateway.asgi import SSEResponse
+
+    closed: list[bool] = []
+
+    async def events() -> Any:
+        for n in range(5):
+            yield b"data: %d\n\n" % n
+
+    async def on_close() -> None:
+        closed.append(True)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if len(sent) == 2:
+            raise ConnectionResetError("the client went away")
+        sent.append(message)
+
+    never = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    response = SSEResponse(events(), headers={}, on_close=on_close)
+    await response({"type": "http"}, receive, send)
+    assert closed == [True] and len(sent) == 2
