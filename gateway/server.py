@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal
@@ -99,6 +100,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.disconnect_signal.fire()
+
+    def send_400_response(self, msg: str) -> None:
+        # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).
+        body = orjson.dumps({"error": {"message": msg, "type": "invalid_request_error",
+                                       "param": None, "code": "invalid_http_request"}})
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from gateway.server import CoalescingTransport
 from gateway.settings import Settings
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, SlowStream
-from tests.gateway_server import serve_process, serving
+from tests.gateway_server import running_gateway, serve_process, serving
 
 
 class RecordingTransport:
@@ -255,3 +255,16 @@ async def test_a_stream_whose_client_is_gone_ends_quietly_and_cleans_up() -> Non
     response = SSEResponse(events(), headers={}, on_close=on_close)
     await response({"type": "http"}, receive, send)
     assert closed == [True] and len(sent) == 2
+
+
+async def test_what_is_not_http_gets_an_openai_shaped_400() -> None:
+    async with running_gateway(unit_settings("http://127.0.0.1:9")) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /\xff\x00 HTTP/1.1\r\nhost: x\r\n\r\n")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
+    assert json.loads(body)["error"]["type"] == "invalid_request_error"
