@@ -86,7 +86,7 @@ GATEWAY_REQUIREMENTS = (
     "prometheus-client>=0.20",
 )
 
-# -- Modal resources (names are the operator's contract; see deploy/README-section.md)
+# -- Modal resources (names are the operator's contract; see the README, "Deploy to Modal")
 VLLM_SECRET_NAME = "ir-gateway-vllm"  # VLLM_API_KEY
 GATEWAY_SECRET_NAME = "ir-gateway"  # IRGW_KEYS_JSON, optional IRGW_* (IRGW_REDIS_URL, ...)
 PROXY_AUTH_SECRET_NAME = "ir-gateway-proxy-auth"  # PROXY_AUTH_TOKEN_ID, PROXY_AUTH_TOKEN_SECRET

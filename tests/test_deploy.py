@@ -515,3 +515,14 @@ def test_selfhost_passes_the_key_by_environment_only(selfhost: ModuleType) -> No
     assert "k" * 64 not in " ".join(selfhost.vllm_command(args) + selfhost.gateway_command(args))
     assert selfhost.gateway_command(args)[-6:] == [
         "--upstream", "http://127.0.0.1:8000", "--host", "127.0.0.1", "--port", "8080"]
+
+
+def test_selfhost_hands_the_gateway_an_absolute_keys_file(selfhost: ModuleType,
+                                                           tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # The gateway runs from the repository: a path relative to the caller's directory would
+    # point somewhere else there.
+    monkeypatch.chdir(tmp_path)
+    args = selfhost.parse_args(["--keys-file", "keys.json"])
+    _, gateway_env = selfhost.environments(args, {}, "k")
+    assert gateway_env["IRGW_KEYS_FILE"] == str(tmp_path / "keys.json")

@@ -30,9 +30,11 @@ class VllmStartError(RuntimeError):
 
 
 def vllm_python() -> Path:
-    """The interpreter of vLLM's environment: `$IRGW_VLLM_PYTHON` or `<repo>/.venv-vllm`."""
+    """The interpreter of vLLM's environment: `$IRGW_VLLM_PYTHON`, else the venv that
+    scripts/setup-vllm-env.sh made (`$VLLM_VENV`, by default `<repo>/.venv-vllm`)."""
     configured = os.environ.get("IRGW_VLLM_PYTHON")
-    path = Path(configured) if configured else REPO / ".venv-vllm" / "bin" / "python"
+    venv = Path(os.environ.get("VLLM_VENV") or REPO / ".venv-vllm")
+    path = Path(configured) if configured else venv / "bin" / "python"
     if not path.exists():
         raise VllmStartError(
             f"no vLLM environment at {path}: run `make setup-vllm` (scripts/setup-vllm-env.sh) "
