@@ -197,9 +197,13 @@ def upstream_chat_body(plan: ChatPlan, dialect: Dialect, model: str,
         body.pop("max_completion_tokens", None)
         body["max_tokens"] = max_tokens
     if plan.stream:
-        # Usage is always needed to settle token limits, whether the client asked or not.
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        ask_for_usage(body, plan)
     return body
+
+
+def ask_for_usage(body: dict[str, Any], plan: ChatPlan) -> None:
+    """Usage is always needed to settle token limits, whether the client asked or not."""
+    body["stream_options"] = {**(plan.body.get("stream_options") or {}), "include_usage": True}
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -7,22 +7,19 @@ The schema is resolved before the limiter runs so that a request refused for its
 
 from __future__ import annotations
 
-from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import JSONResponse, SSEResponse
-from gateway.errors import GatewayError
+from gateway.asgi import JSONResponse
 from gateway.planning import (
     ChatPlan,
     Mode,
     plan_chat,
     upstream_chat_body,
 )
-from gateway.ratelimit.base import Admission
 from gateway.routes.admission import prepare
 from gateway.routes.checking import (
     Route,
@@ -32,9 +29,10 @@ from gateway.routes.checking import (
     success_headers,
 )
 from gateway.routes.common import RawRoute, header, read_json, services_of
+from gateway.routes.relaying import relayed
 from gateway.services import Services
 from gateway.shapes import chat_completion
-from gateway.streaming import StreamState, relay_chat, stream_tokens
+from gateway.streaming import StreamState, relay_chat
 from gateway.tools import as_tool_call_response, plan_tool_call
 from gateway.validation import CheckedOutput
 
@@ -59,43 +57,23 @@ async def chat_completions(request: Request) -> Response:
     plan = plan_chat(body, services.registry, services.settings)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)
-    rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission
     model = plan.body["model"]
     body = upstream_chat_body(plan, prepared.dialect, prepared.upstream_model,
                               prepared.max_tokens)
     if plan.stream:
-        return await _stream(services, plan, body, model, rid, headers, admission)
+        return await relayed(
+            services, "/v1/chat/completions", plan, body, prepared,
+            lambda events, state: relay_chat(events, plan, model, state, failure_to_error),
+            answer_headers={"x-irgw-output": "checked-at-end"} if plan.checked else {},
+            after=lambda state: _count_checked_stream(services, plan, state),
+        )
 
     completed = await answer(CHAT, request, services, plan, body, model, prepared)
-    return JSONResponse(completed.response, headers=success_headers(plan, completed, headers),
+    return JSONResponse(completed.response,
+                        headers=success_headers(plan, completed, prepared.headers),
                         after_send=settlement(CHAT, services, plan, prepared, completed))
 
 
-async def _stream(services: Services, plan: ChatPlan, body: dict[str, Any], model: str,
-                  rid: str, headers: dict[str, str], admission: Admission) -> Response:
-    stack = AsyncExitStack()
-    try:
-        events = await stack.enter_async_context(
-            services.upstream.stream("/v1/chat/completions", body, {"x-request-id": rid})
-        )
-    except BaseException as exc:
-        await stack.aclose()
-        await admission.finish(None)
-        if isinstance(exc, GatewayError):  # the request id vLLM was sent, and the limits
-            exc.headers.update(headers)
-        raise
-    state = StreamState()
-
-    async def on_close() -> None:
-        await stack.aclose()
-        await admission.finish(stream_tokens(plan, state))
-        if plan.schema is not None and state.outcome in (
-            "passed", "repaired", "failed", "truncated"
-        ):
-            services.metrics.output_checked(plan.schema.metric_label, state.outcome)
-
-    if plan.checked:
-        headers["x-irgw-output"] = "checked-at-end"
-    relay = relay_chat(events, plan, model, state, failure_to_error)
-    return SSEResponse(relay, headers=headers, on_close=on_close)
-
+def _count_checked_stream(services: Services, plan: ChatPlan, state: StreamState) -> None:
+    if plan.schema is not None and state.outcome in ("passed", "repaired", "failed", "truncated"):
+        services.metrics.output_checked(plan.schema.metric_label, state.outcome)

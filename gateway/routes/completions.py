@@ -12,23 +12,22 @@ rely on. An unchecked stream is relayed as vLLM sends it (`streaming.relay_compl
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse, SSEResponse
-from gateway.errors import GatewayError, InvalidRequestError
-from gateway.planning import ChatPlan, Mode, plan_completion
-from gateway.ratelimit.base import Admission
+from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
+from gateway.errors import InvalidRequestError
+from gateway.planning import ChatPlan, Mode, ask_for_usage, plan_completion
 from gateway.routes.admission import prepare
 from gateway.routes.checking import Route, answer, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
+from gateway.routes.relaying import relayed
 from gateway.services import Services
 from gateway.shapes import SSE_DONE, finish_reason, sse, usage_of
-from gateway.streaming import StreamState, relay_completion, stream_tokens
+from gateway.streaming import relay_completion
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckedOutput
 
@@ -58,9 +57,7 @@ def _upstream_body(plan: ChatPlan, dialect: Dialect, model: str,
     if plan.checked:
         body["stream"] = False  # checked whole, then answered (see the module's docstring)
     elif plan.stream:
-        # Usage is always needed to settle token limits, whether the client asked or not.
-        body["stream_options"] = {**(plan.body.get("stream_options") or {}),
-                                  "include_usage": True}
+        ask_for_usage(body, plan)
     return body
 
 
@@ -93,14 +90,16 @@ async def completions(request: Request) -> Response:
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     plan = _plan(await read_json(request, services.settings.max_request_bytes), services)
     prepared = await prepare(request, services, principal, plan)
-    rid, headers, admission = prepared.request_id, prepared.headers, prepared.admission
     model = plan.body["model"]
     body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
 
     if plan.stream and not plan.checked:
-        return await _passthrough_stream(services, plan, body, rid, headers, admission)
+        return await relayed(
+            services, "/v1/completions", plan, body, prepared,
+            lambda events, state: relay_completion(events, plan.include_usage, state),
+        )
     completed = await answer(COMPLETIONS, request, services, plan, body, model, prepared)
-    headers = success_headers(plan, completed, headers)
+    headers = success_headers(plan, completed, prepared.headers)
     settle = settlement(COMPLETIONS, services, plan, prepared, completed)
     if plan.stream:
         return _single_chunk_stream(completed.response, plan.include_usage, headers, settle)
@@ -117,26 +116,3 @@ def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
     events.append(SSE_DONE)
     return BodyResponse(b"".join(events), media_type=SSE_MEDIA_TYPE, headers=headers,
                         after_send=settle)
-
-
-async def _passthrough_stream(services: Services, plan: ChatPlan, body: dict[str, Any],
-                              rid: str, headers: dict[str, str],
-                              admission: Admission) -> Response:
-    stack = AsyncExitStack()
-    try:
-        events = await stack.enter_async_context(
-            services.upstream.stream("/v1/completions", body, {"x-request-id": rid}))
-    except BaseException as exc:
-        await stack.aclose()
-        await admission.finish(None)
-        if isinstance(exc, GatewayError):  # the request id vLLM was sent, and the limits
-            exc.headers.update(headers)
-        raise
-    state = StreamState()
-
-    async def on_close() -> None:
-        await stack.aclose()
-        await admission.finish(stream_tokens(plan, state))
-
-    return SSEResponse(relay_completion(events, plan.include_usage, state), headers=headers,
-                       on_close=on_close)
