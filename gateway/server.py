@@ -10,15 +10,20 @@
 2. The connection tells the app when the client goes away (`asgi.DisconnectSignal`, in the
    scope's extensions), so a request need not keep a task waiting on `receive()` just to
    notice a disconnect. Under any other server the app falls back to such a task.
+3. A request must arrive whole within `IRGW_REQUEST_READ_TIMEOUT_S` of the read that left
+   it incomplete (uvicorn has no such limit: a client sending a byte now and then held its
+   connection, and the request's task, forever; a slowloris). The timer is armed only when
+   a read ends inside a request, so a request that arrives in one read never touches it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal
 from gateway.settings import Settings
@@ -77,19 +82,62 @@ class CoalescingTransport:
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing through a `CoalescingTransport` and telling
-    the app of a lost connection through a `DisconnectSignal`."""
+    """uvicorn's httptools protocol, writing through a `CoalescingTransport`, telling the
+    app of a lost connection through a `DisconnectSignal` and timing out slow requests."""
+
+    read_timeout_s: float = 30.0  # set per server by `uvicorn_options`
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.disconnect_signal = DisconnectSignal()
         self._extensions = {DISCONNECT_EXTENSION: self.disconnect_signal}
+        self._reading = False  # a request has begun and has not arrived whole
+        self._read_timer: asyncio.TimerHandle | None = None
+        # The cycle of the request before the one being read (None on a fresh connection).
+        self._cycle_before: RequestResponseCycle | None = None
         super().connection_made(
             CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
         )
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._reading and self._read_timer is None and not self.transport.is_closing():
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+
     def on_message_begin(self) -> None:
+        self._reading = True
+        self._cycle_before = self.cycle
         super().on_message_begin()
         self.scope["extensions"] = self._extensions  # type: ignore[typeddict-unknown-key]
+
+    def on_message_complete(self) -> None:
+        self._reading = False
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        super().on_message_complete()
+
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if not self._reading or self.transport.is_closing():
+            return
+        before = self._cycle_before
+        if self.flow.read_paused or (before is not None and not before.response_complete):
+            # Not the client's delay: a pipelined request waits for the one before it.
+            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+            return
+        cycle = self.cycle
+        # Its head still incomplete (no cycle of its own yet), or its body incomplete and the
+        # app still waiting for it: the client gets a 408 (which the openai client retries).
+        # The app's task then sees the connection lost, as for a client that went away.
+        if cycle is before or not cycle.response_started:
+            self._send_error(
+                b"408 Request Timeout", "request_timeout",
+                f"the request did not arrive whole within {self.read_timeout_s:g} s "
+                "(IRGW_REQUEST_READ_TIMEOUT_S)",
+            )
+        # Otherwise its answer went out before its body was read (a 401, a 413): the rest of
+        # the upload is not worth waiting for.
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         # The answer is whole: send it now, before the app's and uvicorn's own bookkeeping
@@ -98,18 +146,26 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
         super().connection_lost(exc)
         self.disconnect_signal.fire()
 
     def send_400_response(self, msg: str) -> None:
         # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).
-        body = orjson.dumps({"error": {"message": msg, "type": "invalid_request_error",
-                                       "param": None, "code": "invalid_http_request"}})
-        self.transport.write(
-            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-        )
+        self._send_error(b"400 Bad Request", "invalid_http_request", msg)
         self.transport.close()
+
+    def _send_error(self, status: bytes, code: str, message: str) -> None:
+        """An error the app never saw (the request never became one), in OpenAI's shape and
+        with a request id as every other error has; the connection closes after it."""
+        body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                       "param": None, "code": code}})
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: req_%s\r\nconnection: close\r\n\r\n%s"
+            % (status, len(body), os.urandom(16).hex().encode(), body)
+        )
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -117,7 +173,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     `ir-gateway serve`, and the same options in the tests' servers."""
     return {
         "host": settings.host, "port": settings.port, "log_level": settings.log_level,
-        "loop": "uvloop", "http": GatewayHttpProtocol, "access_log": False,
+        "loop": "uvloop", "access_log": False,
+        "http": type("GatewayHttpProtocol", (GatewayHttpProtocol,),
+                     {"read_timeout_s": settings.request_read_timeout_s}),
         # Nothing here reads the client's address (keys identify callers), so rewriting it
         # from X-Forwarded-For on every request would only cost time.
         "proxy_headers": False,

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         "idle expiry (httpx and the openai client 5 s, aiohttp 15 s), so the client always "
         "closes first: a request sent just as the server closes the connection is lost.",
     )
+    request_read_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a client may take to send a request whole (head and body), "
+        "counted from the first read that leaves it incomplete; then 408 and the connection "
+        "closes. Without it a client sending a byte now and then holds a connection forever.",
+    )
     shutdown_grace_s: float = Field(
         default=25.0,
         ge=0,

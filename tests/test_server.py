@@ -23,8 +23,9 @@ from gateway.asgi import (
 from gateway.server import CoalescingTransport
 from gateway.settings import Settings
 from tests.conftest import unit_settings
-from tests.fake_upstream import FakeUpstream, Reply, SlowStream
+from tests.fake_upstream import FakeUpstream, Reply, Slow, SlowStream
 from tests.gateway_server import running_gateway, serve_process, serving
+from tests.ir_samples import VALID
 
 
 class RecordingTransport:
@@ -268,3 +269,81 @@ async def test_what_is_not_http_gets_an_openai_shaped_400() -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head
     assert json.loads(body)["error"]["type"] == "invalid_request_error"
+
+
+
+async def _exchange(url: str, *parts: tuple[float, bytes]) -> tuple[bytes, float]:
+    """On one connection, send each part after its pause, then read until the gateway
+    closes the connection: what came back, and how long after the last part."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    for pause, data in parts:
+        await asyncio.sleep(pause)
+        writer.write(data)
+        await writer.drain()
+    sent = time.monotonic()
+    answer = await asyncio.wait_for(reader.read(), 5)  # complete once the gateway closes
+    writer.close()
+    return answer, time.monotonic() - sent
+
+
+def _chat_request(extra_headers: bytes = b"") -> tuple[bytes, bytes]:
+    body = json.dumps({"model": "schema/function_ir",
+                       "messages": [{"role": "user", "content": "add two ints"}]}).encode()
+    head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+            b"application/json\r\ncontent-length: %d\r\n%s\r\n" % (len(body), extra_headers))
+    return head, body
+
+
+async def test_a_request_that_never_arrives_whole_gets_a_408(fake: FakeUpstream) -> None:
+    fake.default = Reply(content=VALID)
+    settings = unit_settings(fake.url, request_read_timeout_s=0.3)
+    head, body = _chat_request()
+    async with running_gateway(settings) as gw:
+        # A slowloris: half a head, then nothing; then a whole head and part of the body.
+        for stalled in (head[:30], head + body[:10]):
+            answer, waited = await _exchange(gw.url, (0, stalled))
+            status, _, error_body = answer.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 408") and b"x-request-id: req_" in status
+            error = json.loads(error_body)["error"]
+            assert error["code"] == "request_timeout" and "0.3 s" in error["message"]
+            assert 0.2 < waited < 2
+        await asyncio.sleep(0.05)
+        assert gw.app.services.metrics.inflight == 0  # the stalled request's task ended
+        assert fake.requests == []  # and nothing of it reached vLLM
+
+        # Slow, but whole within the limit: answered as usual.
+        head, body = _chat_request(b"connection: close\r\n")
+        answer, _ = await _exchange(gw.url, (0, head[:40]), (0.1, head[40:] + body[:20]),
+                                    (0.1, body[20:]))
+        assert answer.startswith(b"HTTP/1.1 200") and len(fake.requests) == 1
+
+
+async def test_an_upload_answered_early_is_not_waited_for(fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, request_read_timeout_s=0.3, max_request_bytes=1024)
+    async with running_gateway(settings) as gw:
+        # Refused on its declared length at once; the client keeps the 1 GB coming (here:
+        # stalls). The connection closes at the read timeout instead of draining it all.
+        answer, waited = await _exchange(gw.url, (0, (
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/json\r\ncontent-length: 1000000000\r\n\r\n{")))
+        assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1") == 1
+        assert 0.2 < waited < 2
+
+
+async def test_the_read_timeout_leaves_idle_and_busy_connections_alone(
+        fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, request_read_timeout_s=0.2)
+    fake.default = Slow(0.5, then=Reply(content=VALID))  # vLLM takes longer than the read timeout
+    async with running_gateway(settings) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        head, body = _chat_request()
+        for _ in range(2):  # one kept-alive connection, idle between its requests
+            writer.write(head + body)
+            status = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert status.startswith(b"HTTP/1.1 200")
+            length = int(status.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            await asyncio.sleep(0.4)
+        writer.close()
