@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -358,6 +359,72 @@ async def test_overload_gives_back_the_key_quota(backend: Backend) -> None:
 
 
 # -- Redis specifics
+
+
+@asynccontextmanager
+async def dropping_script_replies(
+    target: str, times: int
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """A TCP proxy to Redis that, for the first `times` script calls, drops the connection
+    instead of passing on the reply: the call took effect in Redis, the caller sees only a
+    dropped connection (and redis-py retries it once; the retry, the same bytes, gets its
+    reply). Yields its URL and the calls whose reply it dropped."""
+    host, port = target.removeprefix("redis://").split("/")[0].split(":")
+    drops: list[str] = []
+
+    async def handle(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection(host, int(port))
+        script_sent: list[bytes] = []
+
+        async def upward() -> None:
+            while data := await client_r.read(65536):
+                if b"EVALSHA" in data.upper():
+                    script_sent.append(data)
+                redis_w.write(data)
+        async def downward() -> None:
+            while data := await redis_r.read(65536):
+                call = script_sent[-1].decode(errors="replace") if script_sent else ""
+                if call and call not in drops and data[:1] in b"*:" and len(drops) < times:
+                    drops.append(call)
+                    return
+                script_sent.clear()
+                client_w.write(data)
+
+        tasks = [asyncio.create_task(upward()), asyncio.create_task(downward())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        for writer in (client_w, redis_w):
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    async with server:
+        yield f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0", drops
+
+
+async def test_a_call_retried_after_its_reply_was_lost_counts_once(
+    redis_url: str,  # noqa: F811
+) -> None:
+    async with dropping_script_replies(redis_url, times=2) as (url, drops):
+        backend = Backend("redis", url)
+        try:
+            limiter = backend.limiter()
+            who = key(rpm=10, tpm=1000, concurrency=1)
+            # Admitted in Redis, the reply lost, the call retried: one request, 100 tokens
+            # and one slot (not refused for the slot its own first run took).
+            first = await limiter.admit(who, 100)
+            assert len(drops) == 1
+            backend.about(first.headers["x-ratelimit-remaining-requests"], 9)
+            backend.about(first.headers["x-ratelimit-remaining-tokens"], 900)
+            await first.settle(40)  # the same for giving back the 60 not used
+            assert len(drops) == 2
+            await first.release()
+            second = await limiter.admit(who, 100)
+            backend.about(second.headers["x-ratelimit-remaining-requests"], 8)
+            backend.about(second.headers["x-ratelimit-remaining-tokens"], 860, slack=5)
+            await second.release()
+        finally:
+            await backend.aclose()
 
 
 async def test_crashed_instance_slots_expire(redis_url: str) -> None:  # noqa: F811

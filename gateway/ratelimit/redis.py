@@ -45,6 +45,9 @@ FailurePolicy = Literal["open", "closed"]
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 _REFUSALS = ((1, "requests"), (2, "tokens"), (4, "concurrency"))
+# How long Redis remembers that an admission or adjustment ran: far longer than a retry takes
+# (a reconnect within the connect timeout), short enough that the ids of a busy key stay few.
+_KEEP_US = 20_000_000
 
 
 class RedisQuotas:
@@ -76,7 +79,8 @@ class RedisQuotas:
         policy = principal.policy
         key = principal.key_id or principal.name
         # One hash tag per API key keeps all three keys in one Redis Cluster slot.
-        keys = [f"{self._prefix}{{{key}}}:{part}" for part in ("requests", "tokens", "inflight")]
+        keys = [f"{self._prefix}{{{key}}}:{part}"
+                for part in ("requests", "tokens", "inflight", "ops")]
         member = uuid.uuid4().hex
         reply = await self._admit(
             keys=keys,
@@ -87,6 +91,7 @@ class RedisQuotas:
                 estimated_tokens,
                 member,
                 self._lease_us,
+                _KEEP_US,
             ],
         )
         mask, wait_us, requests, tokens = int(reply[0]), float(reply[1]), reply[2], reply[3]
@@ -109,16 +114,20 @@ class RedisQuotas:
         policy = principal.policy
         rpm, tpm = policy.rpm or 0, policy.tpm or 0
 
+        buckets_and_ops = [keys[0], keys[1], keys[3]]
+
         async def settle(actual_tokens: int | None) -> None:
             if tpm:
                 refund = reserved if actual_tokens is None else reserved - actual_tokens
+                args = [0, 0, tpm, refund, member + ":settle", _KEEP_US]
                 await self._quietly(
-                    "settle", lambda: self._adjust(keys=keys[:2], args=[0, 0, tpm, refund])
+                    "settle", lambda: self._adjust(keys=buckets_and_ops, args=args)
                 )
 
         async def cancel() -> None:
+            args = [rpm, 1, tpm, reserved, member + ":cancel", _KEEP_US]
             await self._quietly(
-                "refund", lambda: self._adjust(keys=keys[:2], args=[rpm, 1, tpm, reserved])
+                "refund", lambda: self._adjust(keys=buckets_and_ops, args=args)
             )
 
         async def release() -> None:
@@ -236,7 +245,9 @@ class RedisLimiter:
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=connect_timeout_s,
             # One retry, on connection errors only: it replaces a pooled connection that died
-            # with a restarted Redis. Never retry timeouts: the script may have run.
+            # with a restarted Redis (the scripts that charge are idempotent, in case one ran
+            # before its connection dropped). Never retry timeouts: Redis may still be
+            # running the first call.
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         return cls(Redis.from_pool(pool), owns_client=True, **kwargs)

@@ -2,6 +2,11 @@
 
 They read `now` from Redis's own clock (`TIME`), in µs. A bucket is a hash {level, ts},
 absent when full; levels travel as %.17g strings because replies and tostring() round.
+
+A call whose connection drops after Redis ran it is retried once (redis-py cannot tell
+whether it ran), so the scripts that charge or refund are idempotent: each carries an id,
+remembered for `ARGV` keep µs in the key's "ops" sorted set (scored by expiry), and a
+second run of the same id changes nothing.
 """
 
 PRELUDE = """
@@ -27,14 +32,32 @@ local function store(key, limit, l)
   redis.call('HSET', key, 'level', string.format('%.17g', l), 'ts', string.format('%.0f', now))
   redis.call('PEXPIRE', key, math.ceil((limit - l) * WINDOW / limit / 1000) + 1000)
 end
+
+local function done_before(ops, id)
+  redis.call('ZREMRANGEBYSCORE', ops, '-inf', now)
+  return redis.call('ZSCORE', ops, id) ~= false
+end
+
+local function remember(ops, id, keep)
+  redis.call('ZADD', ops, now + keep, id)
+  redis.call('PEXPIRE', ops, math.ceil(keep / 1000) + 1000)
+end
 """
 
-# KEYS: requests bucket, tokens bucket, in-flight set. ARGV: rpm, tpm, concurrency (0 = no
-# limit), estimated tokens, lease member, lease µs. Checks all three, then commits all or none.
+# KEYS: requests bucket, tokens bucket, in-flight set, ops set. ARGV: rpm, tpm, concurrency
+# (0 = no limit), estimated tokens, lease member (the admission's id), lease µs, keep µs.
+# Checks all three, then commits all or none. A refusal commits nothing, so only an
+# admission is remembered; its second run reports the buckets as they are now.
 ADMIT = PRELUDE + """
 local rpm, tpm, conc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cost, lease = tonumber(ARGV[4]), tonumber(ARGV[6])
 local refused, wait, r, k, busy = 0, 0, 0, 0, 0
+if done_before(KEYS[4], ARGV[5]) then
+  if rpm > 0 then r = level(KEYS[1], rpm) end
+  if tpm > 0 then k = level(KEYS[2], tpm) end
+  if conc > 0 then busy = redis.call('ZCARD', KEYS[3]) end
+  return {0, '0', string.format('%.17g', r), string.format('%.17g', k), busy}
+end
 if rpm > 0 then
   r = level(KEYS[1], rpm)
   if r < 1 - EPS then
@@ -62,14 +85,18 @@ if refused == 0 then
     redis.call('PEXPIRE', KEYS[3], math.ceil(lease / 1000) + 1000)
     busy = busy + 1
   end
+  remember(KEYS[4], ARGV[5], tonumber(ARGV[7]))
 end
 return {refused, string.format('%.17g', wait), string.format('%.17g', r),
         string.format('%.17g', k), busy}
 """
 
-# KEYS: requests bucket, tokens bucket. ARGV: rpm, requests delta, tpm, tokens delta.
-# A positive delta gives units back (capped at full), a negative one charges (may go into debt).
+# KEYS: requests bucket, tokens bucket, ops set. ARGV: rpm, requests delta, tpm, tokens
+# delta, the adjustment's id, keep µs. A positive delta gives units back (capped at full), a
+# negative one charges (may go into debt).
 ADJUST = PRELUDE + """
+if done_before(KEYS[3], ARGV[5]) then return 0 end
+remember(KEYS[3], ARGV[5], tonumber(ARGV[6]))
 for i = 1, 2 do
   local limit, delta = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
   if limit > 0 and delta ~= 0 then
