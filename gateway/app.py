@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
 )
+from gateway.openapi_doc.document import document_of
 from gateway.routes import chat, completions, health, models, schemas
 from gateway.routes.common import RawRoute, request_id
 from gateway.services import Services
@@ -58,9 +60,10 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         error = MethodNotAllowedError(
             f"Method {request.method} is not allowed on {request.url.path}"
         )
-        # Starlette spells it "Allow".
+        # Starlette spells it "Allow", and lists a route's methods in its set's order.
         given = {name.lower(): value for name, value in (exc.headers or {}).items()}
-        error.headers["allow"] = given.get("allow", "")
+        methods = (m.strip() for m in given.get("allow", "").split(","))
+        error.headers["allow"] = ", ".join(sorted(m for m in methods if m))
     else:
         error = GatewayError(str(exc.detail))
         error.status_code = exc.status_code
@@ -195,4 +198,7 @@ def create_app(settings: Settings) -> GatewayApp:
     app.add_exception_handler(Exception, _on_unexpected)
     for module in (chat, completions, models, schemas, health):
         app.include_router(module.router)
+    # `/openapi.json` serves the document that `openapi/openapi.json` checks in, not
+    # FastAPI's bare one (which knows nothing of the bodies the raw handlers read).
+    app.openapi = functools.cache(lambda: document_of(app))  # type: ignore[method-assign]
     return app

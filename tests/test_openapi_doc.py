@@ -30,6 +30,9 @@ ROUTES = {
     ("/v1/chat/completions", "post"), ("/v1/completions", "post"), ("/v1/models", "get"),
     ("/v1/models/{model_id}", "get"), ("/v1/schemas", "get"), ("/v1/schemas/{ref}", "get"),
     ("/healthz", "get"), ("/readyz", "get"),
+} | {  # what answers GET answers HEAD
+    ("/v1/models", "head"), ("/v1/models/{model_id}", "head"), ("/v1/schemas", "head"),
+    ("/v1/schemas/{ref}", "head"), ("/healthz", "head"), ("/readyz", "head"),
 }
 RATELIMIT_HEADERS = {
     f"x-ratelimit-{what}-{kind}"
@@ -157,6 +160,24 @@ def test_checked_in_document_matches_the_code(doc: dict[str, Any]) -> None:
     assert doc == build_document()
 
 
+async def test_the_gateway_serves_the_checked_in_document(client: httpx.AsyncClient) -> None:
+    served = await client.get("/openapi.json")
+    assert served.status_code == 200
+    assert served.json() == json.loads(DOCUMENT_PATH.read_text())
+
+
+def test_head_operations_describe_no_body(doc: dict[str, Any]) -> None:
+    heads = [(path, op) for path, method, op in operations(doc) if method == "head"]
+    assert {path for path, _ in heads} == {path for path, method, _ in operations(doc)
+                                           if method == "get"}
+    for path, operation in heads:
+        get = doc["paths"][path]["get"]
+        assert operation["responses"].keys() == get["responses"].keys(), path
+        for response in operation["responses"].values():
+            assert "content" not in deref(doc, response), path
+        assert operation["operationId"] != get["operationId"]
+
+
 def test_generation_is_deterministic() -> None:
     assert render(build_document()) == render(build_document())
 
@@ -221,7 +242,7 @@ def test_operations_need_a_key_except_probes(doc: dict[str, Any]) -> None:
 def test_errors_use_the_openai_error_shape(doc: dict[str, Any]) -> None:
     for path, method, operation in operations(doc):
         for status, response in operation["responses"].items():
-            if int(status) < 400 or path == "/readyz":
+            if int(status) < 400 or path == "/readyz" or method == "head":
                 continue
             schema = deref(doc, response)["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
@@ -339,6 +360,11 @@ async def test_real_responses_match_the_document(
         response = await client.get(path)
         assert response.status_code == status, (path, response.text)
         assert schema_errors(registry, component, response.json()) == [], path
+        # HEAD: the same status and headers, and no body (the document says so too).
+        head = await client.head(path)
+        assert head.status_code == status and head.content == b"", path
+        assert head.headers["content-type"] == response.headers["content-type"]
+        assert head.headers["content-length"] == response.headers["content-length"], path
 
     bad = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
     assert bad.status_code == 400

@@ -22,8 +22,11 @@ import difflib
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from fastapi import FastAPI
 
 from gateway.openapi_doc.headers import _HEADER_COMPONENT_NAMES, _HEADERS, DOCUMENT_PATH, JSON, REPO
 from gateway.openapi_doc.operations import (
@@ -33,6 +36,19 @@ from gateway.openapi_doc.operations import (
     _response_components,
 )
 from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS
+
+_METHOD_ORDER = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
+
+
+def _head_of(get: JSON) -> JSON:
+    """A GET operation's HEAD twin: the same statuses and headers, no body."""
+    components = _response_components()
+    responses: JSON = {}
+    for status, response in get["responses"].items():
+        if "$ref" in response:
+            response = components[response["$ref"].rsplit("/", 1)[1]]
+        responses[status] = {k: v for k, v in response.items() if k != "content"}
+    return {**get, "summary": f"{get['summary']} (headers only)", "responses": responses}
 
 
 class UndocumentedRouteError(Exception):
@@ -47,6 +63,7 @@ def enrich(generated: JSON) -> JSON:
         for path, item in doc.get("paths", {}).items()
         for method in item
         if (path, method) not in _OPERATIONS
+        and not (method == "head" and (path, "get") in _OPERATIONS)
     ]
     if missing:
         raise UndocumentedRouteError(
@@ -56,11 +73,18 @@ def enrich(generated: JSON) -> JSON:
     paths: JSON = {}
     for path, item in doc["paths"].items():
         paths[path] = {}
-        for method, operation in item.items():
-            extra = _OPERATIONS[(path, method)]
+        # In one order whatever the order of a route's set of methods (hash-seeded).
+        for method, operation in sorted(item.items(), key=lambda kv: _METHOD_ORDER.index(kv[0])):
+            extra = _OPERATIONS.get((path, method)) or _head_of(_OPERATIONS[(path, "get")])
+            operation_id = operation["operationId"]
+            if method in ("get", "head"):
+                # FastAPI names both methods of a GET+HEAD route after whichever its set
+                # of methods yields first.
+                base = operation_id.removesuffix("_get").removesuffix("_head")
+                operation_id = f"{base}_{method}"
             described: JSON = {
                 "summary": extra["summary"],
-                "operationId": operation["operationId"],
+                "operationId": operation_id,
                 "tags": extra["tags"],
             }
             if "description" in operation:
@@ -126,6 +150,16 @@ def _quiet_auth_warning() -> Iterator[None]:
         logger.setLevel(previous)
 
 
+def document_of(app: FastAPI) -> JSON:
+    """The document for `app`'s routes (what the app serves at `/openapi.json`)."""
+    with warnings.catch_warnings():
+        # A route that answers GET and HEAD gets one operationId from FastAPI, for both
+        # methods; `enrich` gives each its own.
+        warnings.filterwarnings("ignore", "Duplicate Operation ID", UserWarning)
+        generated = FastAPI.openapi(app)
+    return enrich(generated)
+
+
 def build_document() -> JSON:
     from gateway.app import create_app
     from gateway.settings import Settings
@@ -134,7 +168,7 @@ def build_document() -> JSON:
     # which is how the gateway is deployed. Only the route table is read from the app.
     with _quiet_auth_warning():
         app = create_app(Settings(auth_enabled=False, schemas_dir=REPO / "schemas"))
-    return enrich(app.openapi())
+    return app.openapi()
 
 
 def render(doc: JSON) -> str:

@@ -18,6 +18,10 @@ from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+# What answers GET answers HEAD (RFC 9110; uptime monitors probe with HEAD); the server leaves
+# the body out. FastAPI's `router.get`, unlike Starlette's routes, does not add it.
+READ_METHODS = ["GET", "HEAD"]
+
 
 def services_of(request: Request) -> Services:
     services: Services = request.app.services

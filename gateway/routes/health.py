@@ -8,19 +8,19 @@ from starlette.responses import Response
 
 from gateway.asgi import JSONResponse
 from gateway.errors import GatewayError
-from gateway.routes.common import services_of
+from gateway.routes.common import READ_METHODS, services_of
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 
 router = APIRouter()
 _READY_DEADLINE_S = 2.0
 
 
-@router.get("/healthz")
+@router.api_route("/healthz", methods=READ_METHODS)
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.api_route("/readyz", methods=READ_METHODS)
 async def readyz(request: Request) -> Response:
     """Ready when vLLM answers `/version` now (no waiting out a cold start here)."""
     services = services_of(request)
@@ -37,7 +37,7 @@ async def readyz(request: Request) -> Response:
                            "dialect": dialect.name})
 
 
-@router.get("/metrics")
+@router.api_route("/metrics", methods=READ_METHODS)
 async def metrics(request: Request) -> Response:
     return Response(services_of(request).metrics.render(),
                     media_type="text/plain; version=0.0.4")

@@ -10,7 +10,7 @@ from starlette.requests import Request
 
 from gateway.errors import ModelNotFoundError
 from gateway.planning import SCHEMA_MODEL_PREFIX
-from gateway.routes.common import header, services_of
+from gateway.routes.common import READ_METHODS, header, services_of
 from gateway.services import Services
 
 router = APIRouter()
@@ -29,14 +29,14 @@ async def _models(services: Services) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
-@router.get("/v1/models")
+@router.api_route("/v1/models", methods=READ_METHODS)
 async def list_models(request: Request) -> dict[str, Any]:
     services = services_of(request)
     services.authenticator.authenticate(header(request, b"authorization"))
     return {"object": "list", "data": await _models(services)}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.api_route("/v1/models/{model_id:path}", methods=READ_METHODS)
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     services = services_of(request)
     services.authenticator.authenticate(header(request, b"authorization"))

@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.requests import Request
 
-from gateway.routes.common import header, services_of
+from gateway.routes.common import READ_METHODS, header, services_of
 
 router = APIRouter()
 
 
-@router.get("/v1/schemas")
+@router.api_route("/v1/schemas", methods=READ_METHODS)
 async def list_schemas(request: Request) -> dict[str, Any]:
     services = services_of(request)
     services.authenticator.authenticate(header(request, b"authorization"))
@@ -31,7 +31,7 @@ async def list_schemas(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-@router.get("/v1/schemas/{ref}")
+@router.api_route("/v1/schemas/{ref}", methods=READ_METHODS)
 async def get_schema(ref: str, request: Request) -> dict[str, Any]:
     """`name` (every version, newest last) or `name@version` (that one)."""
     services = services_of(request)
