@@ -10,10 +10,11 @@
 2. The connection tells the app when the client goes away (`asgi.DisconnectSignal`, in the
    scope's extensions), so a request need not keep a task waiting on `receive()` just to
    notice a disconnect. Under any other server the app falls back to such a task.
-3. A request must arrive whole within `IRGW_REQUEST_READ_TIMEOUT_S` of the read that left
-   it incomplete (uvicorn has no such limit: a client sending a byte now and then held its
-   connection, and the request's task, forever; a slowloris). The timer is armed only when
-   a read ends inside a request, so a request that arrives in one read never touches it.
+3. A request that stops arriving for `IRGW_REQUEST_READ_TIMEOUT_S` gets a 408 (uvicorn has
+   no such limit: a client that stalled mid-request held its connection, and the request's
+   task, forever). The timer is armed only when a read ends inside a request, so a request
+   that arrives in one read never touches it. After an answer that leaves part of the request
+   unread (a 413, a 401, the 408), the connection lingers, then closes: no draining.
 """
 
 from __future__ import annotations
@@ -81,9 +82,17 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
+# After a final answer sent while the client is still sending (a 413 on the declared length,
+# a 401, a 408): how long what it still sends is read and dropped before the connection
+# closes. Closing with unread input makes the kernel reset the connection, and a client that
+# writes its whole body before reading (httpx, the openai client) then never sees the answer
+# (nginx's lingering close does the same).
+LINGER_S = 5.0
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`, telling the
-    app of a lost connection through a `DisconnectSignal` and timing out slow requests."""
+    app of a lost connection through a `DisconnectSignal` and timing out stalled requests."""
 
     read_timeout_s: float = 30.0  # set per server by `uvicorn_options`
 
@@ -91,7 +100,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.disconnect_signal = DisconnectSignal()
         self._extensions = {DISCONNECT_EXTENSION: self.disconnect_signal}
         self._reading = False  # a request has begun and has not arrived whole
+        self._discarding = False  # answered for good: what still comes is dropped
+        self._last_read = 0.0  # when the request being read last made progress
         self._read_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
         # The cycle of the request before the one being read (None on a fresh connection).
         self._cycle_before: RequestResponseCycle | None = None
         super().connection_made(
@@ -99,9 +111,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         )
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
         super().data_received(data)
-        if self._reading and self._read_timer is None and not self.transport.is_closing():
-            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
+        if self._reading:  # this read ended inside a request: the client has to go on
+            self._last_read = self.loop.time()
+            if self._read_timer is None and not self.transport.is_closing():
+                self._read_timer = self.loop.call_later(self.read_timeout_s,
+                                                        self._read_timed_out)
 
     def on_message_begin(self) -> None:
         self._reading = True
@@ -116,45 +133,71 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._read_timer = None
         super().on_message_complete()
 
-    def _read_timed_out(self) -> None:
-        self._read_timer = None
-        if not self._reading or self.transport.is_closing():
-            return
-        before = self._cycle_before
-        if self.flow.read_paused or (before is not None and not before.response_complete):
-            # Not the client's delay: a pipelined request waits for the one before it.
-            self._read_timer = self.loop.call_later(self.read_timeout_s, self._read_timed_out)
-            return
-        cycle = self.cycle
-        # Its head still incomplete (no cycle of its own yet), or its body incomplete and the
-        # app still waiting for it: the client gets a 408 (which the openai client retries).
-        # The app's task then sees the connection lost, as for a client that went away.
-        if cycle is before or not cycle.response_started:
-            self._send_error(
-                b"408 Request Timeout", "request_timeout",
-                f"the request did not arrive whole within {self.read_timeout_s:g} s "
-                "(IRGW_REQUEST_READ_TIMEOUT_S)",
-            )
-        # Otherwise its answer went out before its body was read (a 401, a 413): the rest of
-        # the upload is not worth waiting for.
-        self.transport.close()
-
     def on_response_complete(self) -> None:
         # The answer is whole: send it now, before the app's and uvicorn's own bookkeeping
         # for the request runs (rate-limit settlement, metrics, the keep-alive timer).
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
+        if self._reading:
+            if self.cycle is not self._cycle_before and self.cycle.response_complete:
+                # Answered before its body was read (a 401, a 413): the rest of the upload
+                # is not worth reading on.
+                self._linger()
+            else:
+                # A pipelined request's turn comes: the wait so far was the gateway's.
+                self._last_read = self.loop.time()
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def _read_timed_out(self) -> None:
+        self._read_timer = None
+        if not self._reading or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        before = self._cycle_before
+        if self.flow.read_paused or (before is not None and not before.response_complete):
+            self._last_read = now  # not the client's delay: a pipelined request waits its turn
+        idle = now - self._last_read
+        if idle < self.read_timeout_s:
+            self._read_timer = self.loop.call_later(self.read_timeout_s - idle,
+                                                    self._read_timed_out)
+            return
+        cycle = self.cycle
+        if cycle is not before and cycle.response_started:  # an answer under way: cut it
+            self.transport.close()
+            return
+        if cycle is not before:  # the app waits for the body: it sees the client gone
+            cycle.disconnected = True
+            cycle.message_event.set()
+        # (The openai client retries a 408.)
+        self._send_error(
+            b"408 Request Timeout", "request_timeout",
+            f"the request stalled: nothing of it arrived for {self.read_timeout_s:g} s "
+            "(IRGW_REQUEST_READ_TIMEOUT_S)",
+        )
+        self._linger()
+
+    def _linger(self) -> None:
+        """No more requests on this connection: send what is written and end our side, drop
+        what the client still sends for `LINGER_S`, then close."""
+        self._reading = False
+        self._discarding = True
         if self._read_timer is not None:
             self._read_timer.cancel()
+            self._read_timer = None
+        self.flow.resume_reading()
+        self.transport.write_eof()
+        self._close_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._read_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
         super().connection_lost(exc)
         self.disconnect_signal.fire()
 
     def send_400_response(self, msg: str) -> None:
         # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).
         self._send_error(b"400 Bad Request", "invalid_http_request", msg)
-        self.transport.close()
+        self._linger()
 
     def _send_error(self, status: bytes, code: str, message: str) -> None:
         """An error the app never saw (the request never became one), in OpenAI's shape and

@@ -60,9 +60,9 @@ class Settings(BaseSettings):
     request_read_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        description="How long a client may take to send a request whole (head and body), "
-        "counted from the first read that leaves it incomplete; then 408 and the connection "
-        "closes. Without it a client sending a byte now and then holds a connection forever.",
+        description="How long a request may stall mid-way (nothing of its head or body "
+        "arriving); then 408 and the connection closes. Without it a client that stops "
+        "mid-request holds its connection (and, past the head, a task) forever.",
     )
     shutdown_grace_s: float = Field(
         default=25.0,

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from starlette.requests import Request
 
+from gateway import server
 from gateway.asgi import (
     DISCONNECT_EXTENSION,
     ClientDisconnectedError,
@@ -295,7 +298,7 @@ def _chat_request(extra_headers: bytes = b"") -> tuple[bytes, bytes]:
     return head, body
 
 
-async def test_a_request_that_never_arrives_whole_gets_a_408(fake: FakeUpstream) -> None:
+async def test_a_request_that_stalls_gets_a_408(fake: FakeUpstream) -> None:
     fake.default = Reply(content=VALID)
     settings = unit_settings(fake.url, request_read_timeout_s=0.3)
     head, body = _chat_request()
@@ -312,23 +315,73 @@ async def test_a_request_that_never_arrives_whole_gets_a_408(fake: FakeUpstream)
         assert gw.app.services.metrics.inflight == 0  # the stalled request's task ended
         assert fake.requests == []  # and nothing of it reached vLLM
 
-        # Slow, but whole within the limit: answered as usual.
+        # Slow but never stalled, for twice the timeout in all: answered as usual.
         head, body = _chat_request(b"connection: close\r\n")
-        answer, _ = await _exchange(gw.url, (0, head[:40]), (0.1, head[40:] + body[:20]),
-                                    (0.1, body[20:]))
+        pieces = [head[:40], head[40:], *(body[i:i + 20] for i in range(0, len(body), 20))]
+        pause = 0.6 / len(pieces)
+        answer, _ = await _exchange(gw.url, *((pause, piece) for piece in pieces))
         assert answer.startswith(b"HTTP/1.1 200") and len(fake.requests) == 1
 
 
-async def test_an_upload_answered_early_is_not_waited_for(fake: FakeUpstream) -> None:
+async def _trickle(total: int, piece: int, pause_s: float) -> AsyncIterator[bytes]:
+    for start in range(0, total, piece):
+        await asyncio.sleep(pause_s)
+        yield b" " * min(piece, total - start)
+
+
+async def test_an_upload_answered_early_still_gets_its_answer_and_is_not_drained(
+        fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "LINGER_S", 0.5)
     settings = unit_settings(fake.url, request_read_timeout_s=0.3, max_request_bytes=1024)
     async with running_gateway(settings) as gw:
-        # Refused on its declared length at once; the client keeps the 1 GB coming (here:
-        # stalls). The connection closes at the read timeout instead of draining it all.
-        answer, waited = await _exchange(gw.url, (0, (
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
-            b"content-type: application/json\r\ncontent-length: 1000000000\r\n\r\n{")))
+        # Refused on its declared length at once. httpx (as the openai client) writes the
+        # whole body before reading: closing on unread input would reset the connection
+        # and lose the 413 (and the openai client would send it all again).
+        async with httpx.AsyncClient(base_url=gw.url, timeout=10) as client:
+            refused = await client.post(
+                "/v1/chat/completions", content=_trickle(100_000, 2_000, 0.002),
+                headers={"content-type": "application/json", "content-length": "100000"})
+        assert refused.status_code == 413
+        assert refused.json()["error"]["code"] == "body_too_large"
+
+        # A client that goes on sending is not read on for long: the gateway closes.
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 1000000000\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 2)  # the answer, then the end of it
         assert answer.startswith(b"HTTP/1.1 413") and answer.count(b"HTTP/1.1") == 1
-        assert 0.2 < waited < 2
+        started = time.monotonic()
+        with pytest.raises(ConnectionError):
+            while time.monotonic() - started < 5:
+                writer.write(b" " * 10_000)
+                await writer.drain()
+                await asyncio.sleep(0.01)
+        assert time.monotonic() - started < 2
+        writer.close()
+
+
+async def test_a_pipelined_request_is_timed_from_its_turn(fake: FakeUpstream) -> None:
+    # B, pipelined behind A, waits its turn (A's answer takes longer than the timeout), then
+    # asks for 100 Continue and sends its body soon after: not a stalled client.
+    fake.default = Slow(0.55, then=Reply(content=VALID))
+    settings = unit_settings(fake.url, request_read_timeout_s=0.3)
+    head_a, body_a = _chat_request()
+    head_b, body_b = _chat_request(b"expect: 100-continue\r\nconnection: close\r\n")
+    async with running_gateway(settings) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head_a + body_a + head_b)
+        seen = b""
+        while b"100 Continue\r\n\r\n" not in seen:
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            assert chunk, seen
+            seen += chunk
+        await asyncio.sleep(0.1)
+        writer.write(body_b)
+        seen += await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", seen) == [b"200", b"100", b"200"]
 
 
 async def test_the_read_timeout_leaves_idle_and_busy_connections_alone(
