@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,14 +34,19 @@ from gateway.settings import Settings
 class CoalescingTransport:
     """A transport whose writes within one loop turn leave in one `write` of the real one."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_ended", "_loop", "_pending", "_transport", "close_hook")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._ended = False  # our side is finished: later writes are dropped
+        # Asked first by `close()`; True means it took over closing (see `_linger`).
+        self.close_hook: Callable[[], bool] | None = None
 
     def write(self, data: bytes) -> None:
+        if self._ended:
+            return
         if not self._pending:
             self._loop.call_soon(self.flush)
         self._pending.append(data)
@@ -49,8 +55,11 @@ class CoalescingTransport:
         self.write(b"".join(chunks))
 
     def write_eof(self) -> None:
+        """Send what is held, then end our side where the transport can (not under TLS)."""
         self.flush()
-        self._transport.write_eof()
+        self._ended = True
+        if self._transport.can_write_eof() and not self._transport.is_closing():
+            self._transport.write_eof()
 
     def flush(self) -> None:
         """Send what is held now (also run at the end of the loop turn of the first write)."""
@@ -59,6 +68,8 @@ class CoalescingTransport:
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
+        if self.close_hook is not None and self.close_hook():
+            return
         self.flush()  # what was written before close() is still sent, as with any transport
         self._transport.close()
 
@@ -67,7 +78,7 @@ class CoalescingTransport:
         self._transport.abort()
 
     def is_closing(self) -> bool:
-        return self._transport.is_closing()
+        return self._ended or self._transport.is_closing()
 
     def pause_reading(self) -> None:
         self._transport.pause_reading()
@@ -104,11 +115,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._last_read = 0.0  # when the request being read last made progress
         self._read_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._shutting_down = False
+        self._deferred_400: str | None = None  # a parse error's answer, after the one under way
         # The cycle of the request before the one being read (None on a fresh connection).
         self._cycle_before: RequestResponseCycle | None = None
-        super().connection_made(
-            CoalescingTransport(transport, self.loop)  # type: ignore[arg-type]
-        )
+        coalescing = CoalescingTransport(transport, self.loop)
+        coalescing.close_hook = self._close_requested
+        super().connection_made(coalescing)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -138,7 +151,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # for the request runs (rate-limit settlement, metrics, the keep-alive timer).
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
-        if self._reading:
+        if self._deferred_400 is not None:
+            message, self._deferred_400 = self._deferred_400, None
+            self._send_error(b"400 Bad Request", "invalid_http_request", message)
+            self._linger()
+        elif self._reading:
             if self.cycle is not self._cycle_before and self.cycle.response_complete:
                 # Answered before its body was read (a 401, a 413): the rest of the upload
                 # is not worth reading on.
@@ -183,9 +200,29 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
+        if self.transport.is_closing():
+            return
         self.flow.resume_reading()
         self.transport.write_eof()
-        self._close_timer = self.loop.call_later(LINGER_S, self.transport.close)
+        if self._shutting_down:
+            self.transport.close()
+        else:
+            self._close_timer = self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _close_requested(self) -> bool:
+        # uvicorn closes right after an answer when the client asked for `connection: close`
+        # (or spoke HTTP/1.0); with part of the request still unread, linger instead.
+        if self._reading and not self._discarding and not self._shutting_down:
+            self._linger()
+            return True
+        return False
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        if self._discarding:  # lingering: nothing more is owed to this client
+            self.transport.close()
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in (self._read_timer, self._close_timer):
@@ -195,7 +232,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self.disconnect_signal.fire()
 
     def send_400_response(self, msg: str) -> None:
-        # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).
+        # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain),
+        # and nothing after it on this connection is a request.
+        self._discarding = True
+        before, cycle = self._cycle_before, self.cycle
+        if (before is not None and not before.response_complete) or (
+                cycle is not None and cycle.response_started and not cycle.response_complete):
+            # An answer is under way (a pipelined request's): the 400 follows it.
+            self.pipeline.clear()
+            self._deferred_400 = msg
+            return
+        if cycle is not None and cycle is not before and not cycle.response_started:
+            cycle.disconnected = True  # its app waits for a body that will never be whole
+            cycle.message_event.set()
         self._send_error(b"400 Bad Request", "invalid_http_request", msg)
         self._linger()
 

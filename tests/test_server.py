@@ -290,8 +290,8 @@ async def _exchange(url: str, *parts: tuple[float, bytes]) -> tuple[bytes, float
     return answer, time.monotonic() - sent
 
 
-def _chat_request(extra_headers: bytes = b"") -> tuple[bytes, bytes]:
-    body = json.dumps({"model": "schema/function_ir",
+def _chat_request(extra_headers: bytes = b"", *, stream: bool = False) -> tuple[bytes, bytes]:
+    body = json.dumps({"model": "schema/function_ir", "stream": stream,
                        "messages": [{"role": "user", "content": "add two ints"}]}).encode()
     head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
             b"application/json\r\ncontent-length: %d\r\n%s\r\n" % (len(body), extra_headers))
@@ -359,6 +359,45 @@ async def test_an_upload_answered_early_still_gets_its_answer_and_is_not_drained
                 await asyncio.sleep(0.01)
         assert time.monotonic() - started < 2
         writer.close()
+
+
+async def test_an_early_answer_reaches_a_client_that_asked_to_close(
+        fake: FakeUpstream) -> None:
+    # `connection: close` (urllib always sends it; HTTP/1.0 implies it) made uvicorn close
+    # right after the 413, on unread input: a reset, and the 413 lost.
+    settings = unit_settings(fake.url, max_request_bytes=1024)
+    async with running_gateway(settings) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                     b"content-type: application/json\r\ncontent-length: 400000\r\n\r\n")
+        for _ in range(100):  # writes the whole body first, as urllib and httpx do
+            writer.write(b" " * 4_000)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 413") and b"body_too_large" in answer
+
+
+async def test_garbage_pipelined_behind_a_request_waits_for_its_answer(
+        fake: FakeUpstream) -> None:
+    # The 400 for bytes that are not HTTP went out at once, mid-way through the answer to the
+    # request before them, and that answer's writes then failed after the end of the stream.
+    fake.default = SlowStream(0.05, then=Reply(content=VALID))
+    loop_errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+    head, body = _chat_request(stream=True)
+    async with running_gateway(unit_settings(fake.url)) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(head + body + b"\x00\x01 NOT HTTP\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"200", b"400"]
+    first, _, second = answer.partition(b"HTTP/1.1 400")
+    assert b"data: [DONE]" in first and b"invalid_http_request" in second
+    assert loop_errors == []
 
 
 async def test_a_pipelined_request_is_timed_from_its_turn(fake: FakeUpstream) -> None:
