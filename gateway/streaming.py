@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens
 from gateway.shapes import SSE_DONE, chat_chunk, finish_reason, sse, usage_of
 from gateway.tools import as_tool_call_chunk
@@ -37,19 +37,25 @@ class StreamState:
 
     usage: dict[str, int] | None = None
     content_chunks: int = 0
+    # Until vLLM's stream ends (or breaks): a client gone, or a read timeout, gave up a
+    # generation vLLM was running.
+    abandoned: bool = True
     outcome: str | None = None  # passed / repaired / failed / truncated / error
     parts: list[str] = field(default_factory=list)
 
 
-def stream_tokens(plan: ChatPlan, state: StreamState) -> int | None:
-    """What a finished or broken stream is charged: vLLM's usage; if it never came, the
-    prompt estimate plus a token per content chunk (a stream cut short still cost GPU
-    time); None (refund) if nothing was generated."""
+def stream_tokens(plan: ChatPlan, state: StreamState, reserved: int) -> int | None:
+    """What a stream is charged: vLLM's usage; without it, a stream given up while vLLM
+    worked on it keeps its reservation (as an answer the client did not wait for: else
+    leaving before the first token would make any prompt free); a stream vLLM broke off
+    costs the prompt estimate plus a token per content chunk, or nothing if nothing was
+    generated."""
     if state.usage is not None:
         return state.usage["total_tokens"]
-    if state.content_chunks:
-        return estimate_prompt_tokens(plan.body) + state.content_chunks
-    return None
+    generated = estimate_prompt_tokens(plan.body) + state.content_chunks
+    if state.abandoned:
+        return max(reserved, generated)
+    return generated if state.content_chunks else None
 
 
 def _error_event(error: GatewayError) -> bytes:
@@ -113,9 +119,11 @@ async def relay_chat(
                     yield sse(chunk)
     except GatewayError as error:
         state.outcome = "error"
+        state.abandoned = isinstance(error, UpstreamTimeoutError)
         yield _error_event(error)
         yield SSE_DONE
         return
+    state.abandoned = False
 
     if plan.checked:
         try:
@@ -127,6 +135,9 @@ async def relay_chat(
             )
         except CheckFailure as failure:
             state.outcome = "truncated" if failure.truncated else "failed"
+            for chunk in held:  # the usage event: the tokens are charged all the same
+                if not chunk["choices"] and plan.include_usage:
+                    yield sse(chunk)
             yield _error_event(failure_to_error(failure, 1))
             yield SSE_DONE
             return
@@ -171,7 +182,9 @@ async def relay_completion(events: AsyncIterator[bytes], include_usage: bool,
                 if any(choice.get("text") for choice in choices):
                     state.content_chunks += 1
                 yield sse(raw)
+        state.abandoned = False
     except GatewayError as error:
         state.outcome = "error"
+        state.abandoned = isinstance(error, UpstreamTimeoutError)
         yield _error_event(error)
     yield SSE_DONE

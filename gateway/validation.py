@@ -21,7 +21,8 @@ from gateway.registry import RegisteredSchema
 
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _CONTROL_RE = re.compile(r"[\x00-\x1f]")
-_ESCAPED_CONTROL_RE = re.compile(r"\\[\x00-\x1f]")
+# A control character after an odd run of backslashes: the last backslash escapes it.
+_ESCAPED_CONTROL_RE = re.compile(r"(?<!\\)(?:\\\\)*\\[\x00-\x1f]")
 _SHORT_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _MAX_RAW_OUTPUT = 16_384  # raw output echoed in an error body, for debugging
 
@@ -157,7 +158,8 @@ def validate_document(document: Any, schema: RegisteredSchema, text: str) -> Non
 def check_output(
     text: str | None, schema: RegisteredSchema | None, *, repair: bool, truncated: bool = False
 ) -> CheckedOutput:
-    """Parse and validate one answer. `schema=None` checks only that it is JSON (json_object).
+    """Parse and validate one answer. `schema=None` checks only that it is a JSON object
+    (json_object).
 
     Raises CheckFailure; `truncated` (finish_reason "length") is carried into the failure so
     the caller can report a cut-off answer as such.
@@ -176,6 +178,9 @@ def check_output(
             text, outcome = fixed, Outcome.REPAIRED
         if schema is not None:
             validate_document(document, schema, text)
+        elif not isinstance(document, dict):  # json_object: OpenAI's JSON mode is an object
+            raise CheckFailure(reason="the answer is JSON but not a JSON object", pointer="",
+                               constraint="json_object", raw_output=text)
     except CheckFailure as failure:
         if truncated:
             raise CheckFailure(

@@ -210,6 +210,10 @@ async def test_json_object_and_text_pass_through(client: httpx.AsyncClient,
     response = await chat(client, response_format={"type": "json_object"})
     assert response.status_code == 200
     assert fake.requests[-1].json["response_format"] == {"type": "json_object"}
+    fake.script(Reply("[1, 2]"))  # JSON, but not the object JSON mode promises
+    response = await chat(client, response_format={"type": "json_object"})
+    assert response.status_code == 422
+    assert "not a JSON object" in response.json()["error"]["message"]
     fake.script(Reply("hello there"))
     response = await chat(client, response_format={"type": "text"})
     assert response.json()["choices"][0]["message"]["content"] == "hello there"

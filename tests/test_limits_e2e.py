@@ -277,6 +277,44 @@ async def test_a_stream_cut_short_is_charged_what_it_generated(
     assert remaining > 1000 - 2 * reservation
 
 
+@pytest.mark.parametrize("route,body", [
+    ("/v1/chat/completions", {**BODY, "stream": True}),
+    ("/v1/completions", {"model": "qwen-coder", "prompt": "add", "max_tokens": 50,
+                         "stream": True}),
+])
+@pytest.mark.parametrize("how", ["client left", "upstream timeout"])
+async def test_a_stream_given_up_before_its_first_token_keeps_its_reservation(
+        fake: FakeUpstream, tmp_path: Path, route: str, body: dict[str, Any], how: str) -> None:
+    # vLLM had the prompt (its stream was open) when the stream was given up: refunding it
+    # made any prompt free to a client that leaves before the first token.
+    from gateway.planning import estimate_prompt_tokens
+    from tests.fake_upstream import SlowStream
+
+    reservation = estimate_prompt_tokens(body) + body["max_tokens"]
+    _, _, key = new_key(tmp_path, tpm=1000)
+    settings = keyed_settings(fake, tmp_path / "keys.json",
+                              upstream_timeout_s=0.3 if how == "upstream timeout" else 10)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        headers = {"authorization": f"Bearer {key}"}
+        await client.get("/readyz")
+        fake.script(SlowStream(1.0, then=Reply(VALID)))
+        if how == "client left":
+            with pytest.raises(httpx.ReadTimeout):
+                async with client.stream("POST", route, json=body, headers=headers,
+                                         timeout=httpx.Timeout(5, read=0.3)) as response:
+                    await response.aread()
+            await fake.wait_cancelled(1, within_s=3)
+        else:
+            async with client.stream("POST", route, json=body, headers=headers) as response:
+                assert '"upstream_timeout"' in (await response.aread()).decode()
+        await asyncio.sleep(0.1)
+        fake.script(Reply(VALID))
+        after = await client.post("/v1/chat/completions", json=BODY, headers=headers)
+    remaining = int(after.headers["x-ratelimit-remaining-tokens"])
+    expected = 1000 - reservation - (estimate_prompt_tokens(BODY) + BODY["max_tokens"])
+    assert expected <= remaining < expected + 10
+
+
 @pytest.mark.parametrize("route,extra", [
     ("/v1/chat/completions", {}),
     ("/v1/completions", {"prompt": "add"}),

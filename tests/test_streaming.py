@@ -87,6 +87,17 @@ async def test_stream_that_fails_the_schema_ends_with_an_error_event(
                    for e in events[:-2])
 
 
+async def test_a_failed_stream_still_reports_its_usage_when_asked(
+    client: httpx.AsyncClient, fake: FakeUpstream,
+) -> None:
+    fake.script(Reply(BAD_NAME))
+    _, events, _ = await stream(client, stream_options={"include_usage": True})
+    assert events[-1] == "[DONE]" and "error" in events[-2]
+    usage = events[-3]  # the tokens are charged all the same: the client learns how many
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] > 0
+    openai_spec.validate("CreateChatCompletionStreamResponse", usage)
+
+
 async def test_truncated_stream_is_reported_as_truncated(client: httpx.AsyncClient,
                                                          fake: FakeUpstream) -> None:
     fake.script(Reply(TRUNCATED, finish_reason="length"))
@@ -163,6 +174,12 @@ async def test_client_disconnect_cancels_the_upstream_call(fake: FakeUpstream,
         fake.script(SlowStream(0.5, then=Reply(VALID, chunk_size=2)))
         await _disconnect_midway(gateway.url, BODY)
         await fake.wait_cancelled(2, within_s=3)
+
+        # Gone before vLLM's first bytes (it is slow to answer, or still booting): the
+        # stream is not even opened for a client who left.
+        fake.script(Slow(10.0, then=SlowStream(0.5, then=Reply(VALID))))
+        await _disconnect_midway(gateway.url, BODY)
+        await fake.wait_cancelled(3, within_s=3)
 
         # The connection that went away cancels nothing else: later requests are answered.
         fake.script(Reply(VALID))

@@ -61,6 +61,33 @@ def test_a_raw_control_character_after_a_backslash_is_not_repaired() -> None:
     assert repaired.outcome == "repaired" and repaired.document == {"name": "x\ny"}
 
 
+@pytest.mark.parametrize(("backslashes", "repairable"), [(1, False), (2, True), (3, False),
+                                                       (4, True)])
+def test_an_escaped_backslash_before_a_raw_control_character_is_repaired(
+        backslashes: int, repairable: bool) -> None:
+    # `\\<LF>` is an escaped backslash, then a raw newline: losslessly repaired, streamed or
+    # not (the whole-text repair took the second backslash as escaping the newline).
+    text = '{"name": "x' + "\\" * backslashes + '\ny"}'
+    escaper = StreamingEscaper()
+    streamed = escaper.feed(text[:10]) + escaper.feed(text[10:])
+    if repairable:
+        whole = check_output(text, None, repair=True)
+        assert whole.outcome == "repaired"
+        assert whole.document == {"name": "x" + "\\" * (backslashes // 2) + "\ny"}
+        assert check_output(streamed, None, repair=False).document == whole.document
+    else:
+        for answer, repair in ((text, True), (streamed, False)):
+            with pytest.raises(CheckFailure, match="not valid JSON"):
+                check_output(answer, None, repair=repair)
+
+
+@pytest.mark.parametrize("answer", ["[1, 2]", "42", '"text"', "null"])
+def test_json_object_mode_wants_an_object(answer: str) -> None:
+    with pytest.raises(CheckFailure, match="not a JSON object"):
+        check_output(answer, None, repair=True)
+    assert check_output('{"a": [1]}', None, repair=True).document == {"a": [1]}
+
+
 def test_a_recursive_schema_and_a_failing_answer_are_a_check_failure() -> None:
     tree = {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#"}}},
             "additionalProperties": False}

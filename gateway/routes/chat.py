@@ -62,7 +62,7 @@ async def chat_completions(request: Request) -> Response:
                               prepared.max_tokens)
     if plan.stream:
         return await relayed(
-            services, "/v1/chat/completions", plan, body, prepared,
+            request, services, "/v1/chat/completions", plan, body, prepared,
             lambda events, state: relay_chat(events, plan, model, state, failure_to_error),
             answer_headers={"x-irgw-output": "checked-at-end"} if plan.checked else {},
             after=lambda state: _count_checked_stream(services, plan, state),

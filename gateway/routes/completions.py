@@ -95,7 +95,7 @@ async def completions(request: Request) -> Response:
 
     if plan.stream and not plan.checked:
         return await relayed(
-            services, "/v1/completions", plan, body, prepared,
+            request, services, "/v1/completions", plan, body, prepared,
             lambda events, state: relay_completion(events, plan.include_usage, state),
         )
     completed = await answer(COMPLETIONS, request, services, plan, body, model, prepared)

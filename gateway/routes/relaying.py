@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from typing import Any
 
-from gateway.asgi import SSEResponse
-from gateway.errors import GatewayError
+from starlette.requests import Request
+
+from gateway.asgi import ClientDisconnectedError, SSEResponse, until_disconnect
+from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.planning import ChatPlan
 from gateway.routes.admission import Prepared
 from gateway.services import Services
@@ -17,8 +19,8 @@ from gateway.streaming import StreamState, stream_tokens
 Relay = Callable[[AsyncIterator[bytes], StreamState], AsyncIterator[bytes]]
 
 
-async def relayed(services: Services, path: str, plan: ChatPlan, body: dict[str, Any],
-                  prepared: Prepared, relay: Relay, *,
+async def relayed(request: Request, services: Services, path: str, plan: ChatPlan,
+                  body: dict[str, Any], prepared: Prepared, relay: Relay, *,
                   answer_headers: Mapping[str, str] | None = None,
                   after: Callable[[StreamState], None] | None = None) -> SSEResponse:
     """vLLM's stream at `path`, as `relay` turns it into the client's events. When it closes,
@@ -28,12 +30,17 @@ async def relayed(services: Services, path: str, plan: ChatPlan, body: dict[str,
     admission, headers = prepared.admission, prepared.headers
     stack = AsyncExitStack()
     try:
-        events = await stack.enter_async_context(
+        # Watched: a client that leaves while vLLM is reached (connect retries through a
+        # cold start, a wait for a pooled connection, vLLM's first bytes) cancels it.
+        events = await until_disconnect(request, stack.enter_async_context(
             services.upstream.stream(path, body, {"x-request-id": prepared.request_id})
-        )
+        ))
     except BaseException as exc:
         await stack.aclose()
-        await admission.finish(None)
+        # As for an answer that is not streamed: vLLM may have started on it.
+        given_up = isinstance(exc, UpstreamTimeoutError) or (
+            isinstance(exc, ClientDisconnectedError) and exc.started)
+        await admission.finish(prepared.reserved if given_up else None)
         if isinstance(exc, GatewayError):
             exc.headers.update(headers)
         raise
@@ -41,7 +48,7 @@ async def relayed(services: Services, path: str, plan: ChatPlan, body: dict[str,
 
     async def on_close() -> None:
         await stack.aclose()
-        await admission.finish(stream_tokens(plan, state))
+        await admission.finish(stream_tokens(plan, state, prepared.reserved))
         if after is not None:
             after(state)
 
