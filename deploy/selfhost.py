@@ -37,7 +37,7 @@ from gateway import vllm_flags  # noqa: E402
 MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
 MODEL_REVISION = "c03e6d358207e414f1eca0bb1891e29f1db0e242"
 SERVED_MODEL_NAME = "qwen2.5-coder-7b"
-FLASHINFER_VERSION = "0.6.18.post1"
+FLASHINFER_VERSION = "0.7.0.post1"
 # What a GPU vLLM environment for this stack holds (`--print-requirements`, used by selfhost.sh).
 VLLM_GPU_REQUIREMENTS = (
     f"vllm=={vllm_flags.VLLM_VERSION}",
