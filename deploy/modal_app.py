@@ -106,8 +106,9 @@ VLLM_STARTUP_TIMEOUT_S = 600
 # `ir-gateway serve` listens within a few seconds (it loads schemas and keys, nothing more);
 # it does not wait for vLLM, which may be cold.
 GATEWAY_STARTUP_TIMEOUT_S = 60
-# Longer than the gateway's upstream read timeout (300 s), so Modal never cuts a request the
-# gateway still waits for.
+# The functions' own timeout, longer than the gateway's upstream read timeout (300 s). Modal's
+# proxy still answers a web request at 150 s with a 303 to a result URL that waits for the
+# answer; the gateway follows those (`UpstreamClient._send`).
 REQUEST_TIMEOUT_S = 600
 # An idle A10G costs money; a cold start costs 30-60 s. Ten minutes keeps a working session warm.
 VLLM_SCALEDOWN_S = 600

@@ -480,3 +480,39 @@ async def test_an_unsupported_vllm_release_is_an_upstream_error() -> None:
     async with RawServer(serve) as server, client_for(server.url()) as client:
         with pytest.raises(UpstreamError, match=r"0\.9\.1 is older than 0\.9\.2"):
             await client.dialect()
+
+
+async def test_modals_result_url_redirects_are_followed() -> None:
+    # Modal answers a web request still running at 150 s with a 303 to a result URL on the
+    # same host, which blocks until the answer is ready (or redirects again at 150 s).
+    gets = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal gets
+        while (request := await server.read_request(reader)) is not None:
+            line = request.split(b"\r\n", 1)[0]
+            result = b"/v1/chat/completions?__modal_function_call_id=fc-1"
+            if line.startswith(b"POST /v1/chat/completions "):
+                location = result
+            elif line == b"GET " + result + b" HTTP/1.1" and gets == 0:
+                gets += 1
+                location = server.url().encode() + result  # absolute, as a proxy may send
+            elif line == b"POST /v1/elsewhere HTTP/1.1":
+                location = b"https://example.com/v1/chat/completions"
+            else:
+                writer.write(answer(b'{"answer": 42}'))
+                continue
+            writer.write(b"HTTP/1.1 303 See Other\r\nlocation: %s\r\ncontent-length: 0\r\n\r\n"
+                         % location)
+
+    async with RawServer(handler) as server, client_for(server.url()) as client:
+        got = await client.post_json("/v1/chat/completions", {"prompt": "x"},
+                                     {"x-request-id": "req-1"})
+        assert got == {"answer": 42}
+        lines = [head.split(b"\r\n", 1)[0] for head in server.heads]
+        result = b"GET /v1/chat/completions?__modal_function_call_id=fc-1 HTTP/1.1"
+        assert lines == [b"POST /v1/chat/completions HTTP/1.1", result, result]
+        assert all(b"x-request-id: req-1" in head for head in server.heads)
+        # A redirect anywhere else is not followed: an upstream error, not an empty answer.
+        with pytest.raises(UpstreamError, match="303"):
+            await client.post_json("/v1/elsewhere", {}, {})

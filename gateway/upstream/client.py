@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -39,6 +40,8 @@ log = logging.getLogger("gateway.upstream")
 _RETRY_AFTER_S = 5
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
+# Modal's result URL redirects again every 150 s; 20 is what browsers follow (50 minutes).
+_MAX_RESULT_REDIRECTS = 20
 # vLLM's server closes idle keep-alive connections after 5 s (VLLM_HTTP_TIMEOUT_KEEP_ALIVE);
 # dropping ours sooner keeps requests off connections the server is about to close.
 _KEEPALIVE_S = 4.0
@@ -162,7 +165,45 @@ class UpstreamClient:
 
     async def _send(self, method: str, path: str, data: bytes | None,
                     headers: Mapping[str, str], deadline_s: float | None) -> Response:
-        """The answer's head, status < 400; the caller reads the body and releases it."""
+        """The answer's head, status 2xx; the caller reads the body and releases it.
+
+        Modal's web endpoints answer a request that runs past 150 s with a 303 to a result
+        URL on the same host, which blocks until the answer is ready (again up to 150 s, then
+        another 303): followed, so a long generation is not a 502 that the openai client
+        then runs twice more. Any other redirect is an upstream error."""
+        response = await self._request(method, path, data, headers, deadline_s)
+        for _ in range(_MAX_RESULT_REDIRECTS):
+            if response.status != 303:
+                break
+            target = self._same_upstream(response.headers.get("location", ""))
+            if target is None:
+                break
+            await _read(response)
+            response = await self._request("GET", target, None, headers, deadline_s)
+        if response.status >= 400:
+            raise normalise_error(response.status, await _read(response))
+        if response.status >= 300:
+            location = response.headers.get("location", "")
+            await _read(response)
+            raise UpstreamError(f"the upstream answered {response.status} (to "
+                                f"{location[:200]!r}); the gateway follows only Modal's "
+                                "303 to a result URL on the upstream itself")
+        return response
+
+    def _same_upstream(self, location: str) -> str | None:
+        """`location` as a path under the upstream URL, or None if it points elsewhere."""
+        target, base = urlsplit(location), urlsplit(self.base_url)
+        if target.scheme and (target.scheme, target.hostname, target.port) != (
+                base.scheme, base.hostname, base.port):
+            return None
+        prefix = base.path.rstrip("/")
+        if not target.path.startswith(prefix + "/"):
+            return None
+        return target.path[len(prefix):] + (f"?{target.query}" if target.query else "")
+
+    async def _request(self, method: str, path: str, data: bytes | None,
+                       headers: Mapping[str, str], deadline_s: float | None) -> Response:
+        """One request, its refused connects retried up to the deadline; any status."""
         deadline = time.monotonic() + (
             self.connect_deadline_s if deadline_s is None else deadline_s
         )
@@ -201,8 +242,6 @@ class UpstreamClient:
                 raise UpstreamTimeoutError("the upstream did not answer in time") from exc
             except ConnectionBroken as exc:
                 raise UpstreamError(f"upstream connection failed: {exc}") from exc
-        if response.status >= 400:
-            raise normalise_error(response.status, await _read(response))
         return response
 
 
