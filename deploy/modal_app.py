@@ -4,7 +4,8 @@
     modal run deploy/modal_app.py::smoke      # health, readiness, one named-schema request
 
 Two functions, so the GPU scales on its own and the CPU-only gateway can answer `/healthz`,
-`/readyz` and 4xx errors without waking it:
+an anonymous `/readyz` (`IRGW_READY_PROBE=with_key`: only a caller with a key makes it probe
+vLLM) and 4xx errors without waking it:
 
 * `vllm_server`: vLLM's OpenAI server on one A10G, started with `gateway.vllm_flags` (the same
   definition the local stack and the CPU integration tests use). Two locks on it: vLLM's bearer
@@ -305,6 +306,9 @@ def _settings_overrides(env: Mapping[str, str], *, upstream_url: Callable[[], st
         overrides["upstream_model"] = SERVED_MODEL_NAME
     if not env.get("IRGW_CONNECT_DEADLINE_S"):
         overrides["connect_deadline_s"] = GATEWAY_CONNECT_DEADLINE_S
+    if not env.get("IRGW_READY_PROBE"):
+        # vLLM scales to zero: an anonymous /readyz (a monitor, a scanner) must not start it.
+        overrides["ready_probe"] = "with_key"
 
     redis_url = env.get("IRGW_REDIS_URL")
     if redis_url and not env.get("IRGW_RATELIMIT_BACKEND"):
@@ -413,12 +417,12 @@ def run_smoke(base_url: str, key: str, *, wait_s: float = 900.0,
     started = time.monotonic()
     deadline = started + wait_s
 
-    def poll(path: str, what: str) -> dict[str, Any]:
+    def poll(path: str, what: str, key: str | None = None) -> dict[str, Any]:
         last = "no answer"
         while True:
             try:
                 # Modal holds a request while a container starts, so one attempt may take long.
-                status, body = _http("GET", base_url + path, timeout_s=180)
+                status, body = _http("GET", base_url + path, key=key, timeout_s=180)
                 if status == 200 and body is not None:
                     return body
                 last = f"HTTP {status}: {body}"
@@ -432,7 +436,7 @@ def run_smoke(base_url: str, key: str, *, wait_s: float = 900.0,
     say(f"gateway: {base_url}")
     poll("/healthz", "/healthz")
     say(f"healthz ok ({time.monotonic() - started:.1f}s)")
-    ready = poll("/readyz", "/readyz (vLLM up)")
+    ready = poll("/readyz", "/readyz (vLLM up)", key=key)
     say(f"readyz ok ({time.monotonic() - started:.1f}s): vLLM {ready.get('upstream_version')}, "
         f"dialect {ready.get('dialect')}")
 

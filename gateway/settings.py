@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         "idle expiry (httpx and the openai client 5 s, aiohttp 15 s), so the client always "
         "closes first: a request sent just as the server closes the connection is lost.",
     )
+    ready_probe: Literal["always", "with_key"] = Field(
+        default="always",
+        description="When `GET /readyz` asks vLLM for its `/version`: `always`, or only for "
+        "a caller with a valid key (`with_key`; others get the gateway's own readiness). "
+        "`with_key` where vLLM scales to zero (Modal): a probe wakes a GPU, and uptime "
+        "monitors and scanners probe without keys.",
+    )
     request_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -415,6 +415,7 @@ def test_gateway_settings_from_the_secrets(modal_app: ModuleType, modal_env: dic
     assert settings.upstream_url == "https://vllm.example"
     assert settings.upstream_model == "qwen2.5-coder-7b"
     assert settings.connect_deadline_s == modal_app.GATEWAY_CONNECT_DEADLINE_S
+    assert settings.ready_probe == "with_key"  # an anonymous /readyz must not wake the A10G
     assert settings.ratelimit_backend == "memory"
     assert {k: v.get_secret_value() for k, v in settings.upstream_headers.items()} == {
         "Modal-Key": "wk-test", "Modal-Secret": "ws-test"}

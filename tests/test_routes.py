@@ -6,11 +6,13 @@ import asyncio
 import json
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 from tests import openai_spec
 from tests.conftest import unit_settings
@@ -61,6 +63,22 @@ async def test_health_and_readiness(client: httpx.AsyncClient, fake: FakeUpstrea
     assert (await client.get("/healthz")).status_code == 200
     await fake.start()
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_readiness_can_leave_vllm_alone_for_callers_without_a_key(
+        fake: FakeUpstream, tmp_path: Path) -> None:
+    # Where vLLM scales to zero (Modal), a probe from a monitor or a scanner would start a GPU.
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    _, key = store.create("ops", KeyPolicy())
+    settings = unit_settings(fake.url, auth_enabled=True, keys_file=tmp_path / "keys.json",
+                             ready_probe="with_key")
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        for headers in ({}, {"authorization": "Bearer irgw-nope-nope"}):
+            anonymous = await client.get("/readyz", headers=headers)
+            assert anonymous.status_code == 200 and "not probed" in anonymous.json()["reason"]
+        assert fake.hits["/version"] == 0
+        probed = await client.get("/readyz", headers={"authorization": f"Bearer {key}"})
+        assert probed.json()["upstream_version"] == "0.32.0" and fake.hits["/version"] == 1
 
 
 @pytest.mark.parametrize(("method", "path", "status", "code"), [

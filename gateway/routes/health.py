@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from gateway.asgi import JSONResponse
 from gateway.errors import GatewayError
-from gateway.routes.common import READ_METHODS, services_of
+from gateway.routes.common import READ_METHODS, header, services_of
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 
 router = APIRouter()
@@ -24,6 +24,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> Response:
     """Ready when vLLM answers `/version` now (no waiting out a cold start here)."""
     services = services_of(request)
+    if services.settings.ready_probe == "with_key" and not _has_valid_key(request):
+        return JSONResponse({"status": "ready", "upstream": services.settings.upstream_url,
+                             "reason": "vLLM not probed: send a valid key to probe it "
+                             "(IRGW_READY_PROBE=with_key; a probe can start a GPU)"})
     try:
         data = await services.upstream.get_json("/version", deadline_s=0)
         dialect = dialect_for(str(data.get("version")))
@@ -35,6 +39,14 @@ async def readyz(request: Request) -> Response:
         )
     return JSONResponse({"status": "ready", "upstream_version": data.get("version"),
                            "dialect": dialect.name})
+
+
+def _has_valid_key(request: Request) -> bool:
+    try:
+        services_of(request).authenticator.authenticate(header(request, b"authorization"))
+    except GatewayError:
+        return False
+    return True
 
 
 @router.api_route("/metrics", methods=READ_METHODS)
