@@ -84,7 +84,18 @@ def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings) -> 
     model = _require_model(body)
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
-    return _plan(body, model, registry, settings)
+    plan = _plan(body, model, registry, settings)
+    if plan.checked and _prompt_count(body["prompt"]) > 1:
+        # vLLM answers each prompt of a list; a checked answer is one answer.
+        raise InvalidRequestError("structured output takes one prompt per request (a string, "
+                                  "or one list of token ids)", param="prompt")
+    return plan
+
+
+def _prompt_count(prompt: Any) -> int:
+    if not isinstance(prompt, list) or all(type(p) is int for p in prompt):
+        return 1  # a string, or the token ids of one prompt
+    return len(prompt)
 
 
 def _require_model(body: dict[str, Any]) -> str:
@@ -127,11 +138,13 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
                 f"model {model!r} names schema {alias_schema.ref} but response_format names "
                 f"{plan.schema.ref}; name one", param="response_format",
             )
-        if plan.mode is Mode.JSON_OBJECT:
+        if plan.mode is Mode.JSON_OBJECT and alias_schema.schema.get("type") != "object":
             raise InvalidRequestError(
-                f"model {model!r} names a schema; drop response_format json_object",
-                param="response_format",
+                f"model {model!r} names a schema whose answers are not JSON objects; drop "
+                "response_format json_object", param="response_format",
             )
+        # json_object with an object schema (LangChain's json_mode on a `schema/` model):
+        # the schema is the stricter of the two, and it is what is enforced.
         plan.mode, plan.schema = Mode.SCHEMA, alias_schema
     if plan.mode is Mode.SCHEMA and plan.schema is not None:
         plan.policy = settings.output_policy or plan.schema.output_policy

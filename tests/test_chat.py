@@ -35,6 +35,8 @@ async def chat(client: httpx.AsyncClient, **body: Any) -> httpx.Response:
         ("schema/function_ir", None, "function_ir@1"),
         ("schema/function_ir@1", None, "function_ir@1"),
         ("schema/module_ir", None, "module_ir@1"),
+        # LangChain's json_mode on a `schema/` model: the schema, stricter, is enforced.
+        ("schema/function_ir", {"type": "json_object"}, "function_ir@1"),
     ],
 )
 async def test_each_way_of_naming_a_schema(
@@ -57,6 +59,8 @@ async def test_each_way_of_naming_a_schema(
     assert response.headers["x-irgw-output"] == "passed"
     assert json.loads(response.json()["choices"][0]["message"]["content"])
     openai_spec.validate("CreateChatCompletionResponse", response.json())
+    sent = fake.requests[-1].json["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["name"] == name
 
     sent = fake.requests[-1].json
     assert sent["model"] == "qwen-coder"  # the alias became the real upstream model

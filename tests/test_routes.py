@@ -308,6 +308,26 @@ async def test_completions_checks_the_answer(client: httpx.AsyncClient,
     assert response.json()["error"]["pointer"] == "/signature/name"
 
 
+@pytest.mark.parametrize(("prompt", "status"), [
+    (["IR for add", "IR for sub"], 400),  # vLLM would answer each; only one would be checked
+    ([[1, 2], [3, 4]], 400),
+    (["IR for add"], 200),
+    ([1, 2, 3], 200),  # the token ids of one prompt
+])
+async def test_checked_completions_take_one_prompt(
+        client: httpx.AsyncClient, fake: FakeUpstream, prompt: Any, status: int) -> None:
+    fake.script(Reply(VALID))
+    response = await client.post("/v1/completions", json={
+        "model": "schema/function_ir", "prompt": prompt})
+    assert response.status_code == status, response.text
+    if status == 400:
+        assert response.json()["error"]["param"] == "prompt" and fake.requests == []
+    fake.script(Reply("4"))
+    unchecked = await client.post("/v1/completions", json={"model": "qwen-coder",
+                                                           "prompt": prompt})
+    assert unchecked.status_code == 200  # without a schema, vLLM's own business
+
+
 def _tool_body(tool_choice: Any, parameters: Any = None, name: str = "function_ir",
                **extra: Any) -> dict[str, Any]:
     function: dict[str, Any] = {"name": name, "description": "Record the IR"}
