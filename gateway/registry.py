@@ -56,6 +56,10 @@ class RegisteredSchema:
     adhoc: bool = False
     # Keywords the grammar will not enforce: validation still does, so this is a warning.
     unenforced: tuple[str, ...] = ()
+    # What xgrammar is given, when it is not `schema` itself: an ad-hoc schema without the
+    # keywords vLLM refuses to compile (`grammar_schema`). Answers are checked against `schema`.
+    grammar: Mapping[str, Any] | None = None
+    # The constraint's exact text sent to vLLM (it caches grammars by that text).
     schema_json: bytes = field(init=False, repr=False, compare=False)
     # Two validators for one schema: jsonschema-rs answers "valid?" in about a microsecond
     # (Python's jsonschema takes ~230 µs for function_ir, most of the gateway's own cost);
@@ -65,7 +69,8 @@ class RegisteredSchema:
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "schema_json", orjson.dumps(self.schema))
+        object.__setattr__(self, "schema_json",
+                           orjson.dumps(self.schema if self.grammar is None else self.grammar))
         object.__setattr__(self, "fast_validator", _fast_validator(self.schema))
         object.__setattr__(
             self,
@@ -136,6 +141,55 @@ def unenforced_keywords(schema: Any) -> list[str]:
     return found
 
 
+def grammar_schema(schema: Any) -> Any:
+    """`schema` without what vLLM's xgrammar backend refuses to compile (vLLM 0.32's
+    `has_xgrammar_unsupported_json_features`: a 400 for the whole request), so that the
+    rest is still enforced while decoding; the answer is then checked against all of
+    `schema`. Pydantic writes some of these (`set[str]` is `uniqueItems`). Several `allOf`
+    members cannot be dropped without changing the schema: InvalidSchemaError."""
+
+    def relax(node: Any, path: str) -> Any:
+        if isinstance(node, list):
+            return [relax(item, f"{path}/{i}") for i, item in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        node = {key: relax(value, f"{path}/{key}") for key, value in node.items()}
+        kind = node.get("type")
+        types = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+        drop: set[str] = set()
+        if types & {"integer", "number"}:
+            drop.add("multipleOf")
+        if "array" in types:
+            drop.update(("uniqueItems", "contains", "minContains", "maxContains"))
+        if "string" in types:
+            if node.get("format") not in _XGRAMMAR_FORMATS:
+                drop.add("format")
+            if "pattern" in node or ("format" in node and "format" not in drop):
+                drop.update(("minLength", "maxLength"))
+        if "object" in types:
+            names = node.get("propertyNames")
+            if isinstance(names, dict) and ("pattern" in names or "format" in names):
+                node["propertyNames"] = {k: v for k, v in names.items()
+                                         if k not in ("minLength", "maxLength")}
+            if "propertyNames" in node and (
+                    "patternProperties" in node or "properties" in node
+                    or node.get("unevaluatedProperties", True) is not True):
+                drop.add("propertyNames")
+            patterns = node.get("patternProperties")
+            if isinstance(patterns, dict) and ("properties" in node or len(patterns) > 1):
+                drop.add("patternProperties")
+        all_of = node.get("allOf")
+        if isinstance(all_of, list) and len(all_of) > 1:
+            raise InvalidSchemaError(
+                f"response_format.json_schema.schema at {path or '/'}: vLLM's grammar cannot "
+                "enforce allOf with several members; merge them into one schema",
+                param="response_format.json_schema.schema",
+            )
+        return {key: value for key, value in node.items() if key not in drop}
+
+    return relax(schema, "")
+
+
 def check_json_schema(schema: Any, *, what: str) -> None:
     """Raise InvalidSchemaError unless `schema` is a valid Draft 2020-12 schema."""
     if not isinstance(schema, dict):  # `false` would accept nothing, `true` anything
@@ -157,6 +211,11 @@ def check_json_schema(schema: Any, *, what: str) -> None:
 def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSchema:
     check_json_schema(schema, what="response_format.json_schema.schema")
     try:
+        relaxed = grammar_schema(schema)
+    except RecursionError:
+        raise InvalidSchemaError("response_format.json_schema.schema is nested too deeply",
+                                 param="response_format.json_schema.schema") from None
+    try:
         return RegisteredSchema(
             name=name,
             version=0,
@@ -166,6 +225,7 @@ def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSche
             source="request",
             adhoc=True,
             unenforced=tuple(unenforced_keywords(schema)),
+            grammar=None if relaxed == schema else relaxed,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
         raise InvalidSchemaError(
@@ -252,8 +312,9 @@ def _load_file(path: Path) -> RegisteredSchema:
     name, version = data.get("name"), data.get("version")
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SchemaFileError(f"{path}: 'name' must match {_NAME_RE.pattern}")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise SchemaFileError(f"{path}: 'version' must be a positive integer")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= 999_999:
+        # Six digits at most: `name@version` in requests is read with that bound.
+        raise SchemaFileError(f"{path}: 'version' must be an integer from 1 to 999999")
     description = data.get("description")
     if not isinstance(description, str) or not description.strip():
         raise SchemaFileError(f"{path}: 'description' must be a non-empty string")

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from gateway.errors import InvalidSchemaError
 from gateway.registry import SchemaFileError, SchemaRegistry, unenforced_keywords
 from gateway.settings import Settings
+from gateway.validation import CheckFailure, check_output
 from tests.conftest import REPO
 
 GOOD: dict[str, Any] = {
@@ -133,3 +135,54 @@ def test_serve_refuses_to_start_without_a_key_store() -> None:
     )
     assert result.returncode == 2
     assert "IRGW_KEYS_FILE" in result.stderr and "IRGW_AUTH_ENABLED=false" in result.stderr
+
+
+def test_adhoc_schemas_reach_vllm_without_what_its_grammar_refuses() -> None:
+    # vLLM 0.32 answers 400 to a schema with any of these (its xgrammar backend's list);
+    # the grammar gets the rest of the schema, the answer is checked against all of it.
+    from gateway.registry import adhoc_schema
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "url": {"type": "string", "format": "uri", "minLength": 1, "maxLength": 40},
+            "step": {"type": "integer", "multipleOf": 5},
+            "code": {"type": "string", "format": "isbn", "maxLength": 12},
+            "extra": {"type": "object", "properties": {"a": {"type": "integer"}},
+                      "propertyNames": {"pattern": "^[a-z]+$", "maxLength": 3}},
+            "map": {"type": "object", "patternProperties": {"^x": {}, "^y": {}}},
+        },
+    }
+    adhoc = adhoc_schema("Holes", schema, "repair")
+    sent = json.loads(adhoc.schema_json)["properties"]
+    assert sent["tags"] == {"type": "array", "items": {"type": "string"}}
+    assert sent["url"] == {"type": "string", "format": "uri"}
+    assert sent["step"] == {"type": "integer"}
+    assert sent["code"] == {"type": "string", "maxLength": 12}
+    assert sent["extra"] == {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert sent["map"] == {"type": "object"}
+    assert adhoc.schema == schema  # what answers are checked against
+    assert any("uniqueItems" in warning for warning in adhoc.unenforced)
+    with pytest.raises(CheckFailure, match="unique"):
+        check_output('{"tags": ["a", "a"]}', adhoc, repair=True)
+    # Nothing to drop: the schema's own text goes upstream, byte for byte.
+    plain = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
+    assert adhoc_schema("Plain", plain, "repair").schema_json == json.dumps(
+        plain, separators=(",", ":")).encode()
+
+
+def test_adhoc_allof_with_several_members_is_a_clear_400() -> None:
+    from gateway.registry import adhoc_schema
+
+    schema = {"type": "object", "properties": {
+        "v": {"allOf": [{"type": "string"}, {"enum": ["yes", "no"]}]}}}
+    with pytest.raises(InvalidSchemaError, match="allOf") as info:
+        adhoc_schema("Both", schema, "repair")
+    assert info.value.status_code == 400 and "/properties/v" in info.value.message
+
+
+def test_schema_versions_fit_what_requests_can_pin(tmp_path: Path) -> None:
+    (tmp_path / "big.json").write_text(json.dumps({**GOOD, "version": 1_000_000}))
+    with pytest.raises(SchemaFileError, match=r"big\.json.*999999"):
+        SchemaRegistry.load(tmp_path)
