@@ -154,15 +154,17 @@ def grammar_schema(schema: Any) -> Any:
         if not isinstance(node, dict):
             return node
         node = {key: relax(value, f"{path}/{key}") for key, value in node.items()}
-        kind = node.get("type")
-        types = {kind} if isinstance(kind, str) else set(kind) if isinstance(kind, list) else set()
+        kind = node.get("type")  # anything at all inside a `const`, which is walked too
+        types = {kind} if isinstance(kind, str) else (
+            {t for t in kind if isinstance(t, str)} if isinstance(kind, list) else set())
         drop: set[str] = set()
         if types & {"integer", "number"}:
             drop.add("multipleOf")
         if "array" in types:
             drop.update(("uniqueItems", "contains", "minContains", "maxContains"))
         if "string" in types:
-            if node.get("format") not in _XGRAMMAR_FORMATS:
+            fmt = node.get("format")
+            if isinstance(fmt, str) and fmt not in _XGRAMMAR_FORMATS:
                 drop.add("format")
             if "pattern" in node or ("format" in node and "format" not in drop):
                 drop.update(("minLength", "maxLength"))

@@ -172,6 +172,13 @@ def test_adhoc_schemas_reach_vllm_without_what_its_grammar_refuses() -> None:
         plain, separators=(",", ":")).encode()
 
 
+def test_adhoc_schema_relaxing_leaves_constants_of_any_shape_alone() -> None:
+    from gateway.registry import adhoc_schema
+
+    odd = {"type": "object", "properties": {"v": {"const": {"type": [{}], "format": ["x"]}}}}
+    assert adhoc_schema("Odd", odd, "repair").schema == odd  # no 500 on unhashable values
+
+
 def test_adhoc_allof_with_several_members_is_a_clear_400() -> None:
     from gateway.registry import adhoc_schema
 
