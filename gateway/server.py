@@ -169,8 +169,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         if not self._reading or self.transport.is_closing():
             return
         now = self.loop.time()
-        before = self._cycle_before
-        if self.flow.read_paused or (before is not None and not before.response_complete):
+        if self.flow.read_paused or self._earlier_answer_pending():
             self._last_read = now  # not the client's delay: a pipelined request waits its turn
         idle = now - self._last_read
         if idle < self.read_timeout_s:
@@ -178,12 +177,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                                                     self._read_timed_out)
             return
         cycle = self.cycle
-        if cycle is not before and cycle.response_started:  # an answer under way: cut it
+        if cycle is not self._cycle_before and cycle.response_started:  # under way: cut it
             self.transport.close()
             return
-        if cycle is not before:  # the app waits for the body: it sees the client gone
-            cycle.disconnected = True
-            cycle.message_event.set()
+        self._abandon_app()
         # (The openai client retries a 408.)
         self._send_error(
             b"408 Request Timeout", "request_timeout",
@@ -191,6 +188,18 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             "(IRGW_REQUEST_READ_TIMEOUT_S)",
         )
         self._linger()
+
+    def _earlier_answer_pending(self) -> bool:
+        before = self._cycle_before
+        return before is not None and not before.response_complete
+
+    def _abandon_app(self) -> None:
+        """The request being read will never arrive whole: if its app already runs (it
+        waits for the body), it sees the client gone."""
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._cycle_before and not cycle.response_started:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
     def _linger(self) -> None:
         """No more requests on this connection: send what is written and end our side, drop
@@ -235,16 +244,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain),
         # and nothing after it on this connection is a request.
         self._discarding = True
-        before, cycle = self._cycle_before, self.cycle
-        if (before is not None and not before.response_complete) or (
+        cycle = self.cycle
+        if self._earlier_answer_pending() or (
                 cycle is not None and cycle.response_started and not cycle.response_complete):
             # An answer is under way (a pipelined request's): the 400 follows it.
             self.pipeline.clear()
             self._deferred_400 = msg
             return
-        if cycle is not None and cycle is not before and not cycle.response_started:
-            cycle.disconnected = True  # its app waits for a body that will never be whole
-            cycle.message_event.set()
+        self._abandon_app()
         self._send_error(b"400 Bad Request", "invalid_http_request", msg)
         self._linger()
 

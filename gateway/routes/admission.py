@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
+from gateway.errors import GatewayError, UpstreamTimeoutError
 from gateway.planning import ChatPlan, estimate_prompt_tokens
 from gateway.ratelimit.base import Admission
 from gateway.routes.common import request_id
@@ -24,6 +26,17 @@ class Prepared:
     reserved: int  # tokens reserved against the key's TPM until settled
     admission: Admission
     headers: dict[str, str]
+
+    def tokens_on_failure(self, error: BaseException) -> int | None:
+        """What a request that ends without an answer is charged. A client gone while vLLM
+        worked on it, or a timeout, gave up a generation vLLM was running: its usage is lost,
+        so the reservation stays charged. Gone before the call (it waited in the queue):
+        vLLM never saw it, nothing is charged. Otherwise what earlier attempts used."""
+        if isinstance(error, ClientDisconnectedError):
+            return self.reserved if error.started else None
+        if isinstance(error, UpstreamTimeoutError):
+            return max(error.tokens or 0, self.reserved)
+        return error.tokens if isinstance(error, GatewayError) else None
 
 
 async def prepare(request: Request, services: Services, principal: Principal,

@@ -19,7 +19,6 @@ from gateway.errors import (
     OutputTruncatedError,
     OutputValidationError,
     UpstreamError,
-    UpstreamTimeoutError,
 )
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
@@ -121,15 +120,10 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
         answered = True
         return completed
     except ClientDisconnectedError as gone:
-        # vLLM's usage is lost with the cancelled call but the GPU did work: keep the
-        # reservation charged rather than refund it. Gone before the call (it waited in
-        # the queue): vLLM never saw it, so nothing is charged.
-        tokens = prepared.reserved if gone.started else None
+        tokens = prepared.tokens_on_failure(gone)
         raise
     except GatewayError as error:
-        # A timeout, like a disconnect, gave up on a generation vLLM was running.
-        tokens = (max(error.tokens or 0, prepared.reserved)
-                  if isinstance(error, UpstreamTimeoutError) else error.tokens)
+        tokens = prepared.tokens_on_failure(error)
         error.headers.update(prepared.headers)
         count_failed_check(services, plan, error)
         raise

@@ -9,8 +9,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from gateway.asgi import ClientDisconnectedError, SSEResponse, until_disconnect
-from gateway.errors import GatewayError, UpstreamTimeoutError
+from gateway.asgi import SSEResponse, until_disconnect
+from gateway.errors import GatewayError
 from gateway.planning import ChatPlan
 from gateway.routes.admission import Prepared
 from gateway.services import Services
@@ -37,10 +37,7 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
         ))
     except BaseException as exc:
         await stack.aclose()
-        # As for an answer that is not streamed: vLLM may have started on it.
-        given_up = isinstance(exc, UpstreamTimeoutError) or (
-            isinstance(exc, ClientDisconnectedError) and exc.started)
-        await admission.finish(prepared.reserved if given_up else None)
+        await admission.finish(prepared.tokens_on_failure(exc))
         if isinstance(exc, GatewayError):
             exc.headers.update(headers)
         raise
