@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 
@@ -76,29 +76,6 @@ class Authenticator:
                 f"This API key may not use the schema {schema_name!r}.",
                 code="schema_not_allowed",
             )
-
-    def cap_max_tokens(
-        self, principal: Principal, requested: int | None, default: int | None = None
-    ) -> int | None:
-        """The `max_tokens` to send upstream, given the key's cap.
-
-        A request above the cap is refused (400), not silently clamped: a clamped answer
-        would come back truncated and fail schema validation far from the real cause.
-        With no request value, the result is `default` (the gateway's own default) limited
-        by the cap, or the cap itself when there is no default.
-        """
-        cap = principal.policy.max_tokens
-        if requested is not None:
-            if cap is not None and requested > cap:
-                raise InvalidRequestError(
-                    f"max_tokens {requested} is above this API key's limit of {cap}.",
-                    param="max_tokens",
-                    code="max_tokens_above_key_limit",
-                )
-            return requested
-        if cap is None:
-            return default
-        return cap if default is None else min(cap, default)
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

@@ -222,4 +222,8 @@ def ask_for_usage(body: dict[str, Any], plan: ChatPlan) -> None:
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A cheap over-estimate (about 3 bytes a token) for reserving TPM before the call;
     settlement corrects it with vLLM's real count."""
-    return len(orjson.dumps(body.get("messages") or body.get("prompt") or "")) // 3 + 8
+    prompt = body.get("messages") or body.get("prompt") or ""
+    # Token ids are counted one each: `[1,2,3]` is 2 bytes an id, under the 3 above.
+    ids = sum(len(p) if isinstance(p, list) else 1 for p in prompt
+              if isinstance(p, int | list)) if isinstance(prompt, list) else 0
+    return len(orjson.dumps(prompt)) // 3 + ids + 8

@@ -95,8 +95,10 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(
         default=1024,
         ge=1,
-        description="Applied when a structured request sets no max_tokens, so the GPU is never "
-        "held until the context is full.",
+        description="Sent to vLLM when a request sets no max_tokens and is structured (so the "
+        "GPU is never held until the context is full) or comes from a key with a token limit "
+        "(so its answer can be reserved: the TPM is a cap, not an average); clipped to what "
+        "the key's max_tokens cap and TPM allow for the request's n x prompts.",
     )
 
     # -- keys and limits

@@ -21,7 +21,7 @@ import pytest
 
 from gateway import keys as keys_module
 from gateway.auth import ANONYMOUS, AuthConfigError, Authenticator, Principal, build_authenticator
-from gateway.errors import AuthenticationError, InvalidRequestError, PermissionDeniedError
+from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.keys import (
     KeyPolicy,
     KeyStore,
@@ -460,21 +460,6 @@ def test_settings_refuse_what_would_serve_somewhere_else(monkeypatch: pytest.Mon
     for url in ("http://127.0.0.1:abc", "http://127.0.0.1:99999"):
         with pytest.raises(ValueError, match=r"[Pp]ort"):
             Settings(upstream_url=url)
-
-
-def test_cap_max_tokens() -> None:
-    auth = Authenticator(None, enabled=False)
-    capped = Principal("k1", "n", KeyPolicy(max_tokens=100))
-    assert auth.cap_max_tokens(capped, 50) == 50
-    assert auth.cap_max_tokens(capped, 100) == 100
-    assert auth.cap_max_tokens(capped, None) == 100
-    assert auth.cap_max_tokens(capped, None, default=64) == 64
-    assert auth.cap_max_tokens(capped, None, default=1024) == 100
-    with pytest.raises(InvalidRequestError, match="100") as info:
-        auth.cap_max_tokens(capped, 101)
-    assert info.value.status_code == 400 and info.value.param == "max_tokens"
-    assert auth.cap_max_tokens(ANONYMOUS, None, default=1024) == 1024
-    assert auth.cap_max_tokens(ANONYMOUS, 99999) == 99999
 
 
 def test_build_authenticator(

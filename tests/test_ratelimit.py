@@ -199,6 +199,24 @@ async def test_tokens_reserve_and_settle(backend: Backend) -> None:
     backend.about(whole.headers["x-ratelimit-remaining-tokens"], 0)
 
 
+async def test_a_retry_is_reserved_only_if_it_fits_and_settled_with_the_rest(
+        backend: Backend) -> None:
+    """`Admission.reserve`: a retry's tokens are taken before it runs, never into debt, and
+    the request settles its whole reservation at once."""
+    limiter = backend.limiter()
+    who = key(tpm=1000)
+    admission = await limiter.admit(who, 400)
+    assert await admission.reserve(400)  # 200 left
+    assert not await admission.reserve(400)  # no room: nothing taken
+    probe = await limiter.admit(who, 150)
+    await probe.settle(None)  # the 200 are still there: the refusal took nothing
+    await admission.settle(500)  # 800 reserved, 500 used: 300 back
+    after = await limiter.admit(who, 10)
+    backend.about(after.headers["x-ratelimit-remaining-tokens"], 490)
+    unlimited = await limiter.admit(key(rpm=10), 0)
+    assert await unlimited.reserve(10**9)
+
+
 async def test_a_clock_stepping_back_puts_no_key_into_debt(backend: Backend) -> None:
     """Redis's TIME can step back (NTP, a failover to a host whose clock is behind)."""
     limiter = backend.limiter()

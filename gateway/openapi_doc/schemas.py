@@ -67,8 +67,10 @@ _STREAM_OPTIONS_ONLY_WHEN_STREAMING: JSON = {
 
 _MAX_TOKENS: JSON = {
     "type": "integer", "minimum": 1,
-    "description": "Defaults to the gateway's `default_max_tokens` for structured requests; "
-    "above the key's `max_tokens` cap it is a 400 `max_tokens_above_key_limit`.",
+    "description": "Per answer. Defaults to the gateway's `default_max_tokens` for structured "
+    "requests and for keys with a token limit (clipped to what the key's limits allow). "
+    "`n` x prompts x max_tokens above the key's `max_tokens` cap is a 400 "
+    "`max_tokens_above_key_limit`; with the prompt, above its TPM a 400 `request_too_large`.",
 }
 
 _TOOL: JSON = {

@@ -34,9 +34,11 @@ class Admission:
         settle: Callable[[int | None], Awaitable[None]] | None = None,
         release: AsyncCallback | None = None,
         cancel: AsyncCallback | None = None,
+        take: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
         self.headers = headers
         self._settle = settle
+        self._take = take
         self._releases: list[AsyncCallback] = [release] if release is not None else []
         self._cancel = cancel
         self._settled = False
@@ -52,6 +54,14 @@ class Admission:
         self._settled = True
         if self._settle is not None:
             await self._settle(actual_tokens)
+
+    async def reserve(self, tokens: int) -> bool:
+        """Reserve `tokens` more for this request (a retry, before it runs) if the key's
+        token bucket holds them now; they are settled with the rest. False: no room, the
+        attempt must not run (it would put the key into debt)."""
+        if self._settled:
+            return False
+        return True if self._take is None else await self._take(tokens)
 
     async def release(self) -> None:
         """Free the key's concurrency slot and the global in-flight slot."""
@@ -93,7 +103,9 @@ class Limiter(Protocol):
         in-flight cap, or Redis down with the `closed` policy) or `InvalidRequestError`
         (400: `estimated_tokens` exceeds the key's TPM, so no wait would help).
 
-        `estimated_tokens` is the prompt estimate plus the `max_tokens` that will be sent.
+        `estimated_tokens` is what one call to vLLM may cost: the prompt estimate plus
+        n x prompts x the `max_tokens` that will be sent (gateway/budget.py). A retry
+        reserves its own with `Admission.reserve` before it runs.
         """
         ...
 

@@ -87,17 +87,30 @@ class MemoryQuotas:
         self, principal: Principal, key: str, reserved: int, verdict: Verdict
     ) -> Admission:
         policy = principal.policy
+        held = [reserved]  # grows with each retry reserved
 
         async def settle(actual_tokens: int | None) -> None:
             if policy.tpm is not None:
-                refund = reserved if actual_tokens is None else reserved - actual_tokens
+                refund = held[0] if actual_tokens is None else held[0] - actual_tokens
                 self._adjust((key, "tokens"), policy.tpm, refund)
 
         async def cancel() -> None:
             if policy.rpm is not None:
                 self._adjust((key, "requests"), policy.rpm, 1)
             if policy.tpm is not None:
-                self._adjust((key, "tokens"), policy.tpm, reserved)
+                self._adjust((key, "tokens"), policy.tpm, held[0])
+
+        async def take(tokens: int) -> bool:
+            if policy.tpm is None:
+                return True
+            bucket = (key, "tokens")
+            now = self._clock()
+            level = self._level(bucket, policy.tpm, now)
+            if level < tokens - EPSILON:
+                return False
+            self._store(bucket, policy.tpm, level - tokens, now)
+            held[0] += tokens
+            return True
 
         async def release() -> None:
             if policy.concurrency is not None:
@@ -107,7 +120,8 @@ class MemoryQuotas:
                 else:
                     self._in_flight.pop(key, None)
 
-        return Admission(ratelimit_headers(verdict), settle=settle, release=release, cancel=cancel)
+        return Admission(ratelimit_headers(verdict), settle=settle, release=release,
+                         cancel=cancel, take=take)
 
     def _level(self, bucket: tuple[str, str], limit: int, now: float) -> float:
         state = self._buckets.get(bucket)

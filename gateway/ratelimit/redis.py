@@ -69,6 +69,7 @@ class RedisQuotas:
         self._lease_s = lease_s
         self._admit = client.register_script(scripts.ADMIT)
         self._adjust = client.register_script(scripts.ADJUST)
+        self._take = client.register_script(scripts.TAKE)
         self._renew = client.register_script(scripts.RENEW)
         self._leases: dict[str, str] = {}  # member -> in-flight set key, while held here
         self._renewer: asyncio.Task[None] | None = None
@@ -115,27 +116,42 @@ class RedisQuotas:
         rpm, tpm = policy.rpm or 0, policy.tpm or 0
 
         buckets_and_ops = [keys[0], keys[1], keys[3]]
+        held = [reserved]  # grows with each retry reserved
 
         async def settle(actual_tokens: int | None) -> None:
             if tpm:
-                refund = reserved if actual_tokens is None else reserved - actual_tokens
+                refund = held[0] if actual_tokens is None else held[0] - actual_tokens
                 args = [0, 0, tpm, refund, member + ":settle", _KEEP_US]
                 await self._quietly(
                     "settle", lambda: self._adjust(keys=buckets_and_ops, args=args)
                 )
 
         async def cancel() -> None:
-            args = [rpm, 1, tpm, reserved, member + ":cancel", _KEEP_US]
+            args = [rpm, 1, tpm, held[0], member + ":cancel", _KEEP_US]
             await self._quietly(
                 "refund", lambda: self._adjust(keys=buckets_and_ops, args=args)
             )
+
+        async def take(tokens: int) -> bool:
+            if not tpm:
+                return True
+            # Redis unreachable: no room either, the retry is not run (the safe side).
+            args = [tpm, tokens, f"{member}:take{held[0]}", _KEEP_US]
+            taken = await self._quietly(
+                "reserve a retry", lambda: self._take(keys=[keys[1], keys[3]], args=args)
+            )
+            if taken is None or not int(taken):
+                return False
+            held[0] += tokens
+            return True
 
         async def release() -> None:
             if policy.concurrency is not None:
                 self._leases.pop(member, None)
                 await self._quietly("release", lambda: self._client.zrem(keys[2], member))
 
-        return Admission(ratelimit_headers(verdict), settle=settle, release=release, cancel=cancel)
+        return Admission(ratelimit_headers(verdict), settle=settle, release=release,
+                         cancel=cancel, take=take)
 
     async def _quietly(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
         # Skipped while Redis is down: a lost release frees itself when its lease runs out,

@@ -108,6 +108,18 @@ end
 return 1
 """
 
+# KEYS: tokens bucket, ops set. ARGV: tpm, tokens, the reservation's id, keep µs. Takes the
+# tokens only if the bucket holds them (never into debt): 1 taken (or taken before), 0 not.
+TAKE = PRELUDE + """
+if done_before(KEYS[2], ARGV[3]) then return 1 end
+local tpm, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
+local k = level(KEYS[1], tpm)
+if k < cost - EPS then return 0 end
+store(KEYS[1], tpm, k - cost)
+remember(KEYS[2], ARGV[3], tonumber(ARGV[4]))
+return 1
+"""
+
 # KEYS: in-flight set. ARGV: lease µs, members. XX: never resurrect a released slot.
 RENEW = PRELUDE + """
 local lease = tonumber(ARGV[1])

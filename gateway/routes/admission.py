@@ -9,8 +9,9 @@ from starlette.requests import Request
 
 from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
+from gateway.budget import token_budget
 from gateway.errors import GatewayError, UpstreamTimeoutError
-from gateway.planning import ChatPlan, estimate_prompt_tokens
+from gateway.planning import ChatPlan
 from gateway.ratelimit.base import Admission
 from gateway.routes.common import request_id
 from gateway.services import Services
@@ -26,6 +27,14 @@ class Prepared:
     reserved: int  # tokens reserved against the key's TPM until settled
     admission: Admission
     headers: dict[str, str]
+    per_attempt: int  # what one more call to vLLM (a retry) reserves
+
+    async def reserve_retry(self) -> bool:
+        """Reserve a retry's tokens before it runs; False: the key has no room for it now."""
+        if not await self.admission.reserve(self.per_attempt):
+            return False
+        self.reserved += self.per_attempt
+        return True
 
     def tokens_on_failure(self, error: BaseException) -> int | None:
         """What a request that ends without an answer is charged. A client gone while vLLM
@@ -45,15 +54,11 @@ async def prepare(request: Request, services: Services, principal: Principal,
     the limiter runs last, so nothing after it can refuse the request before vLLM sees it."""
     if plan.schema is not None:
         services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
-    max_tokens = services.authenticator.cap_max_tokens(
-        principal, plan.max_tokens,
-        default=services.settings.default_max_tokens if plan.checked else None,
-    )
+    budget = token_budget(plan, principal.policy, services.settings.default_max_tokens)
     model = plan.body["model"]
     upstream_model = await services.default_model() if plan.model_alias else model
     dialect = await services.upstream.dialect()
-    reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
-    admission = await services.limiter.admit(principal, reserved)
+    admission = await services.limiter.admit(principal, budget.reserved)
 
     rid = request_id(request)
     headers = {"x-request-id": rid, **admission.headers}
@@ -64,4 +69,5 @@ async def prepare(request: Request, services: Services, principal: Principal,
             # character can break the header or fail to encode once vLLM has answered.
             warnings = "; ".join(plan.warnings).encode("unicode_escape").decode("ascii")
             headers["x-irgw-schema-warnings"] = warnings[:1000]
-    return Prepared(rid, upstream_model, dialect, max_tokens, reserved, admission, headers)
+    return Prepared(rid, upstream_model, dialect, budget.max_tokens, budget.reserved,
+                    admission, headers, budget.reserved)

@@ -63,10 +63,12 @@ def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) 
 
 
 async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[str, Any],
-                   model: str, rid: str) -> Completed:
+                   model: str, rid: str,
+                   reserve_retry: Callable[[], Awaitable[bool]] | None = None) -> Completed:
     """vLLM's answer in OpenAI's shape, its text checked (and repaired) when the plan says
-    so; asked for again under the `retry` policy. Raises the typed error when the policy
-    runs out; a truncated answer is never retried (the same request would be cut again)."""
+    so; asked for again under the `retry` policy, each retry's tokens reserved before it
+    runs (`reserve_retry`; no room: no retry). Raises the typed error when the policy runs
+    out; a truncated answer is never retried (the same request would be cut again)."""
     attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
     tokens = 0
     started = time.perf_counter()
@@ -98,6 +100,11 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
         except CheckFailure as failure:
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
+            if reserve_retry is not None and not await reserve_retry():
+                error = failure_to_error(failure, attempt, tokens)
+                error.message += ("; not retried: this API key's tokens per minute have no "
+                                  "room for another attempt now")
+                raise error from None
             continue
         upstream_s = time.perf_counter() - started
         route.accept(plan, choice, checked)
@@ -115,7 +122,8 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
     answered = False
     try:
         completed = await until_disconnect(
-            request, complete(route, services, plan, body, model, prepared.request_id)
+            request, complete(route, services, plan, body, model, prepared.request_id,
+                              prepared.reserve_retry)
         )
         answered = True
         return completed

@@ -1,0 +1,96 @@
+"""What a request reserves and the `max_tokens` vLLM is sent (gateway/budget.py): every
+answer vLLM may generate (n x prompts x max_tokens), a default when max_tokens is absent,
+and the key's cap and TPM applied to the whole request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gateway.budget import Budget, token_budget
+from gateway.errors import InvalidRequestError
+from gateway.keys import KeyPolicy
+from gateway.planning import ChatPlan, estimate_prompt_tokens, plan_chat, plan_completion
+from gateway.registry import SchemaRegistry
+from gateway.settings import Settings
+from tests.conftest import REPO
+
+SETTINGS = Settings(auth_enabled=False, schemas_dir=REPO / "schemas")
+REGISTRY = SchemaRegistry.load(REPO / "schemas")
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+STRUCTURED = {**CHAT, "model": "schema/function_ir"}
+
+
+def chat(**fields: Any) -> ChatPlan:
+    return plan_chat({**CHAT, **fields}, REGISTRY, SETTINGS)
+
+
+def budget(plan: ChatPlan, default: int = 1024, **policy: Any) -> Budget:
+    return token_budget(plan, KeyPolicy(**policy), default)
+
+
+def refused(plan: ChatPlan, **policy: Any) -> InvalidRequestError:
+    with pytest.raises(InvalidRequestError) as info:
+        budget(plan, **policy)
+    assert info.value.status_code == 400 and info.value.param == "max_tokens"
+    return info.value
+
+
+def test_every_choice_and_prompt_is_reserved() -> None:
+    prompt = estimate_prompt_tokens(CHAT)
+    assert budget(chat(max_tokens=100, n=64)).reserved == prompt + 64 * 100
+    prompts = {"model": "m", "prompt": ["a", "b", "c"], "max_tokens": 10, "n": 2}
+    plan = plan_completion(prompts, REGISTRY, SETTINGS)
+    assert budget(plan).reserved == estimate_prompt_tokens(prompts) + 3 * 2 * 10
+    best_of = plan_completion({**prompts, "best_of": 5}, REGISTRY, SETTINGS)
+    assert budget(best_of).sequences == 15
+
+
+def test_token_id_prompts_are_counted_one_token_per_id() -> None:
+    ids = {"model": "m", "prompt": [[1] * 3000]}
+    assert estimate_prompt_tokens(ids) >= 3000
+
+
+def test_no_max_tokens_gets_the_default_where_something_must_bound_it() -> None:
+    assert budget(plan_chat(STRUCTURED, REGISTRY, SETTINGS), default=300).max_tokens == 300
+    assert budget(chat(), default=300, tpm=100_000).max_tokens == 300
+    assert budget(chat(n=4), default=300, max_tokens=100).max_tokens == 25
+    # An unlimited key's plain request is left to vLLM, as before.
+    assert budget(chat(), default=300).max_tokens is None
+
+
+def test_the_default_is_clipped_to_what_the_keys_tpm_allows() -> None:
+    small = budget(chat(), default=1024, tpm=500)
+    assert small.max_tokens == 500 - estimate_prompt_tokens(CHAT) and small.reserved == 500
+    split = budget(chat(n=3), default=1024, tpm=500)
+    assert split.reserved <= 500 and split.max_tokens == (500 - split.prompt_tokens) // 3
+
+
+def test_the_keys_cap_applies_to_the_whole_request() -> None:
+    error = refused(chat(n=64, max_tokens=10), max_tokens=100)
+    assert error.code == "max_tokens_above_key_limit"
+    assert "64 answers" in error.message and "at most 1" in error.message
+    assert budget(chat(n=10, max_tokens=10), max_tokens=100).reserved == \
+        estimate_prompt_tokens(CHAT) + 100
+    assert refused(chat(n=101), max_tokens=100).code == "max_tokens_above_key_limit"
+    # What the key's cap always meant for one answer.
+    assert budget(chat(max_tokens=100), max_tokens=100).max_tokens == 100
+    assert refused(chat(max_tokens=101), max_tokens=100).code == "max_tokens_above_key_limit"
+    assert budget(chat(max_tokens=99999)).max_tokens == 99999
+
+
+def test_a_request_over_the_tpm_says_what_would_fit() -> None:
+    error = refused(chat(max_tokens=600), tpm=500)
+    assert error.code == "request_too_large"
+    assert f"at most {500 - estimate_prompt_tokens(CHAT)}" in error.message
+    many = {"model": "m", "prompt": ["x"] * 500}
+    error = refused(plan_completion(many, REGISTRY, SETTINGS), tpm=1000)
+    assert error.code == "request_too_large" and "fewer prompts" in error.message
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+def test_n_must_be_a_positive_integer(n: Any) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        budget(chat(n=n))
+    assert info.value.param == "n"
