@@ -61,6 +61,7 @@ MODEL_REVISION = "c03e6d358207e414f1eca0bb1891e29f1db0e242"
 SERVED_MODEL_NAME = "qwen2.5-coder-7b"
 VLLM_PORT = 8000
 GATEWAY_PORT = 8000  # its own container, so the same number does not clash
+GATEWAY_METRICS_PORT = 9090  # loopback inside the gateway container, never exposed
 
 # -- pins. vLLM's own release pins flashinfer-python exactly; pinning the same version here
 # makes a mismatch an image-build error instead of a silently different kernel set.
@@ -309,6 +310,10 @@ def _settings_overrides(env: Mapping[str, str], *, upstream_url: Callable[[], st
     if not env.get("IRGW_READY_PROBE"):
         # vLLM scales to zero: an anonymous /readyz (a monitor, a scanner) must not start it.
         overrides["ready_probe"] = "with_key"
+    if not env.get("IRGW_METRICS_PORT"):
+        # Modal exposes GATEWAY_PORT only: /metrics on its own port stays inside the
+        # container (a sidecar or `modal shell` can read it), off the public URL.
+        overrides["metrics_port"] = GATEWAY_METRICS_PORT
 
     redis_url = env.get("IRGW_REDIS_URL")
     if redis_url and not env.get("IRGW_RATELIMIT_BACKEND"):

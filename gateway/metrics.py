@@ -6,10 +6,17 @@ routes, schemas and outcomes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
@@ -78,3 +85,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class MetricsListener:
+    """`/metrics` on a port of its own (IRGW_METRICS_PORT), so that the public port need not
+    show it: prometheus_client's small threaded server, which serves nothing else."""
+
+    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=metrics.registry)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port)
+
+    async def aclose(self) -> None:
+        # shutdown() waits for the serving thread's next poll (up to 0.5 s): not on the loop.
+        await asyncio.to_thread(self._server.shutdown)
+        self._server.server_close()
+        await asyncio.to_thread(self._thread.join, 5.0)

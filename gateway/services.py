@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.auth import Authenticator, build_authenticator
 from gateway.errors import UpstreamError
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, MetricsListener
 from gateway.ratelimit import build_limiter
 from gateway.ratelimit.base import Limiter
 from gateway.registry import SchemaRegistry
@@ -38,10 +38,17 @@ class Services:
             metrics=Metrics(),
         )
 
+    metrics_listener: MetricsListener | None = None
+
     async def start(self) -> None:
         await self.upstream.start()
+        if self.settings.metrics_port is not None:
+            self.metrics_listener = MetricsListener(self.metrics, self.settings.metrics_host,
+                                                    self.settings.metrics_port)
 
     async def aclose(self) -> None:
+        if self.metrics_listener is not None:
+            await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
 

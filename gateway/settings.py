@@ -101,6 +101,21 @@ class Settings(BaseSettings):
         "the key's max_tokens cap and TPM allow for the request's n x prompts.",
     )
 
+    models_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long `GET /v1/models` reuses vLLM's model list before asking again "
+        "(0: every call; each call also counts against the key's requests per minute).",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve `/metrics` on this port (on `metrics_host`) instead of the public "
+        "one, where it is then a 404. Unset: `/metrics` is on the public port, without a key.",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Where `metrics_port` listens.")
+
     # -- keys and limits
     auth_enabled: bool = True
     keys_file: Path | None = None

@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import httpx
 import pytest
 
 from gateway import vllm_flags
@@ -416,6 +417,9 @@ def test_gateway_settings_from_the_secrets(modal_app: ModuleType, modal_env: dic
     assert settings.upstream_model == "qwen2.5-coder-7b"
     assert settings.connect_deadline_s == modal_app.GATEWAY_CONNECT_DEADLINE_S
     assert settings.ready_probe == "with_key"  # an anonymous /readyz must not wake the A10G
+    # /metrics on a loopback port of its own, which Modal does not expose.
+    assert settings.metrics_port == modal_app.GATEWAY_METRICS_PORT != modal_app.GATEWAY_PORT
+    assert settings.metrics_host == "127.0.0.1"
     assert settings.ratelimit_backend == "memory"
     assert {k: v.get_secret_value() for k, v in settings.upstream_headers.items()} == {
         "Modal-Key": "wk-test", "Modal-Secret": "ws-test"}
@@ -480,13 +484,20 @@ async def test_smoke_through_the_modal_gateway_container(
         port = free_port()
         command = modal_app.gateway_command(sys.executable, host="127.0.0.1", port=port)
         url = f"http://127.0.0.1:{port}"
-        async with serving_process(command, environment, url):
+        # The container's metrics port, moved to a free one: this machine is shared.
+        assert environment["IRGW_METRICS_PORT"] == str(modal_app.GATEWAY_METRICS_PORT)
+        environment["IRGW_METRICS_PORT"] = str(metrics_port := free_port())
+        async with serving_process(command, environment, url), httpx.AsyncClient() as client:
+            public = await client.get(f"{url}/metrics")
+            private = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
             lines: list[str] = []
             ir = await asyncio.to_thread(modal_app.run_smoke, url, modal_env["key"],
                                          wait_s=30, say=lines.append)
             with pytest.raises(modal_app.SmokeError, match="HTTP 401"):
                 await asyncio.to_thread(modal_app.run_smoke, url, "irgw-not-a-key",
                                         wait_s=30, say=lines.append)
+    assert public.status_code == 404 and private.status_code == 200
+    assert "irgw_requests_total" in private.text
     assert ir == FUNCTION_IR
     assert any("tok/s" in line or "latency" in line for line in lines)
     request = fake.requests[0]

@@ -109,7 +109,21 @@ class Limiter(Protocol):
         """
         ...
 
+    async def admit_read(self, principal: Principal) -> dict[str, str]:
+        """Count one request against the key's requests per minute only (no tokens, no
+        concurrency or in-flight slot): a read that costs little but is not free. Raises
+        `RateLimitError` when out; returns the `x-ratelimit-*` headers."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+def reads_only(principal: Principal) -> Principal | None:
+    """The key as `admit_read` limits it: its requests per minute, nothing else."""
+    if principal.policy.rpm is None:
+        return None
+    policy = principal.policy.model_copy(update={"tpm": None, "concurrency": None})
+    return Principal(principal.key_id, principal.name, policy)
 
 
 @dataclass(frozen=True, slots=True)

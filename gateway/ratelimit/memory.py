@@ -19,6 +19,7 @@ from gateway.ratelimit.base import (
     check_fits,
     rate_limit_error,
     ratelimit_headers,
+    reads_only,
 )
 from gateway.ratelimit.inflight import InflightGate
 
@@ -162,6 +163,10 @@ class MemoryLimiter:
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         admission = self.quotas.admit(principal, estimated_tokens)
         return await self.gate.enter(admission)
+
+    async def admit_read(self, principal: Principal) -> dict[str, str]:
+        reader = reads_only(principal)
+        return {} if reader is None else self.quotas.admit(reader, 0).headers
 
     async def aclose(self) -> None:
         return None

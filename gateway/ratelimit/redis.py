@@ -36,6 +36,7 @@ from gateway.ratelimit.base import (
     check_fits,
     rate_limit_error,
     ratelimit_headers,
+    reads_only,
 )
 from gateway.ratelimit.circuit import Circuit, ThrottledLog
 from gateway.ratelimit.inflight import InflightGate
@@ -301,6 +302,10 @@ class RedisLimiter:
         finally:
             self.circuit.record(ok)
         return self._degraded(principal, estimated_tokens)
+
+    async def admit_read(self, principal: Principal) -> dict[str, str]:
+        reader = reads_only(principal)
+        return {} if reader is None else (await self._admit_quotas(reader, 0)).headers
 
     def _degraded(self, principal: Principal, estimated_tokens: int) -> Admission:
         if self.failure_policy == "closed":

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import JSONResponse
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, NotFoundError
 from gateway.routes.common import READ_METHODS, header, services_of
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 
@@ -51,5 +51,9 @@ def _has_valid_key(request: Request) -> bool:
 
 @router.api_route("/metrics", methods=READ_METHODS)
 async def metrics(request: Request) -> Response:
-    return Response(services_of(request).metrics.render(),
-                    media_type="text/plain; version=0.0.4")
+    services = services_of(request)
+    if services.settings.metrics_port is not None:
+        # On its own listener: here it is any unknown route.
+        raise NotFoundError(f"Unknown route: {request.method} {request.url.path}",
+                            code="unknown_route")
+    return Response(services.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -1,4 +1,6 @@
-"""`GET /v1/models[/{id}]`: the upstream's models plus one `schema/<name>` alias per schema."""
+"""`GET /v1/models[/{id}]`: the upstream's models plus one `schema/<name>` alias per schema
+the key may use. vLLM's list is reused for `models_cache_s`, and each call counts against
+the key's requests per minute: a listing must not be a free way to make vLLM work."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
+from starlette.responses import Response
 
+from gateway.asgi import JSONResponse
+from gateway.auth import Principal
 from gateway.errors import ModelNotFoundError
 from gateway.planning import SCHEMA_MODEL_PREFIX
 from gateway.routes.common import READ_METHODS, header, services_of
@@ -17,11 +22,13 @@ router = APIRouter()
 _CREATED = int(time.time())
 
 
-async def _models(services: Services) -> list[dict[str, Any]]:
-    upstream = await services.upstream.model_ids(refresh=True)
+async def _models(services: Services, principal: Principal) -> list[dict[str, Any]]:
+    upstream = await services.upstream.model_ids(max_age_s=services.settings.models_cache_s)
     models = [{"id": m, "object": "model", "created": _CREATED, "owned_by": "vllm"}
               for m in upstream]
     for schema in services.registry:
+        if not principal.policy.allows_schema(schema.name):
+            continue
         for alias in (schema.name, schema.ref):
             models.append({"id": SCHEMA_MODEL_PREFIX + alias, "object": "model",
                            "created": _CREATED, "owned_by": "ir-gateway"})
@@ -29,18 +36,25 @@ async def _models(services: Services) -> list[dict[str, Any]]:
     return list(unique.values())
 
 
-@router.api_route("/v1/models", methods=READ_METHODS)
-async def list_models(request: Request) -> dict[str, Any]:
+async def _reader(request: Request) -> tuple[Services, Principal, dict[str, str]]:
     services = services_of(request)
-    services.authenticator.authenticate(header(request, b"authorization"))
-    return {"object": "list", "data": await _models(services)}
+    principal = services.authenticator.authenticate(header(request, b"authorization"))
+    return services, principal, await services.limiter.admit_read(principal)
+
+
+@router.api_route("/v1/models", methods=READ_METHODS)
+async def list_models(request: Request) -> Response:
+    services, principal, headers = await _reader(request)
+    return JSONResponse({"object": "list", "data": await _models(services, principal)},
+                        headers=headers)
 
 
 @router.api_route("/v1/models/{model_id:path}", methods=READ_METHODS)
-async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    services = services_of(request)
-    services.authenticator.authenticate(header(request, b"authorization"))
-    for model in await _models(services):
+async def get_model(model_id: str, request: Request) -> Response:
+    services, principal, headers = await _reader(request)
+    for model in await _models(services, principal):
         if model["id"] == model_id:
-            return model
-    raise ModelNotFoundError(f"The model {model_id!r} does not exist", param="model")
+            return JSONResponse(model, headers=headers)
+    error = ModelNotFoundError(f"The model {model_id!r} does not exist", param="model")
+    error.headers.update(headers)
+    raise error

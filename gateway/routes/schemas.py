@@ -1,4 +1,6 @@
-"""`GET /v1/schemas[/{name}]`: the registry, with versions and descriptions."""
+"""`GET /v1/schemas[/{name}]`: the registry, with versions and descriptions, as far as the
+key may use it. A listing leaves out the schemas outside the key's scope; asking for one by
+name is a 403 `schema_not_allowed`, as naming it in a generation request is."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ router = APIRouter()
 @router.api_route("/v1/schemas", methods=READ_METHODS)
 async def list_schemas(request: Request) -> dict[str, Any]:
     services = services_of(request)
-    services.authenticator.authenticate(header(request, b"authorization"))
+    principal = services.authenticator.authenticate(header(request, b"authorization"))
     data = []
     for name in services.registry.names():
+        if not principal.policy.allows_schema(name):
+            continue
         versions = services.registry.versions(name)
         latest = versions[-1]
         data.append({
@@ -35,7 +39,8 @@ async def list_schemas(request: Request) -> dict[str, Any]:
 async def get_schema(ref: str, request: Request) -> dict[str, Any]:
     """`name` (every version, newest last) or `name@version` (that one)."""
     services = services_of(request)
-    services.authenticator.authenticate(header(request, b"authorization"))
+    principal = services.authenticator.authenticate(header(request, b"authorization"))
+    services.authenticator.check_schema(principal, ref.partition("@")[0], adhoc=False)
     if "@" in ref:
         return {"object": "schema.version", **services.registry.resolve(ref, param="name").public()}
     versions = services.registry.versions(ref)

@@ -94,6 +94,8 @@ class UpstreamClient:
         self._pool: Pool | None = None
         self._dialect: Dialect | None = None
         self._models: list[str] | None = None
+        self._models_at = 0.0
+        self._models_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._pool = Pool(self.base_url, size=self._pool_size, keepalive_s=_KEEPALIVE_S,
@@ -126,14 +128,19 @@ class UpstreamClient:
             log.info("upstream vLLM %s: dialect %s", version, self._dialect.name)
         return self._dialect
 
-    async def model_ids(self, *, refresh: bool = False) -> list[str]:
-        if self._models is None or refresh:
-            data = await self.get_json("/v1/models")
-            items = data.get("data") if isinstance(data, dict) else None
-            if not isinstance(items, list):
-                raise UpstreamError("upstream /v1/models did not return a model list")
-            self._models = [m["id"] for m in items if isinstance(m, dict) and "id" in m]
-        return self._models
+    async def model_ids(self, *, max_age_s: float | None = None) -> list[str]:
+        """vLLM's model ids, asked again once older than `max_age_s` (None: kept until
+        `forget`). Callers arriving while vLLM is asked wait for that one answer."""
+        async with self._models_lock:
+            stale = max_age_s is not None and time.monotonic() - self._models_at >= max_age_s
+            if self._models is None or stale:
+                data = await self.get_json("/v1/models")
+                items = data.get("data") if isinstance(data, dict) else None
+                if not isinstance(items, list):
+                    raise UpstreamError("upstream /v1/models did not return a model list")
+                self._models = [m["id"] for m in items if isinstance(m, dict) and "id" in m]
+                self._models_at = time.monotonic()
+            return self._models
 
     def forget(self) -> None:
         """After the upstream went away it may come back as another release."""
