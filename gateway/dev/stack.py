@@ -309,6 +309,10 @@ def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Pa
 # --------------------------------------------------------------------------- run
 
 
+# Closing the terminal sends SIGHUP: it must stop vLLM as Ctrl-C does.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 class DevStack:
     def __init__(self, options: DevOptions, *, out: TextIO | None = None) -> None:
         self.options = options
@@ -329,11 +333,15 @@ class DevStack:
         if self._stopping:
             say(f"(got {signal.Signals(signum).name}; still stopping vLLM)", stream=sys.stderr)
             return
+        if self.server is not None and self.server.started:
+            # SIGHUP (the terminal closed) while uvicorn serves: uvicorn handles only
+            # SIGINT/SIGTERM, so ask it to stop the same way; the `finally` stops vLLM.
+            self.server.should_exit = True
+            return
         raise _StopRequested(signum)
 
     def run(self) -> int:
-        previous = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             return self._run()
         except _StopRequested as stop:

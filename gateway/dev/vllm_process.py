@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +24,8 @@ from typing import IO
 from gateway import vllm_flags
 
 REPO = Path(__file__).resolve().parents[2]
+# How long vLLM may take to stop after SIGTERM when the stack died without stopping it.
+REAPER_GRACE_S = 20.0
 
 
 class VllmStartError(RuntimeError):
@@ -114,8 +117,13 @@ class VllmServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = self.log_path.open("ab")
+        # Behind the reaper, which leads vLLM's process group and ends it if we die
+        # (SIGKILL, a crash): no vLLM outlives the stack that started it.
+        reaper = [sys.executable, "-m", "gateway.dev.reaper", str(os.getpid()),
+                  str(REAPER_GRACE_S), "--"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            self.command(), env=env, stdin=subprocess.DEVNULL,
+            [*reaper, *self.command()], env=env, stdin=subprocess.DEVNULL,
             stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
