@@ -119,3 +119,50 @@ def test_fake_vllm_stops_when_the_terminal_closes(
     pids = list(json.loads(pids_file.read_text()).values())
     assert proc.wait(timeout=60) == 0  # stopped as on Ctrl-C, not killed by the SIGHUP
     assert wait_gone(pids, within_s=30) == []
+
+
+def _orphan_reaper(pids_file: Path, started: list[subprocess.Popen[str]]) -> int:
+    """A reaper group as an earlier run leaves it when both the stack and the reaper's
+    death signal went missing: here, a reaper whose 'parent' is this test (alive)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.dev.reaper", str(os.getpid()), "1", "--",
+         sys.executable, "-c", FAKE_VLLM, str(pids_file)],
+        env=env, cwd=REPO, text=True, start_new_session=True)
+    started.append(proc)
+    deadline = time.monotonic() + 30
+    while not pids_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return proc.pid
+
+
+def test_a_vllm_left_by_an_earlier_run_is_stopped_by_the_next(
+        fake_stack: tuple[str, Path, list[subprocess.Popen[str]]], tmp_path: Path) -> None:
+    from gateway.dev.vllm_process import stop_leftover
+
+    _, pids_file, started = fake_stack
+    reaper = _orphan_reaper(pids_file, started)
+    pids = [reaper, *json.loads(pids_file.read_text()).values()]
+    pid_file = tmp_path / "dev-vllm.pid"
+    pid_file.write_text(f"{reaper}\n")
+    assert stop_leftover(pid_file, grace_s=5) is True
+    assert wait_gone(pids, within_s=15) == []
+    assert not pid_file.exists()
+
+
+def test_a_pid_file_naming_another_process_kills_nothing(tmp_path: Path) -> None:
+    """A pid is reused once its process is gone: only a live reaper group is ever ended."""
+    from gateway.dev.vllm_process import stop_leftover
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             start_new_session=True)
+    try:
+        pid_file = tmp_path / "dev-vllm.pid"
+        pid_file.write_text(f"{other.pid}\n")
+        assert stop_leftover(pid_file, grace_s=1) is False
+        assert other.poll() is None
+        assert not pid_file.exists()
+        assert stop_leftover(tmp_path / "missing.pid") is False
+    finally:
+        other.kill()
+        other.wait()

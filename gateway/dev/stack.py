@@ -35,7 +35,13 @@ from pydantic import ValidationError
 
 from gateway.app import GatewayApp, create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
-from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
+from gateway.dev.vllm_process import (
+    REPO,
+    VllmServer,
+    VllmStartError,
+    stop_leftover,
+    vllm_python,
+)
 from gateway.registry import SchemaFileError
 from gateway.server import uvicorn_options
 from gateway.settings import Settings
@@ -390,10 +396,15 @@ class DevStack:
         # A random upstream key, as in the deployment: only the gateway can talk to vLLM
         # (its port is on 127.0.0.1, but other local users and browsers exist).
         upstream_key = secrets.token_urlsafe(24)
+        # A vLLM an earlier run left behind (its stack and reaper both killed) would hold
+        # its memory, and its port if one was fixed with --vllm-port: end it first.
+        pid_file = cache_root() / "dev-vllm.pid"
+        if stop_leftover(pid_file):
+            say("stopped a vLLM left running by an earlier `ir-gateway dev`")
         self.vllm = VllmServer(
             choice.model, served_model_name=choice.served_name, port=opts.vllm_port,
             max_model_len=opts.max_model_len, api_key=upstream_key, log_path=log_path,
-            extra_args=opts.vllm_args, hub_access=choice.from_hub,
+            extra_args=opts.vllm_args, hub_access=choice.from_hub, pid_file=pid_file,
         )
         # The gateway is built before vLLM boots, so a broken schema file or setting fails in
         # a second, not after minutes of warm-up.

@@ -9,6 +9,7 @@ processes along; no orphan keeps a port or memory after Ctrl-C or a failed test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -77,6 +78,7 @@ class VllmServer:
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         hub_access: bool = False,
+        pid_file: Path | None = None,
     ) -> None:
         self.model = str(model)
         self.served_model_name = served_model_name
@@ -86,6 +88,7 @@ class VllmServer:
         self.log_path = log_path
         self.extra_args = list(extra_args)
         self.hub_access = hub_access
+        self.pid_file = pid_file
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -127,6 +130,10 @@ class VllmServer:
             stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        if self.pid_file is not None:
+            # For the next run, should this one die in a way even the reaper cannot see.
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self.pid_file.write_text(f"{self.process.pid}\n")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -182,3 +189,42 @@ class VllmServer:
         if self._log is not None:
             self._log.close()
             self._log = None
+        if self.pid_file is not None and process is not None:
+            with contextlib.suppress(OSError):
+                if self.pid_file.read_text().strip() == str(process.pid):
+                    self.pid_file.unlink()
+
+
+def _is_reaper(pid: int) -> bool:
+    """Is `pid` a live `gateway.dev.reaper` leading its own process group? Nothing else is
+    ever killed on a pid file's word: the pid may have been reused since."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    try:
+        return b"gateway.dev.reaper" in cmdline and os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
+def stop_leftover(pid_file: Path, grace_s: float = 10.0) -> bool:
+    """End the vLLM an earlier dev stack left running (its reaper's whole process group),
+    so that it holds neither memory nor a port the next run wants. True if one was found."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    found = _is_reaper(pid)
+    if found:
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, sig)
+            deadline = time.monotonic() + wait_s
+            while _is_reaper(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not _is_reaper(pid):
+                break
+    with contextlib.suppress(OSError):
+        pid_file.unlink()
+    return found
