@@ -1,21 +1,32 @@
-"""Deploy on Modal: vLLM (xgrammar) on an A10G, the gateway in front of it.
+"""Deploy on Modal: vLLM (xgrammar) on a GPU, the gateway in front of it.
 
     modal deploy deploy/modal_app.py          # both functions, one app
-    modal run deploy/modal_app.py::smoke      # health, readiness, one named-schema request
+    modal run deploy/modal_app.py::smoke      # readiness, canary, one request per schema
+
+    IRGW_MODAL_PROFILE=qwen2.5-coder-7b-awq modal deploy deploy/modal_app.py   # another model
+    IRGW_DEPLOY_GPU_SNAPSHOT=1 modal deploy deploy/modal_app.py   # cold starts from a snapshot
+
+The model, its GPU and its vLLM settings are one profile (deploy/profiles.py), chosen by
+`IRGW_MODAL_PROFILE` in the shell that deploys; the choice is passed into both containers,
+which import this module again and must build the same objects.
 
 Two functions, so the GPU scales on its own and the CPU-only gateway can answer `/healthz`,
 an anonymous `/readyz` (`IRGW_READY_PROBE=with_key`: only a caller with a key makes it probe
 vLLM) and 4xx errors without waking it:
 
-* `vllm_server`: vLLM's OpenAI server on one A10G, started with `gateway.vllm_flags` (the same
-  definition the local stack and the CPU integration tests use). Two locks on it: vLLM's bearer
-  key (`VLLM_API_KEY`, guards `/v1`, `/v2`, `/inference`, `/cohere` only) and Modal proxy auth on
-  the whole endpoint (every route, `/invocations` and `/tokenize` included, needs the
-  `Modal-Key`/`Modal-Secret` headers of a workspace proxy token). Only the gateway holds both.
+* `vllm_server`: vLLM's OpenAI server on the profile's GPU, started with `gateway.vllm_flags`
+  (the same definition the local stack and the CPU integration tests use). Two locks on it:
+  vLLM's bearer key (`VLLM_API_KEY`, guards `/v1`, `/v2`, `/inference`, `/cohere` only) and
+  Modal proxy auth on the whole endpoint (every route, `/invocations` and `/tokenize`
+  included, needs the `Modal-Key`/`Modal-Secret` headers of a workspace proxy token). Only the
+  gateway holds both.
 * `gateway_api`: `ir-gateway serve`, the same server the tests and benchmarks run (its own
   uvicorn protocol, uvloop), as a Modal web server. Keys come from the `ir-gateway` Secret
   (`IRGW_KEYS_JSON`, written to a file at container start), the vLLM URL from the `vllm_server`
   function. One container with in-process limits unless Redis is configured.
+
+With `IRGW_DEPLOY_GPU_SNAPSHOT=1`, the class `VllmSnapshotServer` replaces `vllm_server`: vLLM
+starts from a Modal memory + GPU snapshot (deploy/vllm_snapshot.py; README, "Cold starts").
 
 Importing this module builds Modal objects only; it makes no network call (tests check that).
 Module-level code also runs inside both containers, so it must not touch local files.
@@ -29,9 +40,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -40,9 +48,15 @@ import modal
 
 # Locally the repo root holds `gateway` (usually installed editable anyway); in the containers
 # `add_local_python_source` puts it in /root, which is on sys.path.
-_REPO = Path(__file__).resolve().parent.parent
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parent
 if (_REPO / "gateway" / "__init__.py").is_file() and str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))
+# deploy/profiles.py; in the containers it is /root/profiles.py (added to both images).
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import profiles  # noqa: E402
 
 from gateway import vllm_flags  # noqa: E402
 
@@ -50,15 +64,14 @@ log = logging.getLogger("ir-gateway.modal")
 
 APP_NAME = "ir-gateway"
 
-# -- the model and the GPU
-GPU = "A10G"
-MODEL = "Qwen/Qwen2.5-Coder-7B-Instruct"
-# A Hub commit, not "main": a re-pushed tokenizer or config would otherwise change what the
-# schemas are tested against without a deploy. Bump deliberately, together with a smoke run.
-MODEL_REVISION = "c03e6d358207e414f1eca0bb1891e29f1db0e242"
+# -- the model and the GPU: one profile (deploy/profiles.py), chosen at deploy time
+PROFILE = profiles.select(os.environ)
+GPU = PROFILE.gpu
+MODEL = PROFILE.model
+MODEL_REVISION = PROFILE.revision
 # The name clients never see (they ask for `schema/...`), but the gateway pins it so schema
 # aliases resolve without asking vLLM for its model list.
-SERVED_MODEL_NAME = "qwen2.5-coder-7b"
+SERVED_MODEL_NAME = PROFILE.served_model_name
 VLLM_PORT = 8000
 GATEWAY_PORT = 8000  # its own container, so the same number does not clash
 GATEWAY_METRICS_PORT = 9090  # loopback inside the gateway container, never exposed
@@ -137,17 +150,19 @@ MAX_CONTAINERS_ENV = "IRGW_DEPLOY_GATEWAY_MAX_CONTAINERS"
 GATEWAY_MAX_CONTAINERS = _env_int(MAX_CONTAINERS_ENV, 1)
 # 1 keeps a GPU warm around the clock (no cold starts, ~24 x the hourly price a day).
 VLLM_MIN_CONTAINERS = _env_int("IRGW_DEPLOY_VLLM_MIN_CONTAINERS", 0)
+# 1: vLLM starts from a Modal memory + GPU snapshot taken with the model loaded and asleep
+# (`VllmSnapshotServer`). Off by default; the README's "Cold starts from a snapshot" says why.
+GPU_SNAPSHOT_ENV = "IRGW_DEPLOY_GPU_SNAPSHOT"
+GPU_SNAPSHOT = _env_int(GPU_SNAPSHOT_ENV, 0) == 1
+# What every container must see to rebuild the same objects when it imports this module.
+DEPLOY_ENV: dict[str, str] = {
+    profiles.PROFILE_ENV: PROFILE.name,
+    GPU_SNAPSHOT_ENV: "1" if GPU_SNAPSHOT else "0",
+}
 
 # Host 0.0.0.0: Modal's proxy reaches the server over the container's network interface, and
 # outside traffic reaches the container only through that proxy (which requires proxy auth).
-VLLM_ARGS: list[str] = vllm_flags.server_args(
-    model=MODEL,
-    served_model_name=SERVED_MODEL_NAME,
-    port=VLLM_PORT,
-    host="0.0.0.0",
-    target="a10g",
-    revision=MODEL_REVISION,
-)
+VLLM_ARGS: list[str] = PROFILE.vllm_args(port=VLLM_PORT, host="0.0.0.0", sleep_mode=GPU_SNAPSHOT)
 
 app = modal.App(APP_NAME)
 
@@ -175,6 +190,8 @@ vllm_image = (
     # Only `gateway.vllm_flags` is used here (stdlib only), so the vLLM image needs none of the
     # gateway's dependencies.
     .add_local_python_source("gateway")
+    .add_local_file(_HERE / "profiles.py", "/root/profiles.py")
+    .add_local_file(_HERE / "vllm_snapshot.py", "/root/vllm_snapshot.py")
 )
 
 gateway_image = (
@@ -187,6 +204,8 @@ gateway_image = (
     .env({"IRGW_SCHEMAS_DIR": GATEWAY_SCHEMAS_PATH})
     .add_local_python_source("gateway")
     .add_local_dir(_REPO / "schemas", remote_path=GATEWAY_SCHEMAS_PATH)
+    .add_local_file(_HERE / "profiles.py", "/root/profiles.py")
+    .add_local_file(_HERE / "vllm_snapshot.py", "/root/vllm_snapshot.py")
 )
 
 
@@ -207,25 +226,70 @@ def _exit_with(process: subprocess.Popen[bytes], name: str) -> None:
     os._exit(1)
 
 
-@app.function(
-    image=vllm_image,
-    gpu=GPU,
-    secrets=[vllm_secret],
-    volumes={HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache},
-    timeout=REQUEST_TIMEOUT_S,
-    scaledown_window=VLLM_SCALEDOWN_S,
-    min_containers=VLLM_MIN_CONTAINERS,
-    max_containers=VLLM_MAX_CONTAINERS,
-)
-@modal.concurrent(max_inputs=VLLM_MAX_INPUTS)
-@modal.web_server(port=VLLM_PORT, startup_timeout=VLLM_STARTUP_TIMEOUT_S,
-                  requires_proxy_auth=True)
-def vllm_server() -> None:
+def _start_vllm(extra_env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     if not os.environ.get(vllm_flags.API_KEY_ENV):
         raise RuntimeError(f"{vllm_flags.API_KEY_ENV} is empty in Secret {VLLM_SECRET_NAME!r}")
     # The key reaches vLLM through the inherited environment, never argv (argv shows in `ps`).
-    process = subprocess.Popen(vllm_command(), stdin=subprocess.DEVNULL)
-    threading.Thread(target=_exit_with, args=(process, "vLLM"), daemon=True).start()
+    env = {**os.environ, **(extra_env or {})}
+    return subprocess.Popen(vllm_command(), stdin=subprocess.DEVNULL, env=env)
+
+
+_VLLM_FUNCTION_OPTIONS: dict[str, Any] = {
+    "image": vllm_image,
+    "gpu": GPU,
+    "secrets": [vllm_secret],
+    "env": DEPLOY_ENV,
+    "volumes": {HF_CACHE_PATH: hf_cache, VLLM_CACHE_PATH: vllm_cache},
+    "timeout": REQUEST_TIMEOUT_S,
+    "scaledown_window": VLLM_SCALEDOWN_S,
+    "min_containers": VLLM_MIN_CONTAINERS,
+    "max_containers": VLLM_MAX_CONTAINERS,
+}
+
+if not GPU_SNAPSHOT:
+    @app.function(**_VLLM_FUNCTION_OPTIONS)
+    @modal.concurrent(max_inputs=VLLM_MAX_INPUTS)
+    @modal.web_server(port=VLLM_PORT, startup_timeout=VLLM_STARTUP_TIMEOUT_S,
+                      requires_proxy_auth=True)
+    def vllm_server() -> None:
+        process = _start_vllm()
+        threading.Thread(target=_exit_with, args=(process, "vLLM"), daemon=True).start()
+
+    VLLM_WEB_ENDPOINT = "vllm_server"
+else:
+    from vllm_snapshot import VLLM_SNAPSHOT_ENV, Canary, SnapshotError, sleep_for_snapshot, wake_up
+
+    @app.cls(**_VLLM_FUNCTION_OPTIONS, startup_timeout=VLLM_STARTUP_TIMEOUT_S,
+             enable_memory_snapshot=True, experimental_options={"enable_gpu_snapshot": True})
+    @modal.concurrent(max_inputs=VLLM_MAX_INPUTS)
+    class VllmSnapshotServer:
+        """vLLM started, warmed up and put to sleep before Modal's snapshot; woken after a
+        restore and checked against the answer it gave before sleeping."""
+
+        @modal.enter(snap=True)
+        def start_and_sleep(self) -> None:
+            self.process = _start_vllm(VLLM_SNAPSHOT_ENV)
+            self.canary: Canary = sleep_for_snapshot(
+                self.process, port=VLLM_PORT, model=SERVED_MODEL_NAME,
+                key=os.environ[vllm_flags.API_KEY_ENV], timeout_s=VLLM_STARTUP_TIMEOUT_S)
+
+        @modal.enter(snap=False)
+        def wake(self) -> None:
+            try:
+                wake_up(self.canary, port=VLLM_PORT, key=os.environ[vllm_flags.API_KEY_ENV])
+            except SnapshotError as error:
+                # Serving answers that differ from the model's is worse than not serving.
+                log.error("vLLM after restore: %s; stopping the container", error)
+                os._exit(1)
+            threading.Thread(target=_exit_with, args=(self.process, "vLLM"),
+                             daemon=True).start()
+
+        @modal.web_server(port=VLLM_PORT, startup_timeout=VLLM_STARTUP_TIMEOUT_S,
+                          requires_proxy_auth=True)
+        def serve(self) -> None:
+            pass  # vLLM already listens: it was started before the snapshot
+
+    VLLM_WEB_ENDPOINT = "VllmSnapshotServer.serve"
 
 
 # --------------------------------------------------------------------------- gateway
@@ -347,20 +411,23 @@ def _vllm_web_url() -> str:
     # is the fallback (it finds the deployed app's function).
     url: str | None = None
     try:
-        url = vllm_server.get_web_url()
+        url = (VllmSnapshotServer().serve if GPU_SNAPSHOT else vllm_server).get_web_url()
     except Exception as error:  # any failure here has the same remedy: look it up by name
-        log.warning("vllm_server URL not available in-app (%s); looking it up by name", error)
-    if not url:
+        log.warning("%s URL not available in-app (%s); looking it up by name",
+                    VLLM_WEB_ENDPOINT, error)
+    if not url and GPU_SNAPSHOT:
+        url = modal.Cls.from_name(APP_NAME, "VllmSnapshotServer")().serve.get_web_url()
+    elif not url:
         url = modal.Function.from_name(APP_NAME, "vllm_server").get_web_url()
     if not url:
-        raise DeploymentConfigError(f"no web URL for vllm_server in app {APP_NAME!r}")
+        raise DeploymentConfigError(f"no web URL for {VLLM_WEB_ENDPOINT} in app {APP_NAME!r}")
     return url
 
 
 @app.function(
     image=gateway_image,
     secrets=[gateway_secret, vllm_secret, proxy_auth_secret],
-    env={MAX_CONTAINERS_ENV: str(GATEWAY_MAX_CONTAINERS)},
+    env={**DEPLOY_ENV, MAX_CONTAINERS_ENV: str(GATEWAY_MAX_CONTAINERS)},
     timeout=REQUEST_TIMEOUT_S,
     scaledown_window=GATEWAY_SCALEDOWN_S,
     max_containers=GATEWAY_MAX_CONTAINERS,
@@ -387,106 +454,24 @@ def gateway_api() -> None:
 # --------------------------------------------------------------------------- smoke test
 
 
-class SmokeError(RuntimeError):
-    pass
-
-
-SMOKE_PROMPT = (
-    "Describe a Python function that returns the n-th Fibonacci number, n >= 0, iteratively."
-)
-
-
-def _http(method: str, url: str, *, key: str | None = None, body: object = None,
-          timeout_s: float) -> tuple[int, dict[str, Any] | None]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("content-type", "application/json")
-    if key:
-        request.add_header("authorization", f"Bearer {key}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, raw = error.code, error.read()
-    try:
-        parsed = json.loads(raw) if raw else None
-    except ValueError:
-        parsed = None
-    return status, parsed if isinstance(parsed, dict) else None
-
-
-def run_smoke(base_url: str, key: str, *, wait_s: float = 900.0,
-              say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Health, readiness (through a cold start), one named-schema request. Returns the IR."""
-    base_url = base_url.rstrip("/")
-    started = time.monotonic()
-    deadline = started + wait_s
-
-    def poll(path: str, what: str, key: str | None = None) -> dict[str, Any]:
-        last = "no answer"
-        while True:
-            try:
-                # Modal holds a request while a container starts, so one attempt may take long.
-                status, body = _http("GET", base_url + path, key=key, timeout_s=180)
-                if status == 200 and body is not None:
-                    return body
-                last = f"HTTP {status}: {body}"
-            except (urllib.error.URLError, TimeoutError, OSError) as error:
-                last = f"{type(error).__name__}: {error}"
-            if time.monotonic() >= deadline:
-                raise SmokeError(f"{what} not reached after {wait_s:.0f}s; last: {last}")
-            say(f"  waiting for {what} ({time.monotonic() - started:.0f}s): {last}")
-            time.sleep(5)
-
-    say(f"gateway: {base_url}")
-    poll("/healthz", "/healthz")
-    say(f"healthz ok ({time.monotonic() - started:.1f}s)")
-    ready = poll("/readyz", "/readyz (vLLM up)", key=key)
-    say(f"readyz ok ({time.monotonic() - started:.1f}s): vLLM {ready.get('upstream_version')}, "
-        f"dialect {ready.get('dialect')}")
-
-    request = {
-        "model": "schema/function_ir",
-        "messages": [{"role": "user", "content": SMOKE_PROMPT}],
-        "temperature": 0,
-        "max_tokens": 512,
-    }
-    sent = time.monotonic()
-    try:
-        status, body = _http("POST", base_url + "/v1/chat/completions", key=key, body=request,
-                             timeout_s=300)
-    except (urllib.error.URLError, TimeoutError, OSError) as error:
-        raise SmokeError(f"chat completion failed: {type(error).__name__}: {error}") from None
-    latency = time.monotonic() - sent
-    if status != 200 or body is None:
-        raise SmokeError(f"chat completion failed: HTTP {status}: {body}")
-    try:
-        content = body["choices"][0]["message"]["content"]
-        ir: dict[str, Any] = json.loads(content)
-    except (KeyError, IndexError, TypeError, ValueError) as error:
-        raise SmokeError(f"answer is not the expected JSON ({error!r}): {body}") from None
-    usage = body.get("usage") or {}
-    completion_tokens = usage.get("completion_tokens")
-    rate = f", {completion_tokens / latency:.1f} tok/s" if completion_tokens else ""
-    say(json.dumps(ir, indent=2))
-    say(f"latency {latency:.2f}s, {completion_tokens} completion tokens{rate}, "
-        f"finish_reason {body['choices'][0].get('finish_reason')}")
-    return ir
-
-
 @app.local_entrypoint()
 def smoke(url: str = "", wait_s: int = 900) -> None:
     """`modal run deploy/modal_app.py::smoke [--url URL]` with IRGW_SMOKE_KEY set.
 
     Without --url it looks up the *deployed* app's gateway (`modal deploy` first), rather than
-    the ephemeral copy `modal run` creates, so it tests what clients use.
+    the ephemeral copy `modal run` creates, so it tests what clients use. The checks are
+    deploy/smoke.py's (readiness, constraint canary, one request per registered schema);
+    any failure exits non-zero.
     """
+    from smoke import SmokeError, run_smoke  # local only: the containers do not carry it
+
     key = os.environ.get("IRGW_SMOKE_KEY")
     if not key:
         raise SystemExit("set IRGW_SMOKE_KEY to a gateway key (ir-gateway keys create ...)")
     base_url = url or modal.Function.from_name(APP_NAME, "gateway_api").get_web_url()
     if not base_url:
         raise SystemExit(f"no deployed gateway_api in app {APP_NAME!r}: run `modal deploy` first")
+    print(f"profile {PROFILE.name} (this shell's {profiles.PROFILE_ENV}): {MODEL} on {GPU}")
     try:
         run_smoke(base_url, key, wait_s=wait_s)
     except SmokeError as error:

@@ -28,6 +28,7 @@ __all__ = [
     "API_KEY_ENV",
     "CPU_DEFAULT_MAX_MODEL_LEN",
     "DEFAULT_MAX_MODEL_LEN",
+    "DEFAULT_TOOL_CALL_PARSER",
     "STRUCTURED_OUTPUTS_CONFIG",
     "VLLM_VERSION",
     "Target",
@@ -54,6 +55,9 @@ STRUCTURED_OUTPUTS_CONFIG: Final[dict[str, object]] = {
 }
 
 DEFAULT_MAX_MODEL_LEN: Final = 8192
+# Qwen2.5's <tool_call>{"name": ..., "arguments": ...}</tool_call> format; Qwen3-Coder's
+# XML-style calls need "qwen3_coder" (deploy/profiles.py picks it for that model).
+DEFAULT_TOOL_CALL_PARSER: Final = "hermes"
 # Enough for prompt + IR output in tests; keeps the CPU KV cache (VLLM_CPU_KVCACHE_SPACE) small.
 CPU_DEFAULT_MAX_MODEL_LEN: Final = 2048
 
@@ -67,6 +71,23 @@ _TARGET_FLAGS: Final[dict[str, tuple[str, ...]]] = {
     # vLLM several times. Never for the A10G, where CUDA graphs are the point.
     "cpu": ("--dtype", "float32", "--enforce-eager"),
 }
+
+
+def _target_flags(target: str, *, dtype: str | None,
+                  gpu_memory_utilization: float | None) -> list[str]:
+    flags = list(_TARGET_FLAGS[target])
+    for flag, value in (("--dtype", dtype), ("--gpu-memory-utilization", gpu_memory_utilization)):
+        if value is None:
+            continue
+        if flag in flags:
+            at = flags.index(flag) + 1
+            # The same value keeps its text ("0.90"): the command line stays byte-identical.
+            if flags[at] != str(value) and not (isinstance(value, float)
+                                                and float(flags[at]) == value):
+                flags[at] = str(value)
+        else:
+            flags += [flag, str(value)]
+    return flags
 
 
 def structured_outputs_config_json() -> str:
@@ -84,6 +105,11 @@ def server_args(
     revision: str | None = None,
     max_model_len: int | None = None,
     tool_calling: bool = True,
+    dtype: str | None = None,
+    gpu_memory_utilization: float | None = None,
+    quantization: str | None = None,
+    tool_call_parser: str = DEFAULT_TOOL_CALL_PARSER,
+    sleep_mode: bool = False,
 ) -> list[str]:
     """Arguments that follow ``python -m vllm.entrypoints.openai.api_server``.
 
@@ -91,6 +117,10 @@ def server_args(
     (the tokenizer follows it). ``tool_calling`` enables OpenAI ``tools``: without a
     ``--tool-call-parser`` vLLM 0.32 answers 400 even for a named ``tool_choice``, and
     without ``--tool-strict-level parameter`` forced calls' arguments are unconstrained.
+    ``dtype`` and ``gpu_memory_utilization`` replace the GPU target's defaults (a model
+    profile's choice, see deploy/profiles.py); ``quantization`` names vLLM's kernel for a
+    quantised checkpoint; ``tool_call_parser`` is the model family's; ``sleep_mode`` adds
+    ``--enable-sleep-mode`` (the Modal GPU-snapshot path sleeps vLLM before the snapshot).
     """
     if target not in _TARGET_FLAGS:
         raise ValueError(f"unknown target {target!r}; expected one of {sorted(_TARGET_FLAGS)}")
@@ -113,17 +143,20 @@ def server_args(
         # The gateway is the only client; it forwards allow-listed routes, so the docs UI
         # and its OpenAPI route are only more surface.
         "--disable-fastapi-docs",
-        *_TARGET_FLAGS[target],
+        *_target_flags(target, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization),
     ]
+    if quantization is not None:
+        args += ["--quantization", quantization]
+    if sleep_mode:
+        args.append("--enable-sleep-mode")
     if revision is not None:
         args += ["--revision", revision]
     if tool_calling:
         args += [
             "--enable-auto-tool-choice",
-            # Qwen2.5's <tool_call>{"name": ..., "arguments": ...}</tool_call> format. The
-            # parser works on text, so any tokenizer starts with it; the tiny model also has
-            # <tool_call> tokens like Qwen2.5.
-            "--tool-call-parser", "hermes",
+            # hermes by default: it works on text, so any tokenizer starts with it; the tiny
+            # model also has <tool_call> tokens like Qwen2.5.
+            "--tool-call-parser", tool_call_parser,
             # 0.32's default ("auto") constrains only the tool-call envelope for a named or
             # "required" tool_choice: arguments are any JSON unless the client marked the tool
             # "strict": true (LangChain and LlamaIndex do not). "parameter" pins every tool's

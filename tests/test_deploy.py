@@ -27,9 +27,9 @@ import pytest
 from gateway import vllm_flags
 from gateway.keys import KeyStore
 from gateway.settings import Settings
+from tests.deploy_samples import ANSWERS_BY_SCHEMA
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import free_port, serving_process
-from tests.ir_samples import FUNCTION_IR, VALID
 
 REPO = Path(__file__).resolve().parent.parent
 MODAL_APP = REPO / "deploy" / "modal_app.py"
@@ -44,6 +44,11 @@ def _load(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# Under the name deploy/modal_app.py imports it by, so both see one module.
+profiles = _load(REPO / "deploy" / "profiles.py", "profiles")
+smoke = _load(REPO / "deploy" / "smoke.py", "ir_gateway_smoke")
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +90,30 @@ spec.loader.exec_module(module)
 import modal
 from modal._utils.async_utils import synchronizer
 
+def web_endpoint(value):
+    if isinstance(value, modal.Function):
+        return value, synchronizer._translate_in(value)._webhook_config, {}
+    # A class: its methods run in one service function; the web server is one method.
+    partials = {n: synchronizer._translate_in(p)
+                for n, p in value._get_partial_functions().items()}
+    webhook = next(p.params.webhook_config for p in partials.values()
+                   if p.params.webhook_config is not None)
+    flags = {n: p.flags for n, p in partials.items()}
+    return value._get_class_service_function(), webhook, flags
+
 functions = {}
 for name, value in vars(module).items():
-    if not isinstance(value, modal.Function):
+    if not isinstance(value, (modal.Function, modal.Cls)):
         continue
+    value, webhook, method_flags = web_endpoint(value)
     info = value.info()  # local for a function defined here: no hydration
-    webhook = synchronizer._translate_in(value)._webhook_config
     functions[name] = {
         "gpus": info.gpus,
         "secrets": info.secrets,
         "volumes": {path: mount.name for path, mount in info.volumes.items()},
-        "web": None if info.web_info is None else {
-            "unauthenticated": info.web_info.unauthenticated,
+        # A class's web method is not in its service function's info until deployed.
+        "web": None if webhook is None or not webhook.type else {
+            "unauthenticated": None if info.web_info is None else info.web_info.unauthenticated,
             "type": type(webhook).DESCRIPTOR.fields_by_name["type"].enum_type
                 .values_by_number[webhook.type].name,
             "port": webhook.web_server_port,
@@ -104,7 +121,9 @@ for name, value in vars(module).items():
             "requires_proxy_auth": webhook.requires_proxy_auth,
         },
         "timeout": info.timeout,
+        "startup_timeout": info.startup_timeout,
         "max_inputs": info.concurrency_info.max_inputs if info.concurrency_info else None,
+        "method_flags": method_flags,
     }
 entrypoints = sorted(n for n, v in vars(module).items()
                      if type(v).__name__ == "LocalEntrypoint")
@@ -113,18 +132,24 @@ print(json.dumps({"attempts": attempts, "functions": functions, "entrypoints": e
 """
 
 
-@pytest.fixture(scope="module")
-def modal_shape() -> dict[str, Any]:
+def describe_modal_app(**deploy_env: str) -> dict[str, Any]:
+    """The app as `modal deploy` would build it from a shell with `deploy_env` set."""
     # No Modal credentials or deploy-time knobs from the caller's shell.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODAL_", "IRGW_DEPLOY_"))}
+           if not k.startswith(("MODAL_", "IRGW_DEPLOY_", profiles.PROFILE_ENV))}
     result = subprocess.run(
         [sys.executable, "-c", _NO_NETWORK_IMPORT, str(MODAL_APP)],
-        capture_output=True, text=True, timeout=120, env=env, check=False, cwd=REPO,
+        capture_output=True, text=True, timeout=120, env={**env, **deploy_env}, check=False,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     shape: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return shape
+
+
+@pytest.fixture(scope="module")
+def modal_shape() -> dict[str, Any]:
+    return describe_modal_app()
 
 
 def test_importing_the_modal_app_makes_no_network_call(modal_shape: dict[str, Any]) -> None:
@@ -134,12 +159,17 @@ def test_importing_the_modal_app_makes_no_network_call(modal_shape: dict[str, An
     assert modal_shape["entrypoints"] == ["smoke"]
 
 
-def test_vllm_function_is_an_a10g_web_server_behind_proxy_auth(
+def test_vllm_function_is_an_a10_web_server_behind_proxy_auth(
         modal_shape: dict[str, Any], modal_app: ModuleType) -> None:
     vllm = modal_shape["functions"]["vllm_server"]
-    assert modal_app.GPU == "A10G"
-    assert vllm["gpus"] == [["A10G", 1]]
-    assert vllm["secrets"] == ["modal.Secret.from_name('ir-gateway-vllm')"]
+    # Modal's GPU list names the card `A10` (it was `A10G`); the client passes the name on.
+    assert modal_app.GPU == "A10"
+    assert vllm["gpus"] == [["A10", 1]]
+    assert vllm["secrets"] == [
+        "modal.Secret.from_name('ir-gateway-vllm')",
+        # The deploy-time choice, so the container rebuilds the same objects on import.
+        "Secret.from_dict([IRGW_MODAL_PROFILE, IRGW_DEPLOY_GPU_SNAPSHOT])",
+    ]
     assert vllm["volumes"] == {"/root/.cache/huggingface": "ir-gateway-hf-cache",
                                "/root/.cache/vllm": "ir-gateway-vllm-cache"}
     assert vllm["web"] == {
@@ -214,6 +244,7 @@ import vllm
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
 from vllm.entrypoints.launchers.launcher import validate_api_server_args
+from vllm.model_executor.layers.quantization import get_quantization_config
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 def parse(args):
@@ -229,6 +260,12 @@ def parse(args):
     validate_api_server_args(ns)  # e.g. that the tool-call parser is registered
     engine = AsyncEngineArgs.from_cli_args(ns)
     so = engine.structured_outputs_config
+    kernel = None
+    if engine.quantization is not None:
+        config = get_quantization_config(engine.quantization)
+        kernel = {"min_capability": config.get_min_capability(),
+                  "act_dtypes": [str(t).removeprefix("torch.")
+                                 for t in config.get_supported_act_dtypes()]}
     return {
         "exit_code": 0,
         "inexact_flags": inexact,
@@ -249,6 +286,9 @@ def parse(args):
         "tool_call_parser": ns.tool_call_parser,
         "tool_strict_level": getattr(ns, "tool_strict_level", None),
         "disable_fastapi_docs": ns.disable_fastapi_docs,
+        "quantization": engine.quantization,
+        "quantization_kernel": kernel,
+        "enable_sleep_mode": engine.enable_sleep_mode,
     }
 
 cases = json.loads(sys.stdin.read())
@@ -282,6 +322,10 @@ def parsed(modal_app: ModuleType, selfhost: ModuleType) -> dict[str, Any]:
         "a10g": a10g,
         "cpu": vllm_flags.server_args(target="cpu", **CPU_KW),
         "misspelt": [*a10g, "--enable-prefix-cacheing"],
+        **{f"profile:{p.name}": p.vllm_args(port=8000, host="0.0.0.0")
+           for p in profiles.PROFILES.values()},
+        **{f"profile:{p.name}:sleep": p.vllm_args(port=8000, host="0.0.0.0", sleep_mode=True)
+           for p in profiles.PROFILES.values()},
     }
     result = subprocess.run(
         [str(VLLM_PYTHON), "-c", _PARSE], input=json.dumps(cases), capture_output=True,
@@ -304,6 +348,9 @@ def test_modal_command_line_gives_the_intended_engine(
     # Whatever the shared definition asks for here, vLLM must have understood it.
     assert engine.pop("tool_strict_level") == _flag_values(modal_app.VLLM_ARGS).get(
         "--tool-strict-level")
+    # bf16 weights, vLLM started normally (no sleep mode without the snapshot option).
+    assert (engine.pop("quantization"), engine.pop("quantization_kernel"),
+            engine.pop("enable_sleep_mode")) == (None, None, False)
     assert engine == {
         "exit_code": 0,
         "inexact_flags": [],
@@ -368,6 +415,43 @@ def test_cpu_flags_differ_from_a10g_only_in_cpu_adjustments(parsed: dict[str, An
     for key in ("structured_outputs", "enable_prefix_caching", "generation_config",
                 "tool_call_parser", "enable_auto_tool_choice", "tool_strict_level"):
         assert cpu_engine[key] == a10g_engine[key], key
+
+
+# The cards' CUDA compute capability (NVIDIA's tables): what a quantisation kernel needs.
+GPU_CAPABILITY = {"A10": 86, "L40S": 89}
+
+
+@pytest.mark.parametrize("name", sorted(profiles.PROFILES))
+def test_every_profile_command_line_gives_the_intended_engine(
+        parsed: dict[str, Any], name: str) -> None:
+    profile = profiles.PROFILES[name]
+    engine = parsed["cases"][f"profile:{name}"]
+    assert engine["exit_code"] == 0 and engine["inexact_flags"] == []
+    assert {key: engine[key] for key in (
+        "model", "revision", "served_model_name", "dtype", "gpu_memory_utilization",
+        "max_model_len", "quantization", "tool_call_parser", "enable_sleep_mode")} == {
+        "model": profile.model, "revision": profile.revision,
+        "served_model_name": [profile.served_model_name], "dtype": profile.dtype,
+        "gpu_memory_utilization": profile.gpu_memory_utilization,
+        "max_model_len": profile.max_model_len, "quantization": profile.quantization,
+        "tool_call_parser": profile.tool_call_parser, "enable_sleep_mode": False,
+    }
+    # Structured output is configured the same whatever the model.
+    modal = parsed["cases"]["modal"]
+    for key in ("structured_outputs", "enable_prefix_caching", "generation_config",
+                "enable_auto_tool_choice", "tool_strict_level", "disable_fastapi_docs"):
+        assert engine[key] == modal[key], key
+    # A quantised profile names a kernel that runs on its card with its activation dtype.
+    kernel = engine["quantization_kernel"]
+    if profile.quantization is None:
+        assert kernel is None
+    else:
+        assert kernel["min_capability"] <= GPU_CAPABILITY[profile.gpu]
+        assert profile.dtype in kernel["act_dtypes"]
+    # The snapshot option changes exactly one thing.
+    asleep = dict(parsed["cases"][f"profile:{name}:sleep"])
+    assert asleep.pop("enable_sleep_mode") is True
+    assert asleep == {k: v for k, v in engine.items() if k != "enable_sleep_mode"}
 
 
 # --------------------------------------------------------------------------- gateway container
@@ -476,9 +560,10 @@ async def test_smoke_through_the_modal_gateway_container(
         modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path) -> None:
     """What `gateway_api` starts, against a fake vLLM: its command with its environment, in
     a process of its own; keys from the Secret, vLLM's bearer key and the proxy-auth headers
-    on every upstream call, and `run_smoke` end to end."""
+    on every upstream call, and deploy/smoke.py's `run_smoke` end to end (one request per
+    registered schema)."""
     async with FakeUpstream(api_key="vllm-secret-key", model="qwen2.5-coder-7b") as fake:
-        fake.script(Reply(VALID))
+        fake.script(*(Reply(answer) for answer in ANSWERS_BY_SCHEMA.values()))
         environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: fake.url,
                                                     keys_dir=tmp_path / "keys")
         port = free_port()
@@ -491,15 +576,16 @@ async def test_smoke_through_the_modal_gateway_container(
             public = await client.get(f"{url}/metrics")
             private = await client.get(f"http://127.0.0.1:{metrics_port}/metrics")
             lines: list[str] = []
-            ir = await asyncio.to_thread(modal_app.run_smoke, url, modal_env["key"],
-                                         wait_s=30, say=lines.append)
-            with pytest.raises(modal_app.SmokeError, match="HTTP 401"):
-                await asyncio.to_thread(modal_app.run_smoke, url, "irgw-not-a-key",
+            results = await asyncio.to_thread(smoke.run_smoke, url, modal_env["key"],
+                                              wait_s=30, say=lines.append)
+            with pytest.raises(smoke.SmokeError, match="HTTP 401"):
+                await asyncio.to_thread(smoke.run_smoke, url, "irgw-not-a-key",
                                         wait_s=30, say=lines.append)
     assert public.status_code == 404 and private.status_code == 200
     assert "irgw_requests_total" in private.text
-    assert ir == FUNCTION_IR
-    assert any("tok/s" in line or "latency" in line for line in lines)
+    assert [(r.schema, r.status, r.output) for r in results] == [
+        (name, 200, "passed") for name in ANSWERS_BY_SCHEMA]
+    assert any("tok/s" in line for line in lines)
     request = fake.requests[0]
     assert request.json["model"] == "qwen2.5-coder-7b"
     assert request.headers["authorization"] == "Bearer vllm-secret-key"
