@@ -37,7 +37,7 @@ from gateway.app import GatewayApp, create_app
 from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 from gateway.dev.vllm_process import REPO, VllmServer, VllmStartError, vllm_python
 from gateway.registry import SchemaFileError
-from gateway.server import uvicorn_options
+from gateway.serving import uvicorn_options
 from gateway.settings import Settings
 
 TINY_BUILDER = "gateway.devmodels.tiny"
