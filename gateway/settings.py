@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -112,9 +112,18 @@ class Settings(BaseSettings):
         "(which frees vLLM's slots and settles token limits) still happens.",
     )
     max_request_bytes: int = Field(
-        default=8 * 1024 * 1024,
+        default=2 * 1024 * 1024,
         ge=1024,
-        description="Largest request body accepted (413 beyond): a 32k-token prompt is ~128 KB.",
+        description="Largest request body accepted (413 beyond): a 32k-token prompt is ~128 KB, "
+        "a 128k-token one ~512 KB; JSON escaping can double it.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="The bodies of all requests in progress together, in bytes; a request "
+        "whose body does not fit gets a 503 (retry-after: 1). A parsed body holds several "
+        "times its size (25-30x for a body of tiny JSON values: bench/results/body_memory.md), "
+        "for as long as its request runs. At least IRGW_MAX_REQUEST_BYTES.",
     )
 
     # -- schemas and output checking
@@ -148,6 +157,14 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     config_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_body_limits(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_request_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
+                f"max_request_bytes ({self.max_request_bytes}): no such request could run")
+        return self
 
     @field_validator("upstream_url")
     @classmethod
