@@ -93,7 +93,7 @@ VLLM_REQUIREMENTS = (
 # pyproject.toml to read.
 GATEWAY_REQUIREMENTS = (
     "fastapi>=0.115,<1",
-    "uvicorn[standard]>=0.30",
+    "uvicorn[standard]>=0.54,<0.55",
     "pydantic>=2.7,<3",
     "pydantic-settings>=2.3,<3",
     "httptools>=0.6",

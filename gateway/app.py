@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.asgi import ClientDisconnectedError, JSONResponse
+from gateway.body_budget import BODY_BYTES_HELD
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -149,6 +150,9 @@ class GatewayApp(FastAPI):
                 await super().__call__(scope, receive, noting_status)
         finally:
             metrics.inflight -= 1
+            held = scope.get(BODY_BYTES_HELD)
+            if held:
+                self.services.body_budget.give(held)
             if endpoint is not None:
                 route = scope["path"]
             else:  # the route's template, never the raw path: labels stay few

@@ -19,7 +19,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.keys import KeyStoreError
     from gateway.registry import SchemaFileError
     from gateway.runtime import restart_on_huge_pages, tune_gc_for_serving
-    from gateway.server import uvicorn_options
+    from gateway.serving import uvicorn_options
     from gateway.settings import Settings
 
     overrides: dict[str, Any] = {

@@ -70,6 +70,18 @@ class UnsupportedSchemaError(InvalidRequestError):
     default_code = "unsupported_schema_feature"
 
 
+class RequestTimeoutError(InvalidRequestError):
+    """The request did not arrive in time (a stall, or a head past its deadline)."""
+
+    status_code = 408
+    default_code = "request_timeout"
+
+
+class HeaderFieldsTooLargeError(InvalidRequestError):
+    status_code = 431
+    default_code = "request_header_fields_too_large"
+
+
 class NotFoundError(GatewayError):
     status_code = 404
     error_type = "invalid_request_error"

@@ -1,4 +1,4 @@
-"""The HTTP server side: uvicorn's httptools protocol with two changes, and its config.
+"""The HTTP server side: uvicorn's httptools protocol with these changes, and its config.
 
 1. A response's writes are coalesced. uvicorn writes a response's head and its body in two
    `write` calls, so a JSON answer leaves as two syscalls and two TCP segments, and the
@@ -15,82 +15,75 @@
    task, forever). The timer is armed only when a read ends inside a request, so a request
    that arrives in one read never touches it. After an answer that leaves part of the request
    unread (a 413, a 401, the 408), the connection lingers, then closes: no draining.
+4. The front door's limits (uvicorn has none of them): a request head is at most
+   `IRGW_MAX_REQUEST_HEAD_BYTES` and `IRGW_MAX_REQUEST_HEADERS` (431 beyond), counted as it
+   arrives, before the parser gathers it (httptools joins a header's pieces by copying, so a
+   100 MB header cost seconds of CPU); it must arrive whole within
+   `IRGW_REQUEST_HEAD_TIMEOUT_S` of its first byte, or of the connection's opening (a
+   connection that never sends a byte is closed then); past `IRGW_MAX_CONNECTIONS` a new
+   connection gets a 503 and is closed at once; a client that reads nothing of what it is
+   sent for `IRGW_WRITE_TIMEOUT_S` is dropped (its request, and its vLLM call, cancelled).
+   Between kept-alive requests uvicorn's own `timeout_keep_alive` closes an idle connection.
+
+The subclass leans on uvicorn's internals, so it runs only on the uvicorn series the tests
+ran (gateway/serving.py, which also holds the server's options).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-from collections.abc import Callable
-from typing import Any
+import time
+from http import HTTPStatus
 
+import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal
-from gateway.settings import Settings
+from gateway.coalescing import CoalescingTransport
+from gateway.errors import (
+    GatewayError,
+    HeaderFieldsTooLargeError,
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+)
+
+__all__ = ["CoalescingTransport", "GatewayHttpProtocol"]
+
+log = logging.getLogger("gateway.server")
+
+# A refused connection (over IRGW_MAX_CONNECTIONS) is logged at most this often, with the
+# count since the last line: a flood must not turn into a flood of log lines.
+REFUSAL_LOG_EVERY_S = 10.0
 
 
-class CoalescingTransport:
-    """A transport whose writes within one loop turn leave in one `write` of the real one."""
+class _HeadRefusedError(Exception):
+    """Raised inside a parser callback to stop parsing a head that is refused."""
 
-    __slots__ = ("_ended", "_loop", "_pending", "_transport", "close_hook")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-        self._ended = False  # our side is finished: later writes are dropped
-        # Asked first by `close()`; True means it took over closing (see `_linger`).
-        self.close_hook: Callable[[], bool] | None = None
+class _RefusalLog:
+    """Counts refused connections; logs at most one line per REFUSAL_LOG_EVERY_S."""
 
-    def write(self, data: bytes) -> None:
-        if self._ended:
-            return
-        if not self._pending:
-            self._loop.call_soon(self.flush)
-        self._pending.append(data)
+    def __init__(self) -> None:
+        self.refused = 0
+        self._unlogged = 0
+        self._last = -REFUSAL_LOG_EVERY_S
 
-    def writelines(self, chunks: Any) -> None:  # through `write`, so nothing is reordered
-        self.write(b"".join(chunks))
+    def refused_one(self, limit: int) -> None:
+        self.refused += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._last >= REFUSAL_LOG_EVERY_S:
+            log.warning("refused %d connection(s): %d open, the limit (IRGW_MAX_CONNECTIONS)",
+                        self._unlogged, limit)
+            self._unlogged = 0
+            self._last = now
 
-    def write_eof(self) -> None:
-        """Send what is held, then end our side where the transport can (not under TLS)."""
-        self.flush()
-        self._ended = True
-        if self._transport.can_write_eof() and not self._transport.is_closing():
-            self._transport.write_eof()
 
-    def flush(self) -> None:
-        """Send what is held now (also run at the end of the loop turn of the first write)."""
-        pending, self._pending = self._pending, []
-        if pending and not self._transport.is_closing():
-            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-    def close(self) -> None:
-        if self.close_hook is not None and self.close_hook():
-            return
-        self.flush()  # what was written before close() is still sent, as with any transport
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self._transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._ended or self._transport.is_closing()
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def __getattr__(self, name: str) -> Any:  # get_extra_info and the rarely used rest
-        return getattr(self._transport, name)
+REFUSALS = _RefusalLog()
 
 
 # After a final answer sent while the client is still sending (a 413 on the declared length,
@@ -103,11 +96,19 @@ LINGER_S = 5.0
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing through a `CoalescingTransport`, telling the
-    app of a lost connection through a `DisconnectSignal` and timing out stalled requests."""
+    app of a lost connection through a `DisconnectSignal`, timing out stalled requests and
+    enforcing the front door's limits."""
 
-    read_timeout_s: float = 30.0  # set per server by `uvicorn_options`
+    # Set per server by `uvicorn_options` (these defaults are Settings' own).
+    read_timeout_s: float = 30.0
+    head_timeout_s: float = 20.0
+    max_head_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_connections: int = 4096
+    write_timeout_s: float = 30.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        over_limit = len(self.connections) >= self.max_connections
         self.disconnect_signal = DisconnectSignal()
         self._extensions = {DISCONNECT_EXTENSION: self.disconnect_signal}
         self._reading = False  # a request has begun and has not arrived whole
@@ -115,23 +116,84 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._last_read = 0.0  # when the request being read last made progress
         self._read_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._shutting_down = False
-        self._deferred_400: str | None = None  # a parse error's answer, after the one under way
+        # An error answer for a request that never became one, held until the answer under
+        # way is sent: (status line, code, message).
+        self._deferred_error: GatewayError | None = None
+        # The next bytes are a request head; how many of it arrived; its deadline's timer,
+        # armed here (for a connection that never sends a byte) and by a read ending inside
+        # a head, never for a head that arrives in one read.
+        self._head_pending = True
+        self._head_bytes = 0
+        self._head_refused: GatewayError | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         # The cycle of the request before the one being read (None on a fresh connection).
         self._cycle_before: RequestResponseCycle | None = None
         coalescing = CoalescingTransport(transport, self.loop)
         coalescing.close_hook = self._close_requested
         super().connection_made(coalescing)  # type: ignore[arg-type]
+        if over_limit:
+            REFUSALS.refused_one(self.max_connections)
+            self._discarding = True
+            self._send_error(OverloadedError(
+                "the gateway has too many open connections; retry shortly",
+                code="too_many_connections", headers={"retry-after": "1"}))
+            self.transport.close()
+            return
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
-        super().data_received(data)
+        if self._head_pending:
+            room = self.max_head_bytes - self._head_bytes
+            if len(data) > room:
+                self._feed_past_head_limit(memoryview(data), room)
+                return
+            self._head_bytes += len(data)
+        self._feed(data)
+        if self._head_pending and self._head_bytes and self._head_timer is None \
+                and not self._discarding:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
         if self._reading:  # this read ended inside a request: the client has to go on
             self._last_read = self.loop.time()
             if self._read_timer is None and not self.transport.is_closing():
                 self._read_timer = self.loop.call_later(self.read_timeout_s,
                                                         self._read_timed_out)
+
+    def _feed_past_head_limit(self, data: memoryview, room: int) -> None:
+        """A read that carries more than the head still may be: the head must end within
+        `room` bytes; what follows it (a body, another request) is fed on as usual."""
+        self._head_bytes += room
+        self._feed(data[:room])
+        if self._discarding or self.transport.is_closing():
+            return
+        if self._head_pending and self._head_bytes >= self.max_head_bytes:
+            self._refuse(HeaderFieldsTooLargeError(
+                f"the request head is larger than {self.max_head_bytes} bytes "
+                "(IRGW_MAX_REQUEST_HEAD_BYTES)"))
+            return
+        self.data_received(data[room:])  # type: ignore[arg-type]
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        # uvicorn's `data_received`, with a refused head answered as what it is (431, 408)
+        # rather than as a parse error.
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError:
+            if self._head_refused is not None:
+                self._refuse(self._head_refused)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
 
     def on_message_begin(self) -> None:
         self._reading = True
@@ -139,8 +201,22 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.scope["extensions"] = self._extensions  # type: ignore[typeddict-unknown-key]
 
+    def on_headers_complete(self) -> None:
+        if len(self.headers) > self.max_headers:
+            self._head_refused = HeaderFieldsTooLargeError(
+                f"the request has more than {self.max_headers} header fields "
+                "(IRGW_MAX_REQUEST_HEADERS)")
+            raise _HeadRefusedError
+        self._head_pending = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().on_headers_complete()
+
     def on_message_complete(self) -> None:
         self._reading = False
+        self._head_pending = True
+        self._head_bytes = 0
         if self._read_timer is not None:
             self._read_timer.cancel()
             self._read_timer = None
@@ -151,9 +227,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         # for the request runs (rate-limit settlement, metrics, the keep-alive timer).
         self.transport.flush()  # type: ignore[attr-defined]
         super().on_response_complete()
-        if self._deferred_400 is not None:
-            message, self._deferred_400 = self._deferred_400, None
-            self._send_error(b"400 Bad Request", "invalid_http_request", message)
+        if self._deferred_error is not None:
+            error, self._deferred_error = self._deferred_error, None
+            self._send_error(error)
             self._linger()
         elif self._reading:
             if self.cycle is not self._cycle_before and self.cycle.response_complete:
@@ -182,12 +258,46 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             return
         self._abandon_app()
         # (The openai client retries a 408.)
-        self._send_error(
-            b"408 Request Timeout", "request_timeout",
+        self._send_error(RequestTimeoutError(
             f"the request stalled: nothing of it arrived for {self.read_timeout_s:g} s "
-            "(IRGW_REQUEST_READ_TIMEOUT_S)",
-        )
+            "(IRGW_REQUEST_READ_TIMEOUT_S)"))
         self._linger()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_pending or self._discarding or self.transport.is_closing():
+            return
+        if self._head_bytes == 0:  # a connection that never sent a byte: nobody to answer
+            self._discarding = True
+            self.transport.close()
+            return
+        self._refuse(RequestTimeoutError(
+            f"the request head did not arrive whole within {self.head_timeout_s:g} s "
+            "(IRGW_REQUEST_HEAD_TIMEOUT_S)"))
+
+    def pause_writing(self) -> None:
+        # The client reads slower than it is sent, or not at all: it has `write_timeout_s`
+        # to take something before it is dropped.
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.write_timeout_s,
+                                                     self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        if not self.flow.write_paused:
+            return
+        log.info("dropped a client that read nothing for %g s (IRGW_WRITE_TIMEOUT_S), "
+                 "%d bytes unsent", self.write_timeout_s, self.transport.get_write_buffer_size())
+        # abort, not close: close would wait for the buffer to be read. The connection's loss
+        # cancels the request (and its vLLM call) and frees its slot.
+        self.transport.abort()
 
     def _earlier_answer_pending(self) -> bool:
         before = self._cycle_before
@@ -234,53 +344,40 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._read_timer, self._close_timer):
+        for timer in (self._read_timer, self._close_timer, self._head_timer, self._write_timer):
             if timer is not None:
                 timer.cancel()
         super().connection_lost(exc)
         self.disconnect_signal.fire()
 
     def send_400_response(self, msg: str) -> None:
-        # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain),
-        # and nothing after it on this connection is a request.
+        # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).
+        self._refuse(InvalidRequestError(msg, code="invalid_http_request"))
+
+    def _refuse(self, error: GatewayError) -> None:
+        """Answer a request that never became one with `error`; nothing after it on this
+        connection is a request."""
         self._discarding = True
         cycle = self.cycle
         if self._earlier_answer_pending() or (
                 cycle is not None and cycle.response_started and not cycle.response_complete):
-            # An answer is under way (a pipelined request's): the 400 follows it.
+            # An answer is under way (a pipelined request's): the error follows it.
             self.pipeline.clear()
-            self._deferred_400 = msg
+            self._deferred_error = error
             return
         self._abandon_app()
-        self._send_error(b"400 Bad Request", "invalid_http_request", msg)
+        self._send_error(error)
         self._linger()
 
-    def _send_error(self, status: bytes, code: str, message: str) -> None:
+    def _send_error(self, error: GatewayError) -> None:
         """An error the app never saw (the request never became one), in OpenAI's shape and
         with a request id as every other error has; the connection closes after it."""
-        body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error",
-                                       "param": None, "code": code}})
+        body = orjson.dumps(error.body())
+        extra = b"".join(b"%s: %s\r\n" % (name.encode("latin-1"), value.encode("latin-1"))
+                         for name, value in error.headers.items())
         self.transport.write(
-            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"x-request-id: req_%s\r\nconnection: close\r\n\r\n%s"
-            % (status, len(body), os.urandom(16).hex().encode(), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: req_%s\r\n%sconnection: close\r\n\r\n%s"
+            % (error.status_code, HTTPStatus(error.status_code).phrase.encode(), len(body),
+               os.urandom(16).hex().encode(), extra, body)
         )
-
-
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """How the gateway is served: `uvicorn.run(app, **uvicorn_options(settings))` in
-    `ir-gateway serve`, and the same options in the tests' servers."""
-    return {
-        "host": settings.host, "port": settings.port, "log_level": settings.log_level,
-        "loop": "uvloop", "access_log": False,
-        "http": type("GatewayHttpProtocol", (GatewayHttpProtocol,),
-                     {"read_timeout_s": settings.request_read_timeout_s}),
-        # Nothing here reads the client's address (keys identify callers), so rewriting it
-        # from X-Forwarded-For on every request would only cost time.
-        "proxy_headers": False,
-        # `server: uvicorn` tells a caller nothing it needs and a scanner what to try.
-        "server_header": False,
-        "timeout_keep_alive": settings.keepalive_timeout_s,
-        # uvicorn's default waits for every request, however long its stream runs.
-        "timeout_graceful_shutdown": settings.shutdown_grace_s,
-    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth import Authenticator, build_authenticator
+from gateway.body_budget import BodyBudget
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
 from gateway.ratelimit import build_limiter
@@ -22,6 +23,7 @@ class Services:
     authenticator: Authenticator
     limiter: Limiter
     metrics: Metrics
+    body_budget: BodyBudget
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -36,6 +38,7 @@ class Services:
             authenticator=authenticator,
             limiter=build_limiter(settings),
             metrics=Metrics(),
+            body_budget=BodyBudget(settings.max_body_bytes_in_flight),
         )
 
     metrics_listener: MetricsListener | None = None

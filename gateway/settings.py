@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -71,6 +71,38 @@ class Settings(BaseSettings):
         "arriving); then 408 and the connection closes. Without it a client that stops "
         "mid-request holds its connection (and, past the head, a task) forever.",
     )
+    request_head_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="How long a request head (request line and headers) may take to arrive "
+        "whole, from its first byte, or from the connection's opening for its first request; "
+        "then 408 and the connection closes (a connection that sent nothing is just closed). "
+        "A head dripped a byte at a time never trips the read timeout; this deadline it does "
+        "(nginx's client_header_timeout).",
+    )
+    max_request_head_bytes: int = Field(
+        default=32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers together); 431 beyond "
+        "(nginx's large_client_header_buffers: 4 x 8 KiB).",
+    )
+    max_request_headers: int = Field(
+        default=100, ge=1, description="Most header fields in one request; 431 beyond."
+    )
+    max_connections: int = Field(
+        default=4096,
+        ge=1,
+        description="Open client connections, idle ones included; a connection past it gets "
+        "a 503 (retry-after: 1) and is closed at once, logged at most every 10 s. Keep it "
+        "under the process's file-descriptor limit (ulimit -n) less the upstream pool.",
+    )
+    write_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a client may leave what it is sent unread (the connection's "
+        "buffer above its high-water mark) before it is dropped: its request, and the vLLM "
+        "call behind it, are cancelled and its in-flight slot freed (nginx's send_timeout).",
+    )
     shutdown_grace_s: float = Field(
         default=25.0,
         ge=0,
@@ -80,9 +112,18 @@ class Settings(BaseSettings):
         "(which frees vLLM's slots and settles token limits) still happens.",
     )
     max_request_bytes: int = Field(
-        default=8 * 1024 * 1024,
+        default=2 * 1024 * 1024,
         ge=1024,
-        description="Largest request body accepted (413 beyond): a 32k-token prompt is ~128 KB.",
+        description="Largest request body accepted (413 beyond): a 32k-token prompt is ~128 KB, "
+        "a 128k-token one ~512 KB; JSON escaping can double it.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="The bodies of all requests in progress together, in bytes; a request "
+        "whose body does not fit gets a 503 (retry-after: 1). A parsed body holds several "
+        "times its size (25-30x for a body of tiny JSON values: bench/results/body_memory.md), "
+        "for as long as its request runs. At least IRGW_MAX_REQUEST_BYTES.",
     )
 
     # -- schemas and output checking
@@ -133,6 +174,14 @@ class Settings(BaseSettings):
     )
     log_level: str = "info"
     config_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_body_limits(self) -> Settings:
+        if self.max_body_bytes_in_flight < self.max_request_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) is below "
+                f"max_request_bytes ({self.max_request_bytes}): no such request could run")
+        return self
 
     @field_validator("upstream_url")
     @classmethod

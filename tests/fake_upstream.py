@@ -405,7 +405,8 @@ class FakeUpstream:
     # -- HTTP --------------------------------------------------------------------------------
 
     def _make_app(self) -> web.Application:
-        app = web.Application()
+        # vLLM takes bodies of any size (aiohttp's default refuses past 1 MiB).
+        app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_get("/version", self._version)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)

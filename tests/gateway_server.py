@@ -16,7 +16,7 @@ import httpx
 import uvicorn
 
 from gateway.app import GatewayApp, create_app
-from gateway.server import uvicorn_options
+from gateway.serving import uvicorn_options
 from gateway.settings import Settings
 
 

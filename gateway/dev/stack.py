@@ -43,7 +43,7 @@ from gateway.dev.vllm_process import (
     vllm_python,
 )
 from gateway.registry import SchemaFileError
-from gateway.server import uvicorn_options
+from gateway.serving import uvicorn_options
 from gateway.settings import Settings
 
 TINY_BUILDER = "gateway.devmodels.tiny"

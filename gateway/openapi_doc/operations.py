@@ -24,14 +24,20 @@ _ERROR_DESCRIPTIONS: dict[str, str] = {
     "422": "The model's answer failed the check after the output policy ran out "
     "(`output_validation_failed`), or was cut off by max_tokens (`output_truncated`). Not "
     "retried by the official clients; `pointer`, `constraint`, `raw_output`, `attempts` say why.",
+    "408": "The request did not arrive in time (`request_timeout`): it stalled for "
+    "IRGW_REQUEST_READ_TIMEOUT_S, or its head took longer than IRGW_REQUEST_HEAD_TIMEOUT_S. "
+    "The connection closes.",
     "413": "The request body is larger than the gateway accepts (`body_too_large`, "
     "IRGW_MAX_REQUEST_BYTES).",
+    "431": "The request head is larger than IRGW_MAX_REQUEST_HEAD_BYTES or has more than "
+    "IRGW_MAX_REQUEST_HEADERS fields (`request_header_fields_too_large`). The connection closes.",
     "429": "A per-key limit (requests or tokens per minute, requests in flight) is reached "
     "(`rate_limit_exceeded`). The official clients wait `retry-after-ms` and retry.",
     "500": "An unexpected error in the gateway (`internal_error`); details go to its log.",
     "502": "vLLM answered with something unusable (`upstream_error`).",
     "503": "vLLM is not accepting connections (`upstream_unavailable`), or the gateway is at "
-    "capacity (`overloaded`).",
+    "capacity (`overloaded`), holds as many request bodies as it may "
+    "(`body_budget_exhausted`) or has too many open connections (`too_many_connections`).",
     "504": "vLLM did not answer in time (`upstream_timeout`).",
 }
 
@@ -93,7 +99,8 @@ def _ok(description: str, schema_name: str, *headers: str, stream: str | None = 
     return response
 
 
-_API_ERRORS = ("400", "401", "403", "404", "413", "422", "429", "500", "502", "503", "504")
+_API_ERRORS = ("400", "401", "403", "404", "408", "413", "422", "429", "431", "500", "502", "503",
+               "504")
 
 _OPERATIONS: dict[tuple[str, str], JSON] = {
     ("/v1/chat/completions", "post"): {

@@ -53,7 +53,7 @@ CHAT = Route("/v1/chat/completions", "chat", chat_completion,
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
-    body = await read_json(request, services.settings.max_request_bytes)
+    body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
     plan = plan_chat(body, services.registry, services.settings)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError
-from gateway.errors import BodyTooLargeError, InvalidRequestError
+from gateway.body_budget import BODY_BYTES_HELD, BodyBudget
+from gateway.errors import BodyTooLargeError, InvalidRequestError, OverloadedError
 from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,25 +45,27 @@ def request_id(request: Request) -> str:
     return "req_" + os.urandom(16).hex()  # uuid4's randomness, without building a UUID
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON, refused (413) past `limit` bytes before more of it is buffered."""
+async def read_json(request: Request, limit: int, budget: BodyBudget) -> Any:
+    """The body as JSON, refused (413) past `limit` bytes before more of it is buffered, and
+    (503) when the bodies of the requests in progress would take more than `budget` allows.
+    What is reserved is given back when the request ends (`GatewayApp`)."""
     declared = header(request, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:  # straight from ASGI: Starlette's body() adds a generator per request
-        message = await request.receive()
-        if message["type"] != "http.request":  # gone before sending the whole body
-            raise ClientDisconnectedError(started=False)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
+    expected = int(declared) if declared is not None and declared.isdigit() else None
+    if expected is not None:
+        if expected > limit:
             raise _too_large(limit)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        _reserve(request, budget, expected)
+    # Straight from ASGI: Starlette's body() adds a generator per request and joins a copy.
+    message = await request.receive()
+    if message["type"] != "http.request":  # gone before sending the whole body
+        raise ClientDisconnectedError(started=False)
+    body: bytes | bytearray = message.get("body", b"")
+    if message.get("more_body", False):  # in pieces: gathered into one buffer, not a list
+        body = await _gather(request, bytearray(body), limit, budget, expected)
+    elif len(body) > limit:
+        raise _too_large(limit)
+    elif expected is None:
+        _reserve(request, budget, len(body))
     if not body:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
@@ -72,6 +75,34 @@ async def read_json(request: Request, limit: int) -> Any:
             f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
             f"column {exc.colno})"
         ) from None
+
+
+async def _gather(request: Request, buffer: bytearray, limit: int, budget: BodyBudget,
+                  expected: int | None) -> bytearray:
+    if expected is None:
+        _reserve(request, budget, len(buffer))
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnectedError(started=False)
+        chunk = message.get("body", b"")
+        if len(buffer) + len(chunk) > limit:
+            raise _too_large(limit)
+        if expected is None:  # no declared length (chunked): reserved as it arrives
+            _reserve(request, budget, len(chunk))
+        buffer += chunk
+        if not message.get("more_body", False):
+            return buffer
+
+
+def _reserve(request: Request, budget: BodyBudget, size: int) -> None:
+    if not budget.take(size):
+        raise OverloadedError(
+            "the gateway is holding as many request bodies as it may "
+            "(IRGW_MAX_BODY_BYTES_IN_FLIGHT); retry shortly",
+            code="body_budget_exhausted", headers={"retry-after": "1"})
+    scope = request.scope
+    scope[BODY_BYTES_HELD] = scope.get(BODY_BYTES_HELD, 0) + size
 
 
 def _too_large(limit: int) -> BodyTooLargeError:

@@ -88,7 +88,8 @@ COMPLETIONS = Route("/v1/completions", "completions", _shape, lambda choice: cho
 async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
-    plan = _plan(await read_json(request, services.settings.max_request_bytes), services)
+    body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
+    plan = _plan(body, services)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
     body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
