@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.adhoc import AdhocSchemas
 from gateway.auth import Authenticator, build_authenticator
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics
@@ -22,6 +23,7 @@ class Services:
     authenticator: Authenticator
     limiter: Limiter
     metrics: Metrics
+    adhoc: AdhocSchemas
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -36,6 +38,7 @@ class Services:
             authenticator=authenticator,
             limiter=build_limiter(settings),
             metrics=Metrics(),
+            adhoc=AdhocSchemas.from_settings(settings),
         )
 
     async def start(self) -> None:

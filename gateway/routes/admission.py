@@ -1,5 +1,6 @@
 """What every generation route does between resolving the schema and calling vLLM:
-check the key's scopes, settle `max_tokens`, reserve quota, and name the response headers."""
+check the key's scopes, settle `max_tokens`, reserve quota, compile an ad-hoc schema, and
+name the response headers."""
 
 from __future__ import annotations
 
@@ -41,9 +42,12 @@ class Prepared:
 
 async def prepare(request: Request, services: Services, principal: Principal,
                   plan: ChatPlan) -> Prepared:
-    """Everything here runs after the schema resolved, so a refused schema costs no quota;
-    the limiter runs last, so nothing after it can refuse the request before vLLM sees it."""
-    if plan.schema is not None:
+    """Authorize (the schema named, or the ad-hoc right), admit, then compile an ad-hoc
+    schema: a refused key never costs a compile, and a compile is counted against the key's
+    limits. A schema refused after admission (a cap, not a schema) gives the tokens back."""
+    if plan.pending is not None:
+        services.authenticator.check_schema(principal, plan.pending.name, adhoc=True)
+    elif plan.schema is not None:
         services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
     max_tokens = services.authenticator.cap_max_tokens(
         principal, plan.max_tokens,
@@ -54,6 +58,11 @@ async def prepare(request: Request, services: Services, principal: Principal,
     dialect = await services.upstream.dialect()
     reserved = estimate_prompt_tokens(plan.body) + (max_tokens or 0)
     admission = await services.limiter.admit(principal, reserved)
+    try:  # authorized and admitted: only now is an ad-hoc schema measured and compiled
+        plan.compile_pending(services.adhoc)
+    except BaseException:
+        await admission.finish(None)
+        raise
 
     rid = request_id(request)
     headers = {"x-request-id": rid, **admission.headers}
