@@ -17,8 +17,9 @@ from typing import Any
 
 import orjson
 
+from gateway.adhoc import AdhocSchemas, PendingAdhoc
 from gateway.errors import InvalidRequestError
-from gateway.registry import RegisteredSchema, SchemaRegistry, adhoc_schema
+from gateway.registry import RegisteredSchema, SchemaRegistry
 from gateway.settings import OutputPolicy, Settings
 from gateway.upstream.dialects import Dialect
 
@@ -40,6 +41,8 @@ class ChatPlan:
     mode: Mode
     model_alias: str | None  # the `schema/...` model the client named, if any
     schema: RegisteredSchema | None = None
+    # An ad-hoc schema, compiled into `schema` only once the key is authorized and admitted.
+    pending: PendingAdhoc | None = None
     policy: OutputPolicy = "repair"
     stream: bool = False
     include_usage: bool = False
@@ -51,6 +54,20 @@ class ChatPlan:
     @property
     def checked(self) -> bool:
         return self.mode is not Mode.PASSTHROUGH
+
+    @property
+    def schema_ref(self) -> str | None:
+        if self.pending is not None:
+            return self.pending.ref
+        return self.schema.ref if self.schema is not None else None
+
+    def compile_pending(self, adhoc: AdhocSchemas) -> None:
+        """Compile the ad-hoc schema (after authorization and admission): 400 past a cap."""
+        if self.pending is None:
+            return
+        self.schema = adhoc.compile(self.pending)
+        self.pending = None
+        self.warnings.extend(self.schema.unenforced)
 
 
 def _require_dict(value: Any, param: str) -> dict[str, Any]:
@@ -133,10 +150,10 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
         _plan_response_format(plan, _require_dict(response_format, "response_format"),
                               registry, settings)
     if alias_schema is not None:
-        if plan.schema is not None and plan.schema is not alias_schema:
+        if plan.schema_ref is not None and plan.schema is not alias_schema:
             raise InvalidRequestError(
                 f"model {model!r} names schema {alias_schema.ref} but response_format names "
-                f"{plan.schema.ref}; name one", param="response_format",
+                f"{plan.schema_ref}; name one", param="response_format",
             )
         if plan.mode is Mode.JSON_OBJECT and alias_schema.schema.get("type") != "object":
             raise InvalidRequestError(
@@ -146,7 +163,9 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
         # json_object with an object schema (LangChain's json_mode on a `schema/` model):
         # the schema is the stricter of the two, and it is what is enforced.
         plan.mode, plan.schema = Mode.SCHEMA, alias_schema
-    if plan.mode is Mode.SCHEMA and plan.schema is not None:
+    if plan.mode is Mode.SCHEMA and plan.pending is not None:
+        plan.policy = settings.output_policy or settings.adhoc_output_policy
+    elif plan.mode is Mode.SCHEMA and plan.schema is not None:
         plan.policy = settings.output_policy or plan.schema.output_policy
         plan.warnings.extend(plan.schema.unenforced)
     elif plan.mode is Mode.JSON_OBJECT:
@@ -184,7 +203,7 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
                 "response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, "
                 "'_' and '-' (as OpenAI requires)", param="response_format.json_schema.name",
             )
-        plan.schema = adhoc_schema(name or "adhoc", spec["schema"], settings.adhoc_output_policy)
+        plan.pending = PendingAdhoc(name or "adhoc", spec["schema"])
     else:
         if not isinstance(name, str) or not name:
             raise InvalidRequestError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.adhoc import AdhocSchemas
 from gateway.auth import Authenticator, build_authenticator
 from gateway.body_budget import BodyBudget
 from gateway.errors import UpstreamError
@@ -24,6 +25,7 @@ class Services:
     limiter: Limiter
     metrics: Metrics
     body_budget: BodyBudget
+    adhoc: AdhocSchemas
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -39,6 +41,7 @@ class Services:
             limiter=build_limiter(settings),
             metrics=Metrics(),
             body_budget=BodyBudget(settings.max_body_bytes_in_flight),
+            adhoc=AdhocSchemas.from_settings(settings),
         )
 
     metrics_listener: MetricsListener | None = None

@@ -133,6 +133,30 @@ class Settings(BaseSettings):
     )
     max_retries: int = Field(default=2, ge=0, le=5)
     adhoc_output_policy: OutputPolicy = "repair"
+    adhoc_schema_max_bytes: int = Field(
+        default=131_072,
+        ge=1024,
+        description="Largest ad-hoc schema (bytes of its compact JSON); 400 invalid_schema "
+        "beyond. A pydantic model's schema is a few KB; register bigger ones.",
+    )
+    adhoc_schema_max_depth: int = Field(
+        default=64,
+        ge=4,
+        le=200,
+        description="Deepest nesting of an ad-hoc schema's JSON; 400 invalid_schema beyond.",
+    )
+    adhoc_schema_max_nodes: int = Field(
+        default=10_000,
+        ge=16,
+        description="Most JSON values (objects, arrays, strings, numbers...) in an ad-hoc "
+        "schema; 400 invalid_schema beyond.",
+    )
+    adhoc_schema_cache_size: int = Field(
+        default=256,
+        ge=0,
+        description="Compiled ad-hoc schemas kept (LRU, by exact text) so that a resent schema "
+        "is not compiled again; 0 compiles every time.",
+    )
     default_max_tokens: int = Field(
         default=1024,
         ge=1,

@@ -25,7 +25,16 @@ import orjson
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens
-from gateway.shapes import SSE_DONE, chat_chunk, finish_reason, sse, usage_of
+from gateway.shapes import (
+    SSE_DONE,
+    chat_chunk,
+    choices_of,
+    finish_reason,
+    object_of,
+    sse,
+    text_of,
+    usage_of,
+)
 from gateway.tools import as_tool_call_chunk
 from gateway.upstream.client import normalise_error
 from gateway.validation import CheckFailure, Outcome, StreamingEscaper, check_output
@@ -97,9 +106,15 @@ async def relay_chat(
         async with aclosing(upstream_objects(events)) as objects:
             async for raw in objects:
                 state.usage = usage_of(raw) or state.usage
-                for choice in raw.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    content = delta.get("content")
+                for choice in choices_of(raw):
+                    if plan.checked and choice.get("index", 0) != 0:
+                        # A checked request has n=1: a second choice is no part of the
+                        # answer (joined, two halves of an answer passed as one).
+                        raise UpstreamError(
+                            f"the upstream sent a choice with index {choice['index']} for a "
+                            "request with one choice")
+                    delta = object_of(choice, "delta")
+                    content = text_of(delta, "content")
                     if content:
                         if escaper is not None:
                             # Escaped before shaping, so a tool call carries the repaired text.
@@ -176,7 +191,7 @@ async def relay_completion(events: AsyncIterator[bytes], include_usage: bool,
                         continue
                     if not include_usage:
                         raw.pop("usage")
-                choices = raw.get("choices") or []
+                choices = choices_of(raw)
                 for choice in choices:
                     choice["finish_reason"] = finish_reason(choice.get("finish_reason"))
                 if any(choice.get("text") for choice in choices):

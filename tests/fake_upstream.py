@@ -30,6 +30,9 @@ Behaviours (pass to ``fake.script(...)`` in the order requests will arrive)
   ``{"error": {...}}``), ``ErrorReply.old_shape(...)`` (<= 0.10.0, ``{"object": "error", ...}``)
   and ``ErrorReply.unauthorized()``.
 * ``Garbage(status=200, body=b"...")``: a body that is not JSON.
+* ``RawBody(body)``: 200 with exactly ``body`` as JSON (a malformed answer: ``choices`` not a
+  list, content not a string, bad ``usage``...). ``RawStream(events)``: for a streamed request,
+  each event as ``data: <json>`` exactly as given, then ``[DONE]``.
 * ``Slow(delay_s, then=Reply(...))``: wait, then behave like ``then``. If the client goes away
   during the wait, ``fake.cancelled`` is incremented and nothing is sent.
 * ``SlowStream(chunk_delay_s, then=Reply(...))``: headers at once, then each SSE event
@@ -81,6 +84,8 @@ __all__ = [
     "ErrorReply",
     "FakeUpstream",
     "Garbage",
+    "RawBody",
+    "RawStream",
     "RecordedRequest",
     "Reply",
     "Slow",
@@ -197,6 +202,20 @@ class Garbage:
 
 
 @dataclass(frozen=True)
+class RawBody:
+    """A 200 whose JSON body is exactly ``body``, whatever its shape."""
+
+    body: Any
+
+
+@dataclass(frozen=True)
+class RawStream:
+    """A 200 stream of exactly these events (each dumped as JSON), then ``[DONE]``."""
+
+    events: list[Any]
+
+
+@dataclass(frozen=True)
 class Slow:
     """Wait ``delay_s`` before behaving like ``then``."""
 
@@ -232,7 +251,8 @@ class StreamError:
     done: bool = True
 
 
-Behaviour = Reply | ErrorReply | Garbage | Slow | SlowStream | CrashMidStream | StreamError
+Behaviour = (Reply | ErrorReply | Garbage | RawBody | RawStream | Slow | SlowStream
+             | CrashMidStream | StreamError)
 
 
 @dataclass
@@ -499,6 +519,10 @@ class FakeUpstream:
                 return web.json_response(body, status=status, headers=headers, dumps=_dumps)
             case Garbage(status=status, body=body, content_type=content_type):
                 return web.Response(status=status, body=body, content_type=content_type)
+            case RawBody(body=body):
+                return web.json_response(body, dumps=_dumps)
+            case RawStream(events=events):
+                return await self._send_sse(call, [*(_dumps(e) for e in events), "[DONE]"])
             case Slow(delay_s=delay, then=then):
                 if not await self._sleep_watching(call, delay):
                     return web.Response(status=499)

@@ -1,5 +1,6 @@
 """What every generation route does between resolving the schema and calling vLLM:
-check the key's scopes, settle `max_tokens`, reserve quota, and name the response headers."""
+check the key's scopes, settle `max_tokens`, reserve quota, compile an ad-hoc schema, and
+name the response headers."""
 
 from __future__ import annotations
 
@@ -50,15 +51,23 @@ class Prepared:
 
 async def prepare(request: Request, services: Services, principal: Principal,
                   plan: ChatPlan) -> Prepared:
-    """Everything here runs after the schema resolved, so a refused schema costs no quota;
-    the limiter runs last, so nothing after it can refuse the request before vLLM sees it."""
-    if plan.schema is not None:
+    """Authorize (the schema named, or the ad-hoc right), admit, then compile an ad-hoc
+    schema: a refused key never costs a compile, and a compile is counted against the key's
+    limits. A schema refused after admission (a cap, not a schema) gives the tokens back."""
+    if plan.pending is not None:
+        services.authenticator.check_schema(principal, plan.pending.name, adhoc=True)
+    elif plan.schema is not None:
         services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
     budget = token_budget(plan, principal.policy, services.settings.default_max_tokens)
     model = plan.body["model"]
     upstream_model = await services.default_model() if plan.model_alias else model
     dialect = await services.upstream.dialect()
     admission = await services.limiter.admit(principal, budget.reserved)
+    try:  # authorized and admitted: only now is an ad-hoc schema measured and compiled
+        plan.compile_pending(services.adhoc)
+    except BaseException:
+        await admission.finish(None)
+        raise
 
     rid = request_id(request)
     headers = {"x-request-id": rid, **admission.headers}

@@ -1,8 +1,9 @@
 """`POST /v1/chat/completions`.
 
-authenticate → resolve the schema → limit → call upstream → validate → respond.
-The schema is resolved before the limiter runs so that a request refused for its schema
-(404, 403) consumes no quota; resolving touches nothing shared.
+authenticate → resolve the schema → authorize → limit → compile an ad-hoc schema → call
+upstream → validate → respond. A named schema is resolved before the limiter runs so that a
+request refused for its schema (404, 403) consumes no quota; resolving touches nothing
+shared. An ad-hoc schema is only noted then, and compiled once the key is admitted.
 """
 
 from __future__ import annotations

@@ -89,6 +89,14 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
         if not plan.checked:
             return Completed(response, "passthrough", attempt, tokens,
                              time.perf_counter() - started)
+        if len(response["choices"]) != 1 or response["choices"][0]["index"] != 0:
+            # A checked request has n=1: any other choice would reach the client unchecked.
+            error = UpstreamError(f"the upstream answered {len(response['choices'])} choices "
+                                  "(indexes "
+                                  f"{[c['index'] for c in response['choices']][:8]}) for a "
+                                  "request with one choice")
+            error.tokens = tokens or None
+            raise error
         choice = response["choices"][0]
         try:
             checked = check_output(

@@ -18,6 +18,9 @@ from gateway.errors import BodyTooLargeError, InvalidRequestError, OverloadedErr
 from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# The deepest request body: what orjson can write (the gateway writes the body on to vLLM
+# at the same depth it came in).
+MAX_JSON_DEPTH = 255
 
 # What answers GET answers HEAD (RFC 9110; uptime monitors probe with HEAD); the server leaves
 # the body out. FastAPI's `router.get`, unlike Starlette's routes, does not add it.
@@ -69,11 +72,29 @@ async def read_json(request: Request, limit: int, budget: BodyBudget) -> Any:
     if not body:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequestError(
             f"the request body is not valid JSON: {exc.msg} (line {exc.lineno}, "
             f"column {exc.colno})"
+        ) from None
+    check_depth(body, document)
+    return document
+
+
+def check_depth(body: bytes, document: Any) -> None:
+    """400 for a body nested deeper than MAX_JSON_DEPTH. orjson reads 1024 levels but
+    writes 255, so such a body failed (a 500, which clients retry) when the gateway wrote
+    it on to vLLM. A body with fewer brackets than that cannot be that deep (two C counts);
+    any other is written once, as the gateway would, to find out."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return
+    try:
+        orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        raise InvalidRequestError(
+            f"the request body is nested deeper than {MAX_JSON_DEPTH} levels",
+            code="nested_too_deeply",
         ) from None
 
 

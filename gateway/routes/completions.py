@@ -26,7 +26,7 @@ from gateway.routes.checking import Route, answer, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.routes.relaying import relayed
 from gateway.services import Services
-from gateway.shapes import SSE_DONE, finish_reason, sse, usage_of
+from gateway.shapes import SSE_DONE, choices_of, finish_reason, sse, text_of, usage_of
 from gateway.streaming import relay_completion
 from gateway.upstream.dialects import Dialect
 from gateway.validation import CheckedOutput
@@ -63,8 +63,8 @@ def _upstream_body(plan: ChatPlan, dialect: Dialect, model: str,
 
 def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
     choices = []
-    for index, raw in enumerate(data.get("choices") or []):
-        choices.append({"index": raw.get("index", index), "text": raw.get("text") or "",
+    for index, raw in enumerate(choices_of(data)):
+        choices.append({"index": raw.get("index", index), "text": text_of(raw, "text") or "",
                         "logprobs": raw.get("logprobs"),
                         "finish_reason": finish_reason(raw.get("finish_reason")) or "stop"})
     result: dict[str, Any] = {"id": data.get("id") or "cmpl-gateway",
