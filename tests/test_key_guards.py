@@ -119,3 +119,37 @@ async def test_a_hand_written_keys_file_opens_with_the_secret_never_with_its_has
                 headers={"authorization": f"Bearer irgw-{key_id}-{presented}"})
             assert response.status_code == 401
     assert len(fake.requests) == 1
+
+
+def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
+    # What a client branches on (code, param) and reads (a non-empty message), not wording.
+    from gateway.auth import Authenticator, Principal
+    from gateway.errors import (
+        AuthenticationError,
+        GatewayError,
+        InvalidRequestError,
+        PermissionDeniedError,
+    )
+
+    auth = Authenticator(None, enabled=False)
+    narrow = Principal("k1", "n", KeyPolicy(schemas=["function_ir"], max_tokens=10))
+    refusals: list[tuple[GatewayError, str | None, str | None]] = []
+    with pytest.raises(PermissionDeniedError) as adhoc:
+        auth.check_schema(narrow, None, adhoc=True)
+    refusals.append((adhoc.value, "adhoc_schema_not_allowed", "response_format"))
+    with pytest.raises(PermissionDeniedError) as named:
+        auth.check_schema(narrow, "module_ir", adhoc=False)
+    refusals.append((named.value, "schema_not_allowed", None))
+    with pytest.raises(InvalidRequestError) as capped:
+        auth.cap_max_tokens(narrow, 11)
+    refusals.append((capped.value, "max_tokens_above_key_limit", "max_tokens"))
+    keyed = Authenticator(KeyStore.__new__(KeyStore), enabled=True)
+    for header in (None, "Basic abc"):
+        with pytest.raises(AuthenticationError) as unauthenticated:
+            keyed.authenticate(header)
+        refusals.append((unauthenticated.value, None, None))
+    for error, code, param in refusals:
+        body = error.body()["error"]
+        assert isinstance(body["message"], str) and body["message"].strip()
+        if code is not None:
+            assert (body["code"], body["param"]) == (code, param)
