@@ -1,7 +1,8 @@
 """Validate JSON instances against OpenAI's own OpenAPI spec (test helper).
 
-The spec is OpenAI's ``openai-openapi.yaml`` (OpenAPI 3.1, openai/openai-openapi at f85dbe2), read
-from ``<workspace>/shared/data/openai-openapi.yaml`` or from the path in env ``IRGW_OPENAI_SPEC``.
+The spec is OpenAI's ``openapi.yaml`` (OpenAPI 3.1, openai/openai-openapi at f85dbe2, MIT), carried
+by the repository as ``tests/data/openai-openapi.yaml`` (``tests/data/README.md`` says where it came
+from and how to refresh it), or read from the path in env ``IRGW_OPENAI_SPEC``.
 
 OpenAI's document still carries OpenAPI 3.0 idioms that a JSON Schema 2020-12 validator would
 silently misread, so the component schemas are rewritten once before use:
@@ -75,11 +76,11 @@ _MAX_MESSAGE = 300
 
 
 def spec_path() -> Path:
-    """Where the spec is read from: ``$IRGW_OPENAI_SPEC`` or the shared data directory."""
+    """Where the spec is read from: ``$IRGW_OPENAI_SPEC`` or the repository's own copy."""
     override = os.environ.get("IRGW_OPENAI_SPEC")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "openai-openapi.yaml"
+    return Path(__file__).resolve().parent / "data" / "openai-openapi.yaml"
 
 
 def _make_nullable(schema: dict[str, Any]) -> dict[str, Any]:

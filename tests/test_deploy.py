@@ -34,7 +34,12 @@ from tests.gateway_server import free_port, serving_process
 REPO = Path(__file__).resolve().parent.parent
 MODAL_APP = REPO / "deploy" / "modal_app.py"
 SELFHOST = REPO / "deploy" / "selfhost.py"
-VLLM_PYTHON = Path(os.environ.get("IRGW_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))
+# Where scripts/setup-vllm-env.sh put it (gateway.dev.vllm_process.vllm_python's lookup, which
+# raises when it is missing; here a missing one is a clear test failure instead).
+VLLM_PYTHON = Path(
+    os.environ.get("IRGW_VLLM_PYTHON")
+    or Path(os.environ.get("VLLM_VENV") or REPO / ".venv-vllm") / "bin" / "python"
+)
 
 
 def _load(path: Path, name: str) -> ModuleType:

@@ -193,3 +193,43 @@ def test_schema_versions_fit_what_requests_can_pin(tmp_path: Path) -> None:
     (tmp_path / "big.json").write_text(json.dumps({**GOOD, "version": 1_000_000}))
     with pytest.raises(SchemaFileError, match=r"big\.json.*999999"):
         SchemaRegistry.load(tmp_path)
+
+
+async def test_a_pinned_version_is_the_one_vllm_gets_and_the_answer_is_checked_against(
+    tmp_path: Path,
+) -> None:
+    # Three versions whose `x` has three types: which one vLLM was given, and which one
+    # the answer was checked against, shows in what passes. 10 is the newest (not "2").
+    import httpx
+
+    from tests.conftest import unit_settings
+    from tests.fake_upstream import FakeUpstream, Reply
+    from tests.gateway_server import running_gateway
+
+    types = {1: "integer", 2: "string", 10: "boolean"}
+    for version, kind in types.items():
+        write(tmp_path, f"point.v{version}.json", {**GOOD, "version": version, "schema": {
+            **GOOD["schema"], "properties": {"x": {"type": kind}}}})
+    answers = {"integer": '{"x": 1}', "string": '{"x": "1"}', "boolean": '{"x": true}'}
+    cases = [("schema/point@1", None, 1), ("schema/point@2", None, 2),
+             ("schema/point", None, 10), ("qwen-coder", "point@1", 1),
+             ("qwen-coder", "point@2", 2), ("qwen-coder", "point", 10)]
+    async with FakeUpstream() as fake, \
+            running_gateway(unit_settings(fake.url, schemas_dir=tmp_path)) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        for model, name, version in cases:
+            body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "p"}]}
+            if name is not None:
+                body["response_format"] = {"type": "json_schema", "json_schema": {"name": name}}
+            for kind, answer in answers.items():
+                fake.script(Reply(answer))
+                response = await client.post("/v1/chat/completions", json=body)
+                sent = fake.requests[-1].json["response_format"]["json_schema"]["schema"]
+                assert sent["properties"]["x"]["type"] == types[version], (model, name)
+                assert response.status_code == (200 if kind == types[version] else 422), \
+                    (model, name, kind)
+                assert response.headers["x-irgw-schema"] == f"point@{version}"
+        missing = await client.post("/v1/chat/completions", json={
+            "model": "schema/point@3", "messages": [{"role": "user", "content": "p"}]})
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "schema_not_found"

@@ -232,3 +232,58 @@ async def test_unchecked_completion_stream_that_fails_upstream_ends_with_an_erro
     assert events[-2]["error"]["type"] == "upstream_error"
     openai_spec.validate("ErrorResponse", events[-2])
     assert all("error" not in e for e in events[:-2])  # what came before is vLLM's text
+
+
+# -- forced tool calls and request ids, streamed
+
+
+def _forced_tool(name: str, parameters: dict[str, Any] | None) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name}
+    if parameters is not None:
+        function["parameters"] = parameters
+    return {"model": "qwen-coder", "tools": [{"type": "function", "function": function}],
+            "tool_choice": "required"}
+
+
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+@pytest.mark.parametrize(("name", "parameters", "answer", "pointer"), [
+    ("get_weather", CITY, '{"town": "Paris"}', ""),  # the tool's own parameters
+    ("function_ir", None, BAD_NAME, "/signature/name"),  # a registered schema by name
+], ids=["parameters", "registered"])
+async def test_streamed_forced_tool_call_arguments_are_checked_against_its_schema(
+    client: httpx.AsyncClient, fake: FakeUpstream, name: str, parameters: Any, answer: str,
+    pointer: str,
+) -> None:
+    # JSON objects both, so only the tool's schema can refuse them.
+    fake.script(Reply(answer, chunk_size=4))
+    response, events, _ = await stream(client, **_forced_tool(name, parameters))
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    error = events[-2]["error"]
+    assert error["code"] == "output_validation_failed" and error["pointer"] == pointer
+    openai_spec.validate("ErrorResponse", events[-2])
+    assert not any(isinstance(e, dict) and e.get("choices") and e["choices"][0]["finish_reason"]
+                   for e in events[:-2])
+    # The same stream with a conforming answer ends as a finished tool call.
+    fake.script(Reply('{"city": "Paris"}' if parameters else VALID, chunk_size=4))
+    _, events, _ = await stream(client, **_forced_tool(name, parameters))
+    assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+async def test_a_stream_passes_the_request_id_to_vllm(
+    client: httpx.AsyncClient, fake: FakeUpstream, path: str,
+) -> None:
+    body = BODY if path == "/v1/chat/completions" else COMPLETION
+    for given in ("trace-stream-7", None):
+        fake.script(Reply(VALID, chunk_size=9))
+        headers = {"x-request-id": given} if given else {}
+        async with client.stream("POST", path, json=body, headers=headers) as response:
+            events, _ = await read_events(response)
+        assert events[-1] == "[DONE]" and "error" not in events[-2]
+        sent = fake.requests[-1].headers.get("x-request-id")
+        # One id in the client's answer and in vLLM's log: given, or the gateway's own.
+        assert sent is not None and sent == response.headers["x-request-id"]
+        assert sent == given if given else sent.startswith("req_")

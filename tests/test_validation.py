@@ -61,6 +61,26 @@ def test_a_raw_control_character_after_a_backslash_is_not_repaired() -> None:
     assert repaired.outcome == "repaired" and repaired.document == {"name": "x\ny"}
 
 
+SHORT = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+@pytest.mark.parametrize("code", range(0x20), ids=lambda code: f"U+{code:04X}")
+def test_every_raw_control_character_is_repaired_to_its_one_escape(code: int) -> None:
+    # Those without a short escape (\x01, \x1f, ...) become \u00XX: never dropped, never
+    # spelt another way. The same, whole and streamed (cut right before the character).
+    char = chr(code)
+    text = '{"name": "a' + char + 'b"}'
+    escape = SHORT.get(char, f"\\u{code:04x}")
+    escaper = StreamingEscaper()
+    streamed = escaper.feed(text[:11]) + escaper.feed(text[11:])
+    assert escaper.repaired and streamed == '{"name": "a' + escape + 'b"}'
+    for answer, repair in ((text, True), (streamed, False)):
+        checked = check_output(answer, None, repair=repair)
+        assert checked.document == {"name": "a" + char + "b"}
+        assert checked.text == '{"name": "a' + escape + 'b"}'
+    assert check_output(text, None, repair=True).outcome == "repaired"
+
+
 @pytest.mark.parametrize(("backslashes", "repairable"), [(1, False), (2, True), (3, False),
                                                        (4, True)])
 def test_an_escaped_backslash_before_a_raw_control_character_is_repaired(
