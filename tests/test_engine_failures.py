@@ -166,3 +166,4 @@ async def test_a_wide_repeat_reaches_vllm_split_and_is_named_in_the_warnings(
     fake.script(Reply('{"id": "' + "a" * 256 + '"}'))
     response = await chat(client, model="qwen-coder", response_format=wide_format())
     assert response.status_code == 422
+    assert "{1,255}" in response.headers["x-irgw-schema-warnings"]

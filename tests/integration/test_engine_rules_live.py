@@ -59,8 +59,8 @@ async def test_adhoc_wide_repeat_gets_a_checked_answer_and_a_warning(live: Live)
                                          headers=live.headers())
             assert response.status_code < 500, response.text
             outcomes[outcome_of(response, WIDE)] += 1
-            if response.status_code == 200:
-                assert WIDE_PATTERN in response.headers["x-irgw-schema-warnings"]
+            # On a 200 and on a typed 422 alike.
+            assert WIDE_PATTERN in response.headers["x-irgw-schema-warnings"]
     REPORT.append(f"ad-hoc pattern with {{1,255}} on the real vLLM: {dict(outcomes)}")
     assert set(outcomes) <= TYPED, outcomes
 
@@ -81,9 +81,8 @@ async def test_registered_wide_repeat_gets_a_checked_answer_and_a_warning(
                 **body_for(), "model": "schema/slug"}, headers=live.headers())
             assert response.status_code < 500, response.text
             outcomes[outcome_of(response, WIDE)] += 1
-            if response.status_code == 200:
-                assert response.headers["x-irgw-schema"] == "slug@1"
-                assert WIDE_PATTERN in response.headers["x-irgw-schema-warnings"]
+            assert response.headers["x-irgw-schema"] == "slug@1"
+            assert WIDE_PATTERN in response.headers["x-irgw-schema-warnings"]
     REPORT.append(f"registered pattern with {{1,255}} on the real vLLM: {dict(outcomes)}")
     assert set(outcomes) <= TYPED, outcomes
 
@@ -148,8 +147,7 @@ async def test_each_keyword_left_to_the_gateway_is_named(live: Live, keyword: st
     outcome = outcome_of(response, schema)
     REPORT.append(f"{keyword}: vLLM alone {direct.status_code}, via the gateway {outcome}")
     assert outcome in TYPED, response.text
-    if response.status_code == 200:
-        assert f"/: {keyword}" in response.headers["x-irgw-schema-warnings"]
+    assert f"/: {keyword}" in response.headers["x-irgw-schema-warnings"]
 
 
 XGRAMMAR_PROBE = """
