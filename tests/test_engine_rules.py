@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from gateway.engine_rules import analyse, split_large_repeats, vllm_refuses
+from gateway.engine_regex import split_large_repeats
+from gateway.engine_rules import analyse, vllm_refuses
 from gateway.errors import InvalidSchemaError
 from gateway.registry import SchemaFileError, SchemaRegistry, adhoc_schema
 from gateway.validation import CheckFailure, check_output

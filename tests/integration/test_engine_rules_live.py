@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import engine_rules
+from gateway import engine_regex
 from gateway.dev.vllm_process import vllm_python
 from tests.conftest import REPO
 from tests.gateway_server import running_gateway
@@ -92,7 +92,7 @@ async def test_a_grammar_vllm_fails_is_400_invalid_schema_not_5xx(
 ) -> None:
     # Without the splitting, vLLM really fails the grammar (a bare 500): the gateway's
     # answer is the 400 the openai client does not retry, counted and hashed.
-    monkeypatch.setattr(engine_rules, "REPEAT_LIMIT", 10**9)
+    monkeypatch.setattr(engine_regex, "REPEAT_LIMIT", 10**9)
     settings = live_settings(live.vllm.url, live.keys.path)
     async with running_gateway(settings) as gateway, httpx.AsyncClient(
             base_url=gateway.url, timeout=180) as client:
@@ -174,7 +174,7 @@ def test_the_repeat_limit_is_the_installed_xgrammars() -> None:
     patterns = ["a{1,128}", "a{1,129}", "a{128}", "a{129}", "a{0,129}", "a{128,}", "a{129,}",
                 "(ab|c){1,200}", "[a-z]{1,128}[0-9]{1,128}", "^[0-9a-zA-Z_-]{1,255}$",
                 "(?:x\\d){300,}", "^a{1,512}$"]
-    sent = {p: (engine_rules.split_large_repeats(p) or ("", []))[0] for p in patterns}
+    sent = {p: (engine_regex.split_large_repeats(p) or ("", []))[0] for p in patterns}
     probe = subprocess.run([str(vllm_python()), "-c", XGRAMMAR_PROBE,
                             json.dumps(patterns + list(sent.values()))],
                            capture_output=True, text=True, timeout=300, check=True)
