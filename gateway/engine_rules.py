@@ -32,17 +32,21 @@ Rules and their sources (installed vLLM 0.32.0, xgrammar 0.2.8):
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import engine_regex
 from gateway.engine_regex import split_large_repeats
+from gateway.engine_vllm import (
+    XGRAMMAR_FORMATS,
+    length_beside_pattern,
+    types_of,
+    vllm_refuses,
+)
 
-XGRAMMAR_FORMATS = frozenset({
-    "email", "date", "time", "date-time", "duration", "ipv4", "ipv6", "hostname", "uuid",
-    "uri", "uri-reference", "uri-template", "json-pointer", "relative-json-pointer",
-})
 IGNORED_KEYWORDS = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas",
                     "dependencies", "uniqueItems", "contains", "minContains", "maxContains",
                     "multipleOf")
@@ -61,71 +65,22 @@ class EngineView:
     """A schema as vLLM's xgrammar backend takes it."""
 
     grammar: Any  # what vLLM is sent
+    root: Any = None  # the schema as written, for its local references
     unenforced: list[str] = field(default_factory=list)  # `path: keyword` not enforced
     rewritten: list[str] = field(default_factory=list)  # sent in another, equivalent form
     refused: list[str] = field(default_factory=list)  # cannot be sent at all
+    # What xgrammar 0.2.8 fails on as written (a crash, a converter error), and the gateway
+    # sends in another form: `schemas lint` reports these as errors.
+    compile_errors: list[str] = field(default_factory=list)
 
     @property
     def warnings(self) -> list[str]:
         return self.unenforced + self.rewritten
 
 
-def types_of(node: dict[str, Any]) -> set[str]:
-    """vLLM's `_schema_types`: `type` as a set, nothing else counts."""
-    kind = node.get("type")
-    if isinstance(kind, str):
-        return {kind}
-    if isinstance(kind, list):
-        return {item for item in kind if isinstance(item, str)}
-    return set()
-
-
-def _length_beside_pattern(node: dict[str, Any]) -> bool:
-    return ("pattern" in node or "format" in node) and (
-        "minLength" in node or "maxLength" in node)
-
-
-def vllm_refuses(schema: Any) -> bool:
-    """vLLM 0.32's `has_xgrammar_unsupported_json_features`, rule for rule: it walks every
-    dict value (constants and annotations too), which the relaxing below does not change."""
-    def check(obj: dict[str, Any]) -> bool:
-        types = types_of(obj)
-        if types & {"integer", "number"} and "multipleOf" in obj:
-            return True
-        if "array" in types and any(
-                key in obj for key in ("uniqueItems", "contains", "minContains", "maxContains")):
-            return True
-        if "string" in types and "format" in obj and obj["format"] not in XGRAMMAR_FORMATS:
-            return True
-        if "string" in types and _length_beside_pattern(obj):
-            return True
-        if "object" in types and "propertyNames" in obj:
-            names = obj.get("propertyNames")
-            if isinstance(names, dict) and _length_beside_pattern(names):
-                return True
-            if ("patternProperties" in obj or "properties" in obj
-                    or obj.get("unevaluatedProperties", True) is not True):
-                return True
-        if "object" in types and isinstance(obj.get("patternProperties"), dict) and (
-                "properties" in obj or len(obj["patternProperties"]) > 1):
-            return True
-        all_of = obj.get("allOf")
-        if isinstance(all_of, list) and len(all_of) >= 2:
-            return True
-        for value in obj.values():
-            if isinstance(value, dict) and check(value):
-                return True
-            if isinstance(value, list) and any(
-                    isinstance(item, dict) and check(item) for item in value):
-                return True
-        return False
-
-    return isinstance(schema, dict) and check(schema)
-
-
 def analyse(schema: Any) -> EngineView:
     """What vLLM is sent for `schema`, and what it will not enforce as written."""
-    view = EngineView(grammar=None)
+    view = EngineView(grammar=None, root=schema)
     view.grammar = _relax(schema, "", view)
     if not view.refused and vllm_refuses(view.grammar):
         # What the keyword-by-keyword relaxing cannot see (vLLM reads every value as a
@@ -174,7 +129,7 @@ def _relax(node: Any, path: str, view: EngineView) -> Any:
         if "string" in types:
             drop.add("format")
     known_format = isinstance(fmt, str) and fmt in XGRAMMAR_FORMATS
-    if _length_beside_pattern(node) and ("pattern" in node or known_format):
+    if length_beside_pattern(node) and ("pattern" in node or known_format):
         # (Beside an unknown format, left out, the length bound alone is enforced.)
         view.unenforced.append(f"{where}: minLength/maxLength beside pattern/format")
         if "string" in types:
@@ -186,9 +141,7 @@ def _relax(node: Any, path: str, view: EngineView) -> Any:
         else:
             out["pattern"] = pattern
     _relax_object(node, out, where, drop, view)
-    ref = node.get("$ref")
-    if isinstance(ref, str) and not ref.startswith("#"):
-        view.unenforced.append(f"{where}: non-local $ref")
+    _converter_rules(node, out, where, types, drop, view)
     all_of = node.get("allOf")
     if isinstance(all_of, list) and len(all_of) > 1:
         view.unenforced.append(f"{where}: allOf with several members")
@@ -213,7 +166,7 @@ def _relax_object(node: dict[str, Any], out: dict[str, Any], where: str, drop: s
     repeat limit for a pattern xgrammar does compile (one `patternProperties` key)."""
     if "object" in types_of(node):
         names = out.get("propertyNames")
-        if isinstance(names, dict) and _length_beside_pattern(names):
+        if isinstance(names, dict) and length_beside_pattern(names):
             out["propertyNames"] = {k: v for k, v in names.items()
                                     if k not in ("minLength", "maxLength")}
         if "propertyNames" in node:
@@ -240,10 +193,157 @@ def _relax_object(node: dict[str, Any], out: dict[str, Any], where: str, drop: s
         out["patternProperties"] = keyed
 
 
+# Beside a `$ref`, xgrammar 0.2.8 reads nothing else of the node (seen: `maxLength` and
+# `enum` next to a `$ref` to a string are not enforced); these do not constrain anyway.
+_BESIDE_REF_OK = frozenset({
+    "$ref", "$defs", "definitions", "$id", "$schema", "$anchor", "$comment", "title",
+    "description", "default", "examples", "deprecated", "readOnly", "writeOnly"})
+_STRING_KEYWORDS = ("minLength", "maxLength", "pattern", "format")
+_NUMBER_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _converter_rules(node: dict[str, Any], out: dict[str, Any], where: str, types: set[str],
+                     drop: set[str], view: EngineView) -> None:
+    """xgrammar 0.2.8's JSON-schema converter, as seen on the installed wheel (compiling
+    each case and matching strings against it; tests/integration/test_engine_rules_live.py
+    runs them on the real vLLM). Its source for 0.2.8 is not published in a tag; the
+    messages quoted are the wheel's (json_schema_converter.cc:4944)."""
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if not ref.startswith("#"):
+            view.unenforced.append(f"{where}: non-local $ref")
+        elif ref != "#" and not ref.startswith("#/"):
+            # Seen: `{"$ref": "#S"}` to an `$anchor` compiles to any JSON value.
+            view.unenforced.append(f"{where}: $ref to an anchor {ref!r} (any value)")
+        beside = [key for key in node if key not in _BESIDE_REF_OK]
+        if beside:
+            view.unenforced.append(f"{where}: {'/'.join(beside)} beside $ref")
+    if not types and "$ref" not in node and "const" not in node and "enum" not in node:
+        # Without `type`, xgrammar infers arrays and objects from their keywords, but not
+        # strings or numbers: their bounds are dropped (seen: `{"maxLength": 3}` and
+        # `{"minimum": 5}` accept anything).
+        for key in (*_STRING_KEYWORDS, *_NUMBER_KEYWORDS):
+            if key in node:
+                view.unenforced.append(f"{where}: {key} without a type")
+    one_of = node.get("oneOf")
+    if isinstance(one_of, list) and len(one_of) > 1 and not _disjoint(
+            [_resolve(view.root, member) for member in one_of]):
+        # Compiled as anyOf: an answer matching two members passes the grammar.
+        view.unenforced.append(f"{where}: oneOf whose members may overlap (as anyOf)")
+    if "integer" in types and "number" not in types:
+        _whole_bounds(node, out, where, view)
+    if "object" in types or "properties" in node:
+        properties = node.get("properties")
+        count = len(properties) if isinstance(properties, dict) else 0
+        low = node.get("minProperties")
+        closed = node.get("additionalProperties", False) is False  # strict mode: closed
+        if (_is_int(low) and low > count and closed and "patternProperties" not in node):
+            # "minProperties is greater than the number of properties, but additional
+            # properties aren't allowed": a 400 from vLLM for the whole request.
+            drop.add("minProperties")
+            view.unenforced.append(f"{where}: minProperties above the property count")
+            view.compile_errors.append(f"{where}: minProperties {low} above the {count} "
+                                       "properties xgrammar allows")
+    if "array" in types or "prefixItems" in node:
+        prefix = node.get("prefixItems")
+        count = len(prefix) if isinstance(prefix, list) else 0
+        low = node.get("minItems")
+        if isinstance(prefix, list) and _is_int(low) and low > count and (
+                node.get("items", False) is False):
+            drop.add("minItems")
+            view.unenforced.append(f"{where}: minItems above the prefixItems count")
+            view.compile_errors.append(f"{where}: minItems {low} above the {count} "
+                                       "prefixItems xgrammar allows")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole_bounds(node: dict[str, Any], out: dict[str, Any], where: str,
+                  view: EngineView) -> None:
+    """"Integer constraint must be a whole number": an integer's bound 1.5 is refused.
+    For integers, `minimum 1.5` means `minimum 2`: sent that way, the same answers."""
+    rounding = {"minimum": math.ceil, "maximum": math.floor,
+                "exclusiveMinimum": math.floor, "exclusiveMaximum": math.ceil}
+    for key, whole in rounding.items():
+        value = node.get(key)
+        if isinstance(value, float) and math.isfinite(value) and not value.is_integer():
+            out[key] = whole(value)
+            view.rewritten.append(f"{where}: {key} {value} (sent to vLLM as {out[key]}: "
+                                  "xgrammar takes whole numbers only for integers)")
+            view.compile_errors.append(f"{where}: {key} {value} on an integer")
+
+
+def _resolve(root: Any, member: Any) -> Any:
+    """A member's local `#/...` reference followed (pydantic writes unions that way)."""
+    for _ in range(8):
+        ref = member.get("$ref") if isinstance(member, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#/"):
+            return member
+        member = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            member = member.get(part) if isinstance(member, dict) else None
+    return member
+
+
+def _tags(member: dict[str, Any]) -> dict[str, str]:
+    """A member's required properties with one possible value: {name: value as JSON}."""
+    properties = member.get("properties")
+    required = member.get("required")
+    if not isinstance(properties, dict) or not isinstance(required, list):
+        return {}
+    tags = {}
+    for name in required:
+        sub = properties.get(name) if isinstance(name, str) else None
+        if isinstance(sub, dict) and "const" in sub:
+            tags[name] = json.dumps(sub["const"], sort_keys=True)
+        elif isinstance(sub, dict) and isinstance(sub.get("enum"), list) and len(
+                sub["enum"]) == 1:
+            tags[name] = json.dumps(sub["enum"][0], sort_keys=True)
+    return tags
+
+
+def _disjoint(members: list[Any]) -> bool:
+    """Members no value can match twice: distinct constants, distinct types, or objects
+    told apart by a required property's constant (a discriminated union)."""
+    if all(isinstance(m, dict) for m in members):
+        tags = [_tags(m) for m in members]
+        for name in set(tags[0]).intersection(*tags[1:]):
+            if len({t[name] for t in tags}) == len(tags):
+                return True
+    values: list[Any] = []
+    kinds: list[set[str]] = []
+    for member in members:
+        if not isinstance(member, dict):
+            return False
+        if "const" in member:
+            values.append(member["const"])
+        elif isinstance(member.get("enum"), list):
+            values.extend(member["enum"])
+        elif types_of(member):
+            kinds.append(types_of(member))
+        else:
+            return False
+    if values and kinds:
+        return False
+    if values:
+        seen = [json.dumps(v, sort_keys=True) for v in values]
+        return len(seen) == len(set(seen))
+    flat = [kind for group in kinds for kind in group]
+    if "integer" in flat and "number" in flat:
+        return False
+    return len(flat) == len(set(flat))
+
+
 def _compilable_pattern(pattern: str, what: str, view: EngineView) -> str | None:
     """`pattern` as xgrammar can compile it: large repeats split, or None (left out)."""
     result = split_large_repeats(pattern)
     if result is None:
+        view.compile_errors.append(f"{what} {pattern!r}: a repeat above "
+                                   f"{engine_regex.REPEAT_LIMIT} crashes xgrammar 0.2.8's "
+                                   "compiler (vLLM answers 500)")
         view.unenforced.append(
             f"{what} {pattern!r} (a repeat count above {engine_regex.REPEAT_LIMIT} that "
             f"xgrammar 0.2.8 cannot compile, too large to split in "
@@ -251,6 +351,8 @@ def _compilable_pattern(pattern: str, what: str, view: EngineView) -> str | None
         return None
     rewritten, found = result
     if found:
+        view.compile_errors.append(f"{what} {pattern!r}: repeat {', '.join(found)} crashes "
+                                   "xgrammar 0.2.8's compiler (vLLM answers 500)")
         view.rewritten.append(
             f"{what} {pattern!r} (repeat {', '.join(found)} above xgrammar's "
             f"{engine_regex.REPEAT_LIMIT}: "
