@@ -64,6 +64,11 @@ class InvalidSchemaError(InvalidRequestError):
     default_code = "invalid_schema"
 
 
+class SchemaNotCompiledError(InvalidSchemaError):
+    """vLLM failed this request's grammar (xgrammar could not compile the schema): a 400,
+    as sending the same schema again fails the same way, never a 5xx the client retries."""
+
+
 class UnsupportedSchemaError(InvalidRequestError):
     """A valid JSON Schema that uses a keyword the grammar engine would silently ignore."""
 
@@ -144,6 +149,16 @@ class UpstreamError(GatewayError):
     status_code = 502
     error_type = "upstream_error"
     default_code = "upstream_error"
+
+
+class UpstreamRequestFailedError(UpstreamError):
+    """vLLM, alive, failed this one request with a 5xx: its `GenerationError` (a bare 500
+    "Internal server error", which is how vLLM 0.32 reports a grammar that failed to
+    compile), or a 5xx whose text names the grammar. `names_grammar` tells which."""
+
+    def __init__(self, message: str, *, names_grammar: bool) -> None:
+        super().__init__(message)
+        self.names_grammar = names_grammar
 
 
 class UpstreamUnavailableError(GatewayError):

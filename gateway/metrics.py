@@ -54,8 +54,15 @@ class Metrics:
             "truncated).",
             ("schema", "outcome"),
         )
+        self.grammar_failures = _Counts(
+            "irgw_grammar_failures",
+            "Requests vLLM failed while compiling or running their schema's grammar, "
+            "answered 400 invalid_schema, by schema.",
+            ("schema",),
+        )
         self.registry.register(self.requests)
         self.registry.register(self.outputs)
+        self.registry.register(self.grammar_failures)
         self.upstream_seconds = Histogram(
             "irgw_upstream_seconds", "Time to a complete upstream answer (non-streaming).",
             ["route"], registry=self.registry,
@@ -76,6 +83,9 @@ class Metrics:
 
     def output_checked(self, schema_ref: str, outcome: str) -> None:
         self.outputs.inc(schema_ref, outcome)
+
+    def grammar_failed(self, schema_ref: str) -> None:
+        self.grammar_failures.inc(schema_ref)
 
     def upstream_took(self, route: str, seconds: float) -> None:
         child = self._upstream_children.get(route)

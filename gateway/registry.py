@@ -12,6 +12,7 @@ written, so the text is made once, in file order, and reused byte for byte.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from typing import Any, cast
 import jsonschema_rs
 import orjson
 
+from gateway.engine_rules import analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.settings import OutputPolicy
 
@@ -28,16 +30,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
 _POLICIES: tuple[OutputPolicy, ...] = ("repair", "retry", "error")
 
-# Keywords xgrammar 0.2.8 accepts but does not enforce while decoding (see the upstream
-# notes). A registered schema must not rely on them: the model would be free to break
-# them on every request and only the gateway's check would catch it.
-_UNENFORCED = ("not", "if", "then", "else", "dependentRequired", "dependentSchemas",
-               "uniqueItems", "contains", "minContains", "maxContains", "multipleOf")
-_XGRAMMAR_FORMATS = frozenset({
-    "email", "date", "time", "date-time", "duration", "ipv4", "ipv6", "hostname", "uuid",
-    "uri", "uri-reference", "uri-template", "json-pointer", "relative-json-pointer",
-})
-
+log = logging.getLogger("gateway.registry")
 
 class SchemaFileError(Exception):
     """A schema file is unusable; the message starts with the file's path."""
@@ -95,93 +88,23 @@ def _fast_validator(schema: Mapping[str, Any]) -> jsonschema_rs.Draft202012Valid
 
 
 def unenforced_keywords(schema: Any) -> list[str]:
-    """Where `schema` relies on something xgrammar lets through unchecked, as `path: keyword`."""
-    found: list[str] = []
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                walk(item, f"{path}/{i}")
-            return
-        if not isinstance(node, dict):
-            return
-        for key in _UNENFORCED:
-            if key in node:
-                found.append(f"{path or '/'}: {key}")
-        if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
-            found.append(f"{path or '/'}: allOf with several members")
-        if ("pattern" in node or "format" in node) and (
-            "minLength" in node or "maxLength" in node
-        ):
-            found.append(f"{path or '/'}: minLength/maxLength beside pattern/format")
-        fmt = node.get("format")
-        if isinstance(fmt, str) and fmt not in _XGRAMMAR_FORMATS:
-            found.append(f"{path or '/'}: format {fmt!r}")
-        ref = node.get("$ref")
-        if isinstance(ref, str) and not ref.startswith("#"):
-            found.append(f"{path or '/'}: non-local $ref")
-        for key, value in node.items():
-            if key in ("properties", "$defs", "definitions", "patternProperties"):
-                if isinstance(value, dict):
-                    for sub, subschema in value.items():
-                        walk(subschema, f"{path}/{key}/{sub}")
-            elif isinstance(value, dict | list) and key not in ("enum", "const", "examples",
-                                                               "default", "required"):
-                walk(value, f"{path}/{key}")
-
-    walk(schema, "")
-    return found
+    """Where `schema` relies on something xgrammar lets through unchecked, or gets in another
+    form, as `path: keyword` (the rules and their sources: `gateway.engine_rules`)."""
+    return analyse(schema).warnings
 
 
 def grammar_schema(schema: Any) -> Any:
-    """`schema` without what vLLM's xgrammar backend refuses to compile (vLLM 0.32's
-    `has_xgrammar_unsupported_json_features`: a 400 for the whole request), so that the
-    rest is still enforced while decoding; the answer is then checked against all of
-    `schema`. Pydantic writes some of these (`set[str]` is `uniqueItems`). Several `allOf`
-    members cannot be dropped without changing the schema: InvalidSchemaError."""
-
-    def relax(node: Any, path: str) -> Any:
-        if isinstance(node, list):
-            return [relax(item, f"{path}/{i}") for i, item in enumerate(node)]
-        if not isinstance(node, dict):
-            return node
-        node = {key: relax(value, f"{path}/{key}") for key, value in node.items()}
-        kind = node.get("type")  # anything at all inside a `const`, which is walked too
-        types = {kind} if isinstance(kind, str) else (
-            {t for t in kind if isinstance(t, str)} if isinstance(kind, list) else set())
-        drop: set[str] = set()
-        if types & {"integer", "number"}:
-            drop.add("multipleOf")
-        if "array" in types:
-            drop.update(("uniqueItems", "contains", "minContains", "maxContains"))
-        if "string" in types:
-            fmt = node.get("format")
-            if isinstance(fmt, str) and fmt not in _XGRAMMAR_FORMATS:
-                drop.add("format")
-            if "pattern" in node or ("format" in node and "format" not in drop):
-                drop.update(("minLength", "maxLength"))
-        if "object" in types:
-            names = node.get("propertyNames")
-            if isinstance(names, dict) and ("pattern" in names or "format" in names):
-                node["propertyNames"] = {k: v for k, v in names.items()
-                                         if k not in ("minLength", "maxLength")}
-            if "propertyNames" in node and (
-                    "patternProperties" in node or "properties" in node
-                    or node.get("unevaluatedProperties", True) is not True):
-                drop.add("propertyNames")
-            patterns = node.get("patternProperties")
-            if isinstance(patterns, dict) and ("properties" in node or len(patterns) > 1):
-                drop.add("patternProperties")
-        all_of = node.get("allOf")
-        if isinstance(all_of, list) and len(all_of) > 1:
-            raise InvalidSchemaError(
-                f"response_format.json_schema.schema at {path or '/'}: vLLM's grammar cannot "
-                "enforce allOf with several members; merge them into one schema",
-                param="response_format.json_schema.schema",
-            )
-        return {key: value for key, value in node.items() if key not in drop}
-
-    return relax(schema, "")
+    """`schema` as vLLM's xgrammar backend can take it: without the keywords vLLM 0.32
+    refuses to compile (a 400 for the whole request), its patterns' large repeats split
+    (xgrammar's compiler crashes on them), so that the rest is still enforced while
+    decoding; the answer is then checked against all of `schema`. Pydantic writes some of
+    these (`set[str]` is `uniqueItems`). Several `allOf` members cannot be dropped without
+    changing the schema: InvalidSchemaError."""
+    view = analyse(schema)
+    if view.refused:
+        raise InvalidSchemaError(f"response_format.json_schema.schema {view.refused[0]}",
+                                 param="response_format.json_schema.schema")
+    return view.grammar
 
 
 def meta_error(schema: Any) -> str | None:
@@ -334,11 +257,16 @@ def _load_file(path: Path) -> RegisteredSchema:
     error = meta_error(schema)
     if error is not None:
         raise SchemaFileError(f"{path}: not a valid JSON Schema (Draft 2020-12): schema {error}")
-    holes = unenforced_keywords(schema)
+    view = analyse(schema)
+    holes = view.unenforced + view.refused
     if holes:
         raise SchemaFileError(
             f"{path}: uses keywords xgrammar does not enforce while decoding: {'; '.join(holes)}"
         )
+    for note in view.rewritten:
+        # Enforced all the same (the rewritten pattern matches the same strings): said once
+        # here, and in each answer's x-irgw-schema-warnings.
+        log.warning("%s: %s", path, note)
     try:  # compiles both validators and the text sent to vLLM
         return RegisteredSchema(
             name=name,
@@ -347,6 +275,8 @@ def _load_file(path: Path) -> RegisteredSchema:
             schema=schema,
             output_policy=cast(OutputPolicy, policy),
             source=str(path),
+            unenforced=tuple(view.rewritten),
+            grammar=None if view.grammar == schema else view.grammar,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
         raise SchemaFileError(f"{path}: schema cannot be compiled: {exc}") from None

@@ -97,7 +97,10 @@ async def relay_chat(
     model: str,
     state: StreamState,
     failure_to_error: Callable[[CheckFailure, int], GatewayError],
+    upstream_error: Callable[[GatewayError], GatewayError] = lambda error: error,
 ) -> AsyncIterator[bytes]:
+    """`upstream_error` turns an error vLLM sent into the one the client gets (a grammar
+    vLLM failed to compile is the schema's fault: `gateway.engine_failures`)."""
     escaper = StreamingEscaper() if plan.checked and plan.policy != "error" else None
     held: list[dict[str, Any]] = []
     first = True
@@ -135,7 +138,7 @@ async def relay_chat(
     except GatewayError as error:
         state.outcome = "error"
         state.abandoned = isinstance(error, UpstreamTimeoutError)
-        yield _error_event(error)
+        yield _error_event(upstream_error(error))
         yield SSE_DONE
         return
     state.abandoned = False

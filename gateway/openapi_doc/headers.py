@@ -52,8 +52,9 @@ _HEADERS: dict[str, JSON] = {
         "schema": {"type": "string", "examples": ["function_ir@1", "FunctionIR (ad-hoc)"]},
     },
     "x-irgw-schema-warnings": {
-        "description": "Keywords of an ad-hoc schema the grammar engine does not enforce while "
-        "decoding (the gateway's validation still does).",
+        "description": "Keywords of the schema the grammar engine does not enforce while "
+        "decoding, or gets in another form (a `pattern` repeat split), as `pointer: keyword` "
+        "(the gateway's validation still checks all of them).",
         "schema": {"type": "string"},
     },
     "x-irgw-output": {

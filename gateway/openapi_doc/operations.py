@@ -15,7 +15,8 @@ from gateway.openapi_doc.headers import (
 
 _ERROR_DESCRIPTIONS: dict[str, str] = {
     "400": "Invalid request (`invalid_request_error`): a malformed body, an invalid ad-hoc "
-    "schema (`invalid_schema`), max_tokens above the key's cap, a request larger than the "
+    "schema, or a schema whose grammar vLLM failed to compile (`invalid_schema`), max_tokens "
+    "above the key's cap, a request larger than the "
     "key's TPM (`request_too_large`).",
     "401": "Missing, malformed, unknown or revoked API key (`invalid_api_key`).",
     "403": "The key may not use this schema (`schema_not_allowed`) or ad-hoc schemas "

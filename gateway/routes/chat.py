@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import JSONResponse
+from gateway.engine_failures import schema_error_for
 from gateway.planning import (
     ChatPlan,
     Mode,
@@ -64,7 +65,9 @@ async def chat_completions(request: Request) -> Response:
     if plan.stream:
         return await relayed(
             request, services, "/v1/chat/completions", plan, body, prepared,
-            lambda events, state: relay_chat(events, plan, model, state, failure_to_error),
+            lambda events, state: relay_chat(
+                events, plan, model, state, failure_to_error,
+                lambda error: schema_error_for(error, plan, services.metrics)),
             answer_headers={"x-irgw-output": "checked-at-end"} if plan.checked else {},
             after=lambda state: _count_checked_stream(services, plan, state),
         )

@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.asgi import ClientDisconnectedError, until_disconnect
+from gateway.engine_failures import schema_error_for
 from gateway.errors import (
     GatewayError,
     OutputTruncatedError,
@@ -75,10 +76,13 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
     for attempt in range(1, attempts + 1):
         try:
             data = await services.upstream.post_json(route.path, body, {"x-request-id": rid})
-        except GatewayError as error:
+        except GatewayError as failed:
+            error = schema_error_for(failed, plan, services.metrics)
             if tokens:  # the earlier attempts' usage was real GPU work
                 error.tokens = (error.tokens or 0) + tokens
-            raise
+            if error is failed:
+                raise
+            raise error from failed
         response = route.shape(data if isinstance(data, dict) else {}, model)
         usage = response.get("usage")
         tokens += usage["total_tokens"] if usage else 0

@@ -10,6 +10,7 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway.asgi import SSEResponse, until_disconnect
+from gateway.engine_failures import schema_error_for
 from gateway.errors import GatewayError
 from gateway.planning import ChatPlan
 from gateway.routes.admission import Prepared
@@ -37,10 +38,14 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
         ))
     except BaseException as exc:
         await stack.aclose()
-        await admission.finish(prepared.tokens_on_failure(exc))
-        if isinstance(exc, GatewayError):
-            exc.headers.update(headers)
-        raise
+        error = schema_error_for(exc, plan, services.metrics) if isinstance(
+            exc, GatewayError) else exc
+        await admission.finish(prepared.tokens_on_failure(error))
+        if isinstance(error, GatewayError):
+            error.headers.update(headers)
+        if error is exc:
+            raise
+        raise error from exc
     state = StreamState()
 
     async def on_close() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ import orjson
 from gateway.errors import (
     GatewayError,
     UpstreamError,
+    UpstreamRequestFailedError,
     UpstreamStatusError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
@@ -46,6 +48,12 @@ _MAX_RESULT_REDIRECTS = 20
 # dropping ours sooner keeps requests off connections the server is about to close.
 _KEEPALIVE_S = 4.0
 _CONNECT_TIMEOUT_S = 5.0
+# vLLM's GenerationError (vllm/exceptions.py), raised when the engine finishes one request
+# with finish_reason "error": a grammar that failed to compile or rejected a token (the
+# scheduler's grammar_compile_error_reqs), a KV or encoder-cache load that failed. Its text
+# never says which; the engine is alive. A dead engine says "EngineCore encountered...".
+_GENERATION_ERROR = ("InternalServerError", "Internal server error")
+_NAMES_GRAMMAR = re.compile(r"grammar", re.IGNORECASE)  # also "xgrammar", "Grammar"
 
 
 def normalise_error(status: int, body: bytes) -> GatewayError:
@@ -74,7 +82,11 @@ def normalise_error(status: int, body: bytes) -> GatewayError:
         snippet = body[:200].decode("utf-8", "replace")
         return UpstreamError(f"upstream answered {status} with an unreadable body: {snippet!r}")
     if status >= 500:
-        return UpstreamError(f"upstream error ({status}): {message}")
+        text = f"upstream error ({status}): {message}"
+        names_grammar = _NAMES_GRAMMAR.search(message) is not None
+        if names_grammar or (status == 500 and (error_type, message) == _GENERATION_ERROR):
+            return UpstreamRequestFailedError(text, names_grammar=names_grammar)
+        return UpstreamError(text)
     return UpstreamStatusError(status, message, error_type=error_type, param=param,
                                code=code if code and not code.isdigit() else None)
 
