@@ -361,7 +361,9 @@ def _interrupt(signum: int, _frame: object) -> None:
 def main() -> int:
     args = parse_args()
     extra_env = dict(item.split("=", 1) for item in args.gateway_env)
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python then
+    # installs no handler of its own.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _interrupt)
     started = datetime.now(UTC)
     workdir = Path(tempfile.mkdtemp(prefix="irgw-soak-"))
