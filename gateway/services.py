@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.auth import Authenticator, build_authenticator
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
+from gateway.observe.observer import Observer
 from gateway.ratelimit import build_limiter
 from gateway.ratelimit.base import Limiter
 from gateway.registry import SchemaRegistry
@@ -22,6 +23,7 @@ class Services:
     authenticator: Authenticator
     limiter: Limiter
     metrics: Metrics
+    observer: Observer
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -29,13 +31,15 @@ class Services:
         # stops the server before anything starts listening.
         registry = SchemaRegistry.load(settings.schemas_dir)
         authenticator = build_authenticator(settings)
+        limiter, metrics = build_limiter(settings), Metrics()
         return cls(
             settings=settings,
             registry=registry,
             upstream=UpstreamClient(settings),
             authenticator=authenticator,
-            limiter=build_limiter(settings),
-            metrics=Metrics(),
+            limiter=limiter,
+            metrics=metrics,
+            observer=Observer(settings, metrics.registry, limiter),
         )
 
     metrics_listener: MetricsListener | None = None
@@ -51,6 +55,7 @@ class Services:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
+        await self.observer.aclose()
 
     async def default_model(self) -> str:
         if self.settings.upstream_model:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway import observe
 from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
 from gateway.budget import token_budget
@@ -52,13 +53,15 @@ async def prepare(request: Request, services: Services, principal: Principal,
                   plan: ChatPlan) -> Prepared:
     """Everything here runs after the schema resolved, so a refused schema costs no quota;
     the limiter runs last, so nothing after it can refuse the request before vLLM sees it."""
+    observe.planned(plan)
     if plan.schema is not None:
         services.authenticator.check_schema(principal, plan.schema.name, adhoc=plan.schema.adhoc)
     budget = token_budget(plan, principal.policy, services.settings.default_max_tokens)
     model = plan.body["model"]
     upstream_model = await services.default_model() if plan.model_alias else model
     dialect = await services.upstream.dialect()
-    admission = await services.limiter.admit(principal, budget.reserved)
+    with observe.phase("irgw.admission"):
+        admission = await services.limiter.admit(principal, budget.reserved)
 
     rid = request_id(request)
     headers = {"x-request-id": rid, **admission.headers}

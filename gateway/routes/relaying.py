@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from gateway import observe
 from gateway.asgi import SSEResponse, until_disconnect
 from gateway.errors import GatewayError
 from gateway.planning import ChatPlan
@@ -32,8 +33,9 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
     try:
         # Watched: a client that leaves while vLLM is reached (connect retries through a
         # cold start, a wait for a pooled connection, vLLM's first bytes) cancels it.
+        sent = stack.enter_context(observe.upstream_attempt(prepared.request_id, stream=True))
         events = await until_disconnect(request, stack.enter_async_context(
-            services.upstream.stream(path, body, {"x-request-id": prepared.request_id})
+            services.upstream.stream(path, body, sent)
         ))
     except BaseException as exc:
         await stack.aclose()
@@ -42,6 +44,7 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
             exc.headers.update(headers)
         raise
     state = StreamState()
+    events = observe.relayed(events, state)
 
     async def on_close() -> None:
         await stack.aclose()
