@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping, MutableMapping
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
@@ -34,6 +34,17 @@ def tracing_wanted(env: Mapping[str, str]) -> bool:
         return False
     return bool(env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
                 or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def dev_tracing(endpoint: str | None, env: MutableMapping[str, str]) -> list[str]:
+    """`ir-gateway dev --otlp-traces-endpoint URL`: the gateway (in this process) and vLLM
+    (a child, which inherits `env`) both export to URL over OTLP/HTTP; vLLM's own default
+    would be gRPC. Returns the vLLM flags."""
+    if not endpoint:
+        return []
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = endpoint
+    env["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] = "http/protobuf"
+    return ["--otlp-traces-endpoint", endpoint]
 
 
 class Tracing:
@@ -113,17 +124,9 @@ class SdkTracing(Tracing):
             attributes={"gen_ai.operation.name": obs.operation, "http.request.method": "POST",
                         "http.route": obs.path})
 
-    @contextmanager
-    def child(self, obs: Observation, name: str) -> Iterator[Any]:
-        span = self._tracer.start_span(name, context=self._in_context(obs.span),
-                                       kind=self._internal)
-        try:
-            yield span
-        except BaseException as error:
-            span.set_attribute("error.type", type(error).__name__)
-            raise
-        finally:
-            span.end()
+    def child(self, obs: Observation, name: str) -> _Child:
+        return _Child(self._tracer.start_span(name, context=self._in_context(obs.span),
+                                              kind=self._internal))
 
     def attempt(self, obs: Observation, headers: dict[str, str]) -> Any:
         plan = obs.plan
@@ -183,3 +186,22 @@ class SdkTracing(Tracing):
 
         # shutdown() flushes what is batched, over the network: not on the event loop.
         await asyncio.to_thread(self._provider.shutdown)
+
+
+class _Child:
+    """A child span for a `with` block. Not contextlib's generator form: that writes the
+    exception's __traceback__, which a frozen dataclass exception (CheckFailure) refuses."""
+
+    __slots__ = ("_span",)
+
+    def __init__(self, span: Any) -> None:
+        self._span = span
+
+    def __enter__(self) -> Any:
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if kind is not None:
+            self._span.set_attribute("error.type", kind.__name__)
+        self._span.end()
