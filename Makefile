@@ -5,7 +5,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 DEV_ARGS ?=
 
-.PHONY: help dev test setup setup-venv setup-vllm setup-redis lint bench openapi
+.PHONY: help dev test setup setup-venv setup-vllm setup-redis setup-prometheus lint bench openapi
 
 help:
 	@echo "make dev   - start a local vLLM (CPU) and the gateway (Ctrl-C stops both)"
@@ -20,7 +20,10 @@ setup-vllm:
 setup-redis:
 	@scripts/setup-redis.sh
 
-setup: setup-venv setup-vllm setup-redis
+setup-prometheus:
+	@scripts/setup-prometheus.sh
+
+setup: setup-venv setup-vllm setup-redis setup-prometheus
 
 dev: setup-venv setup-vllm
 	.venv/bin/ir-gateway dev $(DEV_ARGS)

@@ -13,7 +13,8 @@ What it measures (the issue's overhead budget):
   valid compact ``function_ir`` document, plus usage;
 * the gateway runs as a separate process, one worker (``ir-gateway serve``), auth off; a
   second gateway process with auth on (a key store with one generous key, in-memory
-  limiter) runs next to it for the auth+limits figure;
+  limiter) runs next to it for the auth+limits figure, and a third with tracing on
+  (OTEL_EXPORTER_OTLP_ENDPOINT at the fake, which sinks OTLP/HTTP exports) for tracing's cost;
 * the load generator (this process, aiohttp on uvloop, one pooled session per target) sends
   an open-loop stream at a fixed arrival rate: sends are scheduled by the clock and never
   wait for earlier responses, and latency is measured from each request's *scheduled* send
@@ -204,6 +205,11 @@ def fake_main() -> None:
             reply = models
         elif method == "GET" and path == "/stats":
             reply = json_reply(orjson.dumps(stats))
+        elif method == "POST" and path == "/v1/traces":  # the OTLP/HTTP sink for tracing on
+            await read_body(receive)
+            stats["trace_exports"] = stats.get("trace_exports", 0) + 1
+            reply = [(b"content-type", b"application/x-protobuf"),
+                     (b"content-length", b"0")], b""
         if reply is None:
             await send({"type": "http.response.start", "status": 404, "headers": []})
             await send({"type": "http.response.body", "body": b""})
@@ -411,11 +417,17 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def start_gateway(upstream_port: int, workdir: Path, keys_file: Path | None) -> tuple[Child, int]:
+def start_gateway(upstream_port: int, workdir: Path, keys_file: Path | None,
+                  tracing: bool = False) -> tuple[Child, int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("IRGW_") and not k.startswith("OTEL_")}
     env["IRGW_LOG_LEVEL"] = "warning"
-    if keys_file is None:
+    if tracing:  # auth off, every request traced (the SDK's default sampler), to the fake
+        env["IRGW_AUTH_ENABLED"] = "false"
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{HOST}:{upstream_port}"
+        name = "gateway+tracing"
+    elif keys_file is None:
         env["IRGW_AUTH_ENABLED"] = "false"
         name = "gateway"
     else:
@@ -759,7 +771,7 @@ def cpu_us(phase: Phase, seconds: float) -> float:
 
 async def bench(sizes: Sizes, fake: Child, fake_port: int, floor: Child, floor_port: int,
                 gw: Child, gw_port: int, gwa: Child, gwa_port: int, key: str,
-                started: float) -> Run:
+                started: float, gwt: Child, gwt_port: int) -> Run:
     run = Run(sizes, t0=time.perf_counter())
     json_headers = {"content-type": "application/json"}
     direct = Target("direct", f"http://{HOST}:{fake_port}{CHAT_PATH}", direct_body(),
@@ -771,11 +783,14 @@ async def bench(sizes: Sizes, fake: Child, fake_port: int, floor: Child, floor_p
                           True, gwa.pid)
     floor_target = Target("floor", f"http://{HOST}:{floor_port}{CHAT_PATH}", direct_body(),
                           json_headers, False, floor.pid)
-    targets = [direct, floor_target, gateway, gateway_auth]
-    all_pids = [fake.pid, floor.pid, gw.pid, gwa.pid]
+    gateway_tracing = Target("gateway+tracing", f"http://{HOST}:{gwt_port}{CHAT_PATH}",
+                             gateway_body(), json_headers, True, gwt.pid)
+    targets = [direct, floor_target, gateway, gateway_auth, gateway_tracing]
+    all_pids = [fake.pid, floor.pid, gw.pid, gwa.pid, gwt.pid]
     meters = {t.name: Meter(t, fake, [p for p in all_pids if p not in (t.pid, fake.pid)])
               for t in targets}
-    sampler = RssSampler({"gateway": gw.pid, "gateway+auth": gwa.pid}, max_s=TOTAL_BUDGET_S + 120)
+    sampler = RssSampler({"gateway": gw.pid, "gateway+auth": gwa.pid, "gateway+tracing": gwt.pid},
+                         max_s=TOTAL_BUDGET_S + 120)
     row = sampler.sample()
     run.rss["gateway idle (before load)"] = row["gateway"]
     run.rss["gateway+auth idle (before load)"] = row["gateway+auth"]
@@ -1040,8 +1055,10 @@ def write_plot(run: Run, summaries: dict[str, Summary]) -> None:
 def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, float, float],
                  load_end: tuple[float, float, float], other_pct_run: float) -> str:
     summaries = {name: summarise([r[name] for r in run.rounds])
-                 for name in ("direct", "floor", "gateway", "gateway+auth")}
+                 for name in ("direct", "floor", "gateway", "gateway+auth", "gateway+tracing")}
     d, g, a = summaries["direct"], summaries["gateway"], summaries["gateway+auth"]
+    tr = summaries["gateway+tracing"]
+    trace50, trace99 = tr.p50 - d.p50, tr.p99 - d.p99
     f = summaries["floor"]
     add50, add99 = g.p50 - d.p50, g.p99 - d.p99
     floor50, floor99 = f.p50 - d.p50, f.p99 - d.p99
@@ -1053,7 +1070,7 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
             "| target CPU µs/req | target run-queue wait µs/req | other load (% of 1 core) "
             "| peak RSS MiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for s in (d, f, g, a):
+    for s in (d, f, g, a, tr):
         rss = "-" if s.name in ("direct", "floor") else fmt(s.rss_peak_mb, 1)
         rows.append(f"| {s.name} | {s.n} | {s.errors} | {fmt(s.p50)} | {fmt(s.p90)} | "
                     f"{fmt(s.p99)} | {fmt(s.max, 1)} | {fmt(s.p50_send)} / {fmt(s.p99_send)} | "
@@ -1069,6 +1086,12 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         f"| gateway + auth + in-memory limits | {auth50:+.2f} | {auth99:+.2f} | (same) | p50 "
         f"{'PASS' if auth50 <= BUDGET_P50_MS else 'FAIL'}, p99 "
         f"{'PASS' if auth99 <= BUDGET_P99_MS else 'FAIL'} |",
+        f"| gateway + tracing on (every request a trace of 4 spans, OTLP/HTTP to a local sink) "
+        f"| {trace50:+.2f} | {trace99:+.2f} | (same) | p50 "
+        f"{'PASS' if trace50 <= BUDGET_P50_MS else 'FAIL'}, p99 "
+        f"{'PASS' if trace99 <= BUDGET_P99_MS else 'FAIL'} |",
+        f"| tracing on over tracing off | {tr.p50 - g.p50:+.2f} | {tr.p99 - g.p99:+.2f} | "
+        f"(CPU {tr.cpu_us - g.cpu_us:+.0f} µs/req) | - |",
         f"| floor: a proxy with no logic, same server and client | {floor50:+.2f} | "
         f"{floor99:+.2f} | (reference) | - |",
         f"| gateway (auth off) over the floor | {g.p50 - f.p50:+.2f} | {g.p99 - f.p99:+.2f} | "
@@ -1337,7 +1360,8 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "git": git_rev(), "sizes": asdict(run.sizes),
         "summary_200rps": {k: asdict(v) for k, v in summaries.items()},
         "added_ms": {"gateway": {"p50": add50, "p99": add99},
-                     "gateway+auth": {"p50": auth50, "p99": auth99}},
+                     "gateway+auth": {"p50": auth50, "p99": auth99},
+                     "gateway+tracing": {"p50": trace50, "p99": trace99}},
         "budget_pass": {"p50": pass50, "p99": pass99},
         "max_rate_rps": run.max_rate,
         "rounds": [{k: phase_json(v) for k, v in r.items()} for r in run.rounds],
@@ -1384,12 +1408,14 @@ def main() -> None:
             children.append(gw)
             gwa, gwa_port = start_gateway(fake_port, workdir, keys_file)
             children.append(gwa)
+            gwt, gwt_port = start_gateway(fake_port, workdir, None, tracing=True)
+            children.append(gwt)
             print(f"fake vLLM pid {fake.pid} :{fake_port}; gateway pid {gw.pid} :{gw_port}; "
                   f"gateway+auth pid {gwa.pid} :{gwa_port}; load average {load_start}",
                   flush=True)
             with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
                 run = runner.run(bench(sizes, fake, fake_port, floor, floor_port, gw, gw_port,
-                                       gwa, gwa_port, key, started))
+                                       gwa, gwa_port, key, started, gwt, gwt_port))
             ours = time.process_time() - own0 + sum(c.cpu() for c in children)
             for child in children:
                 if child.proc.poll() is not None:

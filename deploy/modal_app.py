@@ -101,6 +101,8 @@ GATEWAY_REQUIREMENTS = (
     "orjson>=3.10",
     "redis>=5.0",
     "prometheus-client>=0.20",
+    "opentelemetry-sdk>=1.30",
+    "opentelemetry-exporter-otlp-proto-http>=1.30",
 )
 
 # -- Modal resources (names are the operator's contract; see the README, "Deploy to Modal")

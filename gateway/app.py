@@ -25,6 +25,7 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
 )
+from gateway.observe.observer import Observation
 from gateway.openapi_doc.document import document_of
 from gateway.routes import chat, completions, health, models, schemas
 from gateway.routes.common import RawRoute, request_id
@@ -134,11 +135,14 @@ class GatewayApp(FastAPI):
         endpoint = self._direct.get(scope["path"]) if scope["method"] == "POST" else None
         status = 500  # if the server never gets to send one
         metrics.inflight += 1
+        observer = self.services.observer
+        obs = observer.begin(scope) if endpoint is not None else None
         try:
-            if endpoint is not None:
+            if obs is not None:
                 scope["app"] = self
-                response = await _respond(endpoint, Request(scope, receive))
+                response = await _respond(endpoint, Request(scope, receive), obs)
                 status = response.status_code
+                observer.stamp(obs, response)
                 await response(scope, receive, send)
             else:
                 async def noting_status(message: Message) -> None:
@@ -153,6 +157,8 @@ class GatewayApp(FastAPI):
             held = scope.get(BODY_BYTES_HELD)
             if held:
                 self.services.body_budget.give(held)
+            if obs is not None:
+                observer.end(obs, status)
             if endpoint is not None:
                 route = scope["path"]
             else:  # the route's template, never the raw path: labels stay few
@@ -161,14 +167,17 @@ class GatewayApp(FastAPI):
             metrics.answered(route, status)
 
 
-async def _respond(endpoint: Endpoint, request: Request) -> Response:
+async def _respond(endpoint: Endpoint, request: Request, obs: Observation) -> Response:
     try:
         return await endpoint(request)
     except GatewayError as exc:
+        obs.error = exc
         return await _on_gateway_error(request, exc)
     except ClientDisconnectedError as exc:
+        obs.error = exc
         return await _on_client_gone(request, exc)
     except Exception as exc:
+        obs.error = exc
         return await _on_unexpected(request, exc)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from gateway import observe
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
@@ -59,6 +60,7 @@ class Authenticator:
             # One message for malformed, unknown, wrong and revoked keys: telling them apart
             # would help someone probing for valid key ids.
             raise AuthenticationError("Invalid or revoked API key.", headers=_CHALLENGE)
+        observe.identified(record.id)
         return Principal(key_id=record.id, name=record.name, policy=record.policy)
 
     def check_schema(self, principal: Principal, schema_name: str | None, adhoc: bool) -> None:

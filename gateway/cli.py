@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -17,6 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.auth import AuthConfigError
     from gateway.keys import KeyStoreError
+    from gateway.observe.logs import configure_logging, uvicorn_logging
     from gateway.registry import SchemaFileError
     from gateway.runtime import restart_on_huge_pages, tune_gc_for_serving
     from gateway.serving import uvicorn_options
@@ -36,15 +36,14 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
         if settings.huge_pages:
             restart_on_huge_pages()
-        logging.basicConfig(level=settings.log_level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        configure_logging(settings)
         app = create_app(settings)
     except (SchemaFileError, AuthConfigError, KeyStoreError, ValidationError,
             FileNotFoundError, ValueError) as exc:
         print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
     tune_gc_for_serving()
-    uvicorn.run(app, **uvicorn_options(settings))
+    uvicorn.run(app, **uvicorn_options(settings), **uvicorn_logging(settings))
     return 0
 
 

@@ -123,6 +123,7 @@ class RateLimitError(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    refused: tuple[str, ...] = ()  # which limits: "requests", "tokens", "concurrency"
 
 
 class OutputValidationError(GatewayError):
@@ -173,6 +174,15 @@ class OverloadedError(GatewayError):
     status_code = 503
     error_type = "server_error"
     default_code = "overloaded"
+    reason = "overloaded"  # what the refusal metric counts
+
+
+class QueueFullError(OverloadedError):
+    reason = "queue_full"
+
+
+class QueueTimeoutError(OverloadedError):
+    reason = "queue_timeout"
 
 
 class UpstreamTimeoutError(GatewayError):

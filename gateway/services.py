@@ -9,6 +9,7 @@ from gateway.auth import Authenticator, build_authenticator
 from gateway.body_budget import BodyBudget
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
+from gateway.observe.observer import Observer
 from gateway.ratelimit import build_limiter
 from gateway.ratelimit.base import Limiter
 from gateway.registry import SchemaRegistry
@@ -26,6 +27,7 @@ class Services:
     metrics: Metrics
     body_budget: BodyBudget
     adhoc: AdhocSchemas
+    observer: Observer
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -33,15 +35,17 @@ class Services:
         # stops the server before anything starts listening.
         registry = SchemaRegistry.load(settings.schemas_dir)
         authenticator = build_authenticator(settings)
+        limiter, metrics = build_limiter(settings), Metrics()
         return cls(
             settings=settings,
             registry=registry,
             upstream=UpstreamClient(settings),
             authenticator=authenticator,
-            limiter=build_limiter(settings),
-            metrics=Metrics(),
+            limiter=limiter,
+            metrics=metrics,
             body_budget=BodyBudget(settings.max_body_bytes_in_flight),
             adhoc=AdhocSchemas.from_settings(settings),
+            observer=Observer(settings, metrics.registry, limiter),
         )
 
     metrics_listener: MetricsListener | None = None
@@ -57,6 +61,7 @@ class Services:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
+        await self.observer.aclose()
 
     async def default_model(self) -> str:
         if self.settings.upstream_model:

@@ -197,6 +197,31 @@ class Settings(BaseSettings):
         "(gateway/runtime.py) where glibc and the kernel allow it.",
     )
     log_level: str = "info"
+    # -- seeing inside it (gateway/observe/; traces are configured by OTEL_* variables)
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text`: readable lines (make dev). `json`: one JSON object per line, "
+        "and one `request` line per generation request (ids, schema, outcome, tokens, times).",
+    )
+    log_content: bool = Field(
+        default=False,
+        description="Put the request's messages and the answer into JSON request lines "
+        "(truncated, under a `content` field). Off: no content is ever logged.",
+    )
+    log_content_max_chars: int = Field(
+        default=2000, ge=0, le=100_000,
+        description="How much of each (request, answer) a request line keeps when "
+        "`log_content` is on.",
+    )
+    metrics_key_labels: bool = Field(
+        default=False,
+        description="Also count requests and tokens per API key id (`irgw_key_*` metrics).",
+    )
+    metrics_max_keys: int = Field(
+        default=100, ge=1, le=10_000,
+        description="With `metrics_key_labels`: key ids beyond this many share one label, "
+        "`(other)`, so the number of series stays bounded.",
+    )
     config_file: Path | None = None
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ phase() {
 
 phase "setup: gateway venv" scripts/setup-venv.sh
 phase "setup: redis-server" scripts/setup-redis.sh
+phase "setup: prometheus" scripts/setup-prometheus.sh
 phase "setup: vLLM (CPU) venv" scripts/setup-vllm-env.sh
 phase "setup: LlamaIndex venv (openai<3)" scripts/setup-client-env.sh llamaindex
 phase "setup: schemathesis venv" scripts/setup-client-env.sh schemathesis

@@ -93,18 +93,19 @@ async def serve_process(
         yield url, process
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(command: list[str], env: dict[str, str],
+           stderr: Any = None) -> subprocess.Popen[bytes]:
     # Popen returns at once (it does not wait for the child); outside the async function
     # only so that ruff's ASYNC220 rule has no blocking call to flag.
-    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=stderr)
 
 
 @asynccontextmanager
-async def serving_process(command: list[str], env: dict[str, str],
-                          url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """Run `command` (a gateway server at `url`) with exactly `env`; yields the process once
-    its /healthz answers, and stops it afterwards."""
-    process = _start(command, env)
+async def serving_process(command: list[str], env: dict[str, str], url: str,
+                          stderr: Any = None) -> AsyncIterator[subprocess.Popen[bytes]]:
+    """Run `command` (a gateway server at `url`) with exactly `env` (its stderr to `stderr`,
+    a file, if given); yields the process once its /healthz answers, and stops it after."""
+    process = _start(command, env, stderr)
     try:
         async with httpx.AsyncClient() as client:
             for _ in range(300):

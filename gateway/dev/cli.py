@@ -7,6 +7,7 @@ Only the argument parsing lives here; `gateway.dev.stack` (imported when the com
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 DEFAULT_PORT = 8080
@@ -51,15 +52,20 @@ def add_dev_command(commands: Any) -> None:
     dev.add_argument("--vllm-arg", action="append", default=[], metavar="ARG",
                      help="extra vLLM server argument, repeatable; after the shared flags "
                           "(e.g. --vllm-arg=--enforce-eager)")
+    dev.add_argument("--otlp-traces-endpoint", default=None, metavar="URL",
+                     help="trace the gateway and vLLM to this OTLP/HTTP traces URL (e.g. "
+                          "http://127.0.0.1:4318/v1/traces; see docs/observability.md)")
     dev.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from gateway.dev.stack import DevOptions, run_dev
+    from gateway.observe.tracing import dev_tracing
 
+    vllm_args = [*args.vllm_arg, *dev_tracing(args.otlp_traces_endpoint, os.environ)]
     return run_dev(DevOptions(
         model=args.model, tiny=args.tiny, host=args.host, port=args.port,
         vllm_port=args.vllm_port, served_model_name=args.served_model_name,
         vllm_timeout_s=args.vllm_timeout, max_model_len=args.max_model_len,
-        vllm_args=tuple(args.vllm_arg),
+        vllm_args=tuple(vllm_args),
     ))

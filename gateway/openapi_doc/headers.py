@@ -69,6 +69,11 @@ _HEADERS: dict[str, JSON] = {
         "`retry` output policy).",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
+    "x-irgw-overhead-ms": {
+        "description": "The gateway's own time on this request in milliseconds: arrival to "
+        "the answer's head, minus the time spent waiting on vLLM. On every generation answer.",
+        "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$"},
+    },
     **{name: {"description": text, "schema": schema} for name, text, schema in _RATELIMIT_HEADERS},
     "retry-after": {
         "description": "Seconds to wait before retrying (whole seconds, at least 1).",
@@ -96,6 +101,6 @@ def _headers(*names: str) -> JSON:
 
 _RATELIMIT_NAMES = tuple(name for name, _, _ in _RATELIMIT_HEADERS)
 _SUCCESS_HEADERS = ("x-request-id", "x-irgw-schema", "x-irgw-schema-warnings", "x-irgw-output",
-                    "x-irgw-attempts", *_RATELIMIT_NAMES)
+                    "x-irgw-attempts", "x-irgw-overhead-ms", *_RATELIMIT_NAMES)
 
 

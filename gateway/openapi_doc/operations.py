@@ -44,11 +44,12 @@ _ERROR_DESCRIPTIONS: dict[str, str] = {
 
 _ERROR_HEADERS: dict[str, tuple[str, ...]] = {
     "401": ("www-authenticate",),
-    "422": ("x-request-id", "x-irgw-schema", *_RATELIMIT_NAMES),
-    "429": ("x-request-id", *_RATELIMIT_NAMES, "retry-after", "retry-after-ms"),
-    "502": ("x-request-id",),
-    "503": ("x-request-id", "retry-after"),
-    "504": ("x-request-id",),
+    "422": ("x-request-id", "x-irgw-schema", "x-irgw-overhead-ms", *_RATELIMIT_NAMES),
+    "429": ("x-request-id", *_RATELIMIT_NAMES, "retry-after", "retry-after-ms",
+            "x-irgw-overhead-ms"),
+    "502": ("x-request-id", "x-irgw-overhead-ms"),
+    "503": ("x-request-id", "retry-after", "x-irgw-overhead-ms"),
+    "504": ("x-request-id", "x-irgw-overhead-ms"),
 }
 
 

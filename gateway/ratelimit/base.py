@@ -199,11 +199,13 @@ def rate_limit_error(principal: Principal, verdict: Verdict) -> RateLimitError:
     if "concurrency" in verdict.refused:
         reasons.append(f"requests in flight (limit {verdict.concurrency_limit})")
     who = principal.key_id or principal.name
-    return RateLimitError(
+    error = RateLimitError(
         f"Rate limit reached for API key {who} on {' and '.join(reasons)}. "
         f"Please try again in {go_duration(wait_s)}.",
         headers=headers,
     )
+    error.refused = tuple(sorted(verdict.refused))
+    return error
 
 
 def go_duration(seconds: float) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections import deque
 
-from gateway.errors import OverloadedError
+from gateway.errors import QueueFullError, QueueTimeoutError
 from gateway.ratelimit.base import Admission
 
 _RETRY_AFTER = {"retry-after": "1"}
@@ -42,7 +42,7 @@ class InflightGate:
             self._active += 1
             return
         if self.waiting >= self.queue_size:
-            raise OverloadedError(
+            raise QueueFullError(
                 "The gateway is at capacity and its queue is full; try again shortly.",
                 headers=_RETRY_AFTER,
             )
@@ -60,7 +60,7 @@ class InflightGate:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
-                raise OverloadedError(
+                raise QueueTimeoutError(
                     f"The gateway is at capacity; no slot freed within {self.queue_timeout_s:g}s. "
                     "Try again shortly.",
                     headers=_RETRY_AFTER,

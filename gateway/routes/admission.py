@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway import observe
 from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
 from gateway.budget import token_budget
@@ -54,6 +55,7 @@ async def prepare(request: Request, services: Services, principal: Principal,
     """Authorize (the schema named, or the ad-hoc right), admit, then compile an ad-hoc
     schema: a refused key never costs a compile, and a compile is counted against the key's
     limits. A schema refused after admission (a cap, not a schema) gives the tokens back."""
+    observe.planned(plan)
     if plan.pending is not None:
         services.authenticator.check_schema(principal, plan.pending.name, adhoc=True)
     elif plan.schema is not None:
@@ -62,7 +64,8 @@ async def prepare(request: Request, services: Services, principal: Principal,
     model = plan.body["model"]
     upstream_model = await services.default_model() if plan.model_alias else model
     dialect = await services.upstream.dialect()
-    admission = await services.limiter.admit(principal, budget.reserved)
+    with observe.phase("irgw.admission"):
+        admission = await services.limiter.admit(principal, budget.reserved)
     try:  # authorized and admitted: only now is an ad-hoc schema measured and compiled
         plan.compile_pending(services.adhoc)
     except BaseException:

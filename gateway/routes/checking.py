@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from gateway import observe
 from gateway.asgi import ClientDisconnectedError, until_disconnect
 from gateway.engine_failures import schema_error_for
 from gateway.errors import (
@@ -75,7 +76,8 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
     started = time.perf_counter()
     for attempt in range(1, attempts + 1):
         try:
-            data = await services.upstream.post_json(route.path, body, {"x-request-id": rid})
+            with observe.upstream_attempt(rid) as headers:
+                data = await services.upstream.post_json(route.path, body, headers)
         except GatewayError as failed:
             error = schema_error_for(failed, plan, services.metrics)
             if tokens:  # the earlier attempts' usage was real GPU work
@@ -103,12 +105,13 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
             raise error
         choice = response["choices"][0]
         try:
-            checked = check_output(
-                route.text(choice),
-                plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
-                repair=plan.policy != "error",
-                truncated=choice["finish_reason"] == "length",
-            )
+            with observe.phase("irgw.check"):
+                checked = check_output(
+                    route.text(choice),
+                    plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
+                    repair=plan.policy != "error",
+                    truncated=choice["finish_reason"] == "length",
+                )
         except CheckFailure as failure:
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
@@ -138,6 +141,7 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
                               prepared.reserve_retry)
         )
         answered = True
+        observe.completed(completed)
         return completed
     except ClientDisconnectedError as gone:
         tokens = prepared.tokens_on_failure(gone)

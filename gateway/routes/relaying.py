@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from gateway import observe
 from gateway.asgi import SSEResponse, until_disconnect
 from gateway.engine_failures import schema_error_for
 from gateway.errors import GatewayError
@@ -33,8 +34,9 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
     try:
         # Watched: a client that leaves while vLLM is reached (connect retries through a
         # cold start, a wait for a pooled connection, vLLM's first bytes) cancels it.
+        sent = stack.enter_context(observe.upstream_attempt(prepared.request_id, stream=True))
         events = await until_disconnect(request, stack.enter_async_context(
-            services.upstream.stream(path, body, {"x-request-id": prepared.request_id})
+            services.upstream.stream(path, body, sent)
         ))
     except BaseException as exc:
         await stack.aclose()
@@ -47,6 +49,7 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
             raise
         raise error from exc
     state = StreamState()
+    events = observe.relayed(events, state)
 
     async def on_close() -> None:
         await stack.aclose()
