@@ -1,8 +1,9 @@
 """The named, versioned schema registry.
 
 A schema is a file in `schemas/` (`{"name", "version", "description", "schema",
-"output_policy"?}`), loaded and checked once at startup. Anything wrong with a file stops
-the server with a `SchemaFileError` naming that file, never a failure at request time.
+"output_policy"?, "checks"?}`), loaded and checked once at startup. Anything wrong with a
+file stops the server with a `SchemaFileError` naming that file, never a failure at
+request time.
 
 Each schema keeps the exact JSON text it is sent upstream with: vLLM caches compiled
 grammars by the schema's text, and xgrammar generates properties in the order they are
@@ -23,6 +24,7 @@ import orjson
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from gateway.checks import CheckSpecError, CompiledCheck, compile_checks
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.settings import OutputPolicy
 
@@ -59,6 +61,8 @@ class RegisteredSchema:
     # What xgrammar is given, when it is not `schema` itself: an ad-hoc schema without the
     # keywords vLLM refuses to compile (`grammar_schema`). Answers are checked against `schema`.
     grammar: Mapping[str, Any] | None = None
+    # Checks beyond JSON Schema (gateway/checks.py), run after it passed; from the file.
+    checks: tuple[CompiledCheck, ...] = ()
     # The constraint's exact text sent to vLLM (it caches grammars by that text).
     schema_json: bytes = field(init=False, repr=False, compare=False)
     # Two validators for one schema: jsonschema-rs answers "valid?" in about a microsecond
@@ -93,6 +97,7 @@ class RegisteredSchema:
             "version": self.version,
             "description": self.description,
             "output_policy": self.output_policy,
+            "checks": [{"check": c.name, "at": list(c.at)} for c in self.checks],
             "schema": self.schema,
         }
 
@@ -308,7 +313,8 @@ def _load_file(path: Path) -> RegisteredSchema:
     if not isinstance(raw, dict):
         raise SchemaFileError(f"{path}: must hold a JSON object")
     data = cast(dict[str, Any], raw)
-    unknown = set(data) - {"name", "version", "description", "schema", "output_policy"}
+    unknown = set(data) - {"name", "version", "description", "schema", "output_policy",
+                           "checks"}
     if unknown:
         raise SchemaFileError(f"{path}: unknown keys {sorted(unknown)}")
     name, version = data.get("name"), data.get("version")
@@ -340,6 +346,10 @@ def _load_file(path: Path) -> RegisteredSchema:
         raise SchemaFileError(
             f"{path}: uses keywords xgrammar does not enforce while decoding: {'; '.join(holes)}"
         )
+    try:
+        checks = compile_checks(data.get("checks", []), schema)
+    except CheckSpecError as exc:
+        raise SchemaFileError(f"{path}: {exc}") from None
     try:  # compiles both validators and the text sent to vLLM
         return RegisteredSchema(
             name=name,
@@ -348,6 +358,7 @@ def _load_file(path: Path) -> RegisteredSchema:
             schema=schema,
             output_policy=cast(OutputPolicy, policy),
             source=str(path),
+            checks=checks,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
         raise SchemaFileError(f"{path}: schema cannot be compiled: {exc}") from None
