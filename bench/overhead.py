@@ -415,6 +415,7 @@ def start_gateway(upstream_port: int, workdir: Path, keys_file: Path | None) -> 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
     env["IRGW_LOG_LEVEL"] = "warning"
+    env["IRGW_CANARY"] = "off"  # the fake vLLM does not constrain: no canary requests in runs
     if keys_file is None:
         env["IRGW_AUTH_ENABLED"] = "false"
         name = "gateway"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth import Authenticator, build_authenticator
+from gateway.canary import Canary
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics
 from gateway.ratelimit import build_limiter
@@ -22,6 +23,7 @@ class Services:
     authenticator: Authenticator
     limiter: Limiter
     metrics: Metrics
+    canary: Canary
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -29,19 +31,23 @@ class Services:
         # stops the server before anything starts listening.
         registry = SchemaRegistry.load(settings.schemas_dir)
         authenticator = build_authenticator(settings)
+        upstream, metrics = UpstreamClient(settings), Metrics()
         return cls(
             settings=settings,
             registry=registry,
-            upstream=UpstreamClient(settings),
+            upstream=upstream,
             authenticator=authenticator,
             limiter=build_limiter(settings),
-            metrics=Metrics(),
+            metrics=metrics,
+            canary=Canary(settings, upstream, metrics),
         )
 
     async def start(self) -> None:
         await self.upstream.start()
+        self.canary.start()
 
     async def aclose(self) -> None:
+        await self.canary.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
 
