@@ -111,6 +111,10 @@ class Canary:
         if result is None or (upstream_version is not None
                               and result.upstream_version != upstream_version):
             return None  # another release answers now: its spelling must be proved again
+        if self._task is not None and not self._task.done():
+            # The loop keeps it fresh: a readiness probe (often given a second) never waits
+            # for a run the loop is about to make anyway.
+            return result
         age = time.monotonic() - result.checked_at
         limit = (self._interval_s if result.verdict is Verdict.CONSTRAINING
                  else min(self._interval_s, _RECHECK_S))

@@ -6,6 +6,7 @@ in tests/integration/test_vllm.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -151,3 +152,21 @@ async def test_the_canary_can_be_turned_off_for_upstreams_that_are_not_vllm() ->
         ready = await client.get("/readyz")
     assert ready.status_code == 200 and "canary" not in ready.json()
     assert fake.requests == []
+
+
+@pytest.mark.parametrize(("probe", "renewed"), [("always", False), ("with_key", True)])
+async def test_a_stale_verdict_is_renewed_by_the_loop_or_by_the_probe(probe: str,
+                                                                      renewed: bool) -> None:
+    # With the background loop a probe never waits for a run (readiness probes are often
+    # given a second); without it, the probe that finds the verdict stale makes it again.
+    async with FakeUpstream(default=FollowSchema()) as fake, \
+            running_gateway(canary_settings(fake, ready_probe=probe)) as gw, \
+            httpx.AsyncClient(base_url=gw.url) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        canary = gw.app.services.canary
+        assert canary.last is not None
+        canary._result = dataclasses.replace(canary.last,
+                                             checked_at=canary.last.checked_at - 10_000)
+        sent = len(fake.requests)
+        assert (await client.get("/readyz")).status_code == 200
+        assert len(fake.requests) == sent + (2 if renewed else 0)
