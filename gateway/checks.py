@@ -21,9 +21,10 @@ never a pass.
 from __future__ import annotations
 
 import ast
+import functools
 import keyword
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ log = logging.getLogger("gateway.checks")
 # A type hint is at most this long (the shipped schemas allow 80 characters): bounds the
 # parse and the walk, whatever a schema file allows.
 MAX_TYPE_EXPRESSION_CHARS = 200
+_TYPE_CACHE_ENTRIES = 4096
 _MAX_CHECKS_PER_SCHEMA = 64
 _MAX_POINTER_SEGMENTS = 16
 
@@ -94,8 +96,18 @@ def check_python_type(value: Any) -> str | None:
     subscripts (tuples, lists, `...`, literals inside them), `|`, None, string literals."""
     if (wrong := _not_a_string(value)) is not None:
         return wrong
+    if value == "None" or all(p.isidentifier() and not keyword.iskeyword(p)
+                              for p in value.split(".")):
+        return None  # `int`, `Path`, `datetime.date`: most hints, without a parse
     if len(value) > MAX_TYPE_EXPRESSION_CHARS:
         return f"type expression longer than {MAX_TYPE_EXPRESSION_CHARS} characters"
+    return _parsed_type_problem(value)
+
+
+@functools.lru_cache(maxsize=_TYPE_CACHE_ENTRIES)
+def _parsed_type_problem(value: str) -> str | None:
+    # Cached: the same hints (`list[str]`, `dict[str, Any]`) come back on most requests,
+    # and a parse costs ~10-30 µs. Bounded by entries, each at most the length bound.
     if not value.strip():
         return "empty type expression"
     try:
@@ -183,22 +195,30 @@ def _escape(part: str | int) -> str:
     return str(part).replace("~", "~0").replace("/", "~1")
 
 
-def _matches(document: Any, segments: tuple[str, ...]) -> Iterator[tuple[str, Any, str]]:
-    """(pointer, value, group): `group` is the pointer of the array the last `*` ran over,
-    so that `unique` compares the items of one array, not of all arrays at once."""
-    def walk(node: Any, depth: int, pointer: str, group: str) -> Iterator[tuple[str, Any, str]]:
-        if depth == len(segments):
-            yield pointer, node, group
-            return
-        part = segments[depth]
-        if part == "*":
-            if isinstance(node, list):
-                for i, item in enumerate(node):
-                    yield from walk(item, depth + 1, f"{pointer}/{i}", pointer)
-        elif isinstance(node, dict) and part in node:  # an optional field may be absent
-            yield from walk(node[part], depth + 1, f"{pointer}/{_escape(part)}", group)
+Path = tuple[str | int, ...]
 
-    yield from walk(document, 0, "", "")
+
+def _pointer(path: Path) -> str:
+    return "".join(f"/{_escape(part)}" for part in path)
+
+
+def _matches(document: Any, segments: tuple[str, ...]) -> list[tuple[Path, Any, Path]]:
+    """(path, value, group): `group` is the path of the array the last `*` ran over, so
+    that `unique` compares the items of one array, not of all arrays at once. Paths stay
+    tuples until a finding needs its pointer: this runs on every answer."""
+    current: list[tuple[Path, Any, Path]] = [((), document, ())]
+    for part in segments:
+        found: list[tuple[Path, Any, Path]] = []
+        if part == "*":
+            for path, node, _group in current:
+                if isinstance(node, list):
+                    found.extend(((*path, i), item, path) for i, item in enumerate(node))
+        else:
+            for path, node, group in current:
+                if isinstance(node, dict) and part in node:  # an optional field may be absent
+                    found.append(((*path, part), node[part], group))
+        current = found
+    return current
 
 
 def _schema_at(schema: Mapping[str, Any], segments: tuple[str, ...],
@@ -243,20 +263,20 @@ class CompiledCheck:
         findings: list[Finding] = []
         for pattern, segments in zip(self.at, self.segments, strict=True):
             if self.name == UNIQUE:
-                seen: dict[tuple[str, str], str] = {}
-                for pointer, value, group in _matches(document, segments):
+                seen: dict[tuple[Path, str], Path] = {}
+                for path, value, group in _matches(document, segments):
                     key = (group, repr(value))
                     if key in seen:
-                        findings.append(Finding(pointer, f"duplicate {value!r} (first at "
-                                                f"{seen[key]}); must be unique", self.name,
-                                                pattern))
+                        findings.append(Finding(_pointer(path), f"duplicate {value!r} (first "
+                                                f"at {_pointer(seen[key])}); must be unique",
+                                                self.name, pattern))
                     else:
-                        seen[key] = pointer
+                        seen[key] = path
                 continue
             check = VALUE_CHECKS[self.name]
-            for pointer, value, _group in _matches(document, segments):
+            for path, value, _group in _matches(document, segments):
                 if (message := check(value)) is not None:
-                    findings.append(Finding(pointer, message, self.name, pattern))
+                    findings.append(Finding(_pointer(path), message, self.name, pattern))
         return findings
 
 
