@@ -26,7 +26,7 @@ import pytest
 from gateway import vllm_flags
 from gateway.keys import KeyStore
 from gateway.settings import Settings
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import FakeUpstream, FollowSchema, Reply
 from tests.gateway_server import free_port, serving_process
 from tests.ir_samples import FUNCTION_IR, VALID
 
@@ -474,7 +474,8 @@ async def test_smoke_through_the_modal_gateway_container(
     a process of its own; keys from the Secret, vLLM's bearer key and the proxy-auth headers
     on every upstream call, and `run_smoke` end to end."""
     async with FakeUpstream(api_key="vllm-secret-key", model="qwen2.5-coder-7b") as fake:
-        fake.script(Reply(VALID))
+        # The keyed /readyz runs the canary first (chat, then completions), as on Modal.
+        fake.script(FollowSchema(), FollowSchema(), Reply(VALID))
         environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: fake.url,
                                                     keys_dir=tmp_path / "keys")
         port = free_port()
@@ -494,6 +495,8 @@ async def test_smoke_through_the_modal_gateway_container(
     assert request.headers["authorization"] == "Bearer vllm-secret-key"
     assert request.headers["modal-key"] == "wk-test"
     assert request.headers["modal-secret"] == "ws-test"
+    assert [r.path for r in fake.requests] == ["/v1/chat/completions", "/v1/completions",
+                                              "/v1/chat/completions"]
 
 
 # --------------------------------------------------------------------------- self-hosted
