@@ -221,6 +221,26 @@ def _matches(document: Any, segments: tuple[str, ...]) -> list[tuple[Path, Any, 
     return current
 
 
+def _values(document: Any, segments: tuple[str, ...]) -> list[tuple[Any, int]]:
+    """The values alone, each with the id of the array the last `*` ran over: the walk
+    every answer takes. Paths are worked out (`_matches`) only for an answer with a
+    finding."""
+    current: list[tuple[Any, int]] = [(document, 0)]
+    for part in segments:
+        found: list[tuple[Any, int]] = []
+        if part == "*":
+            for node, _group in current:
+                if type(node) is list:  # parsed JSON: plain lists and dicts
+                    group = id(node)
+                    found.extend([(item, group) for item in node])
+        else:
+            for node, group in current:
+                if type(node) is dict and part in node:
+                    found.append((node[part], group))
+        current = found
+    return current
+
+
 def _schema_at(schema: Mapping[str, Any], segments: tuple[str, ...],
                pattern: str) -> Mapping[str, Any]:
     """The subschema `segments` lead to, following properties, items and local $refs;
@@ -260,6 +280,28 @@ class CompiledCheck:
     segments: tuple[tuple[str, ...], ...]
 
     def run(self, document: Any) -> list[Finding]:
+        return [] if self._clean(document) else self._findings(document)
+
+    def _clean(self, document: Any) -> bool:
+        """True when nothing is wrong, found without building any pointer; False sends the
+        answer to `_findings`, which decides (and words) what is wrong, if anything."""
+        if self.name == UNIQUE:
+            for segments in self.segments:
+                seen: set[tuple[int, Any]] = set()
+                for value, group in _values(document, segments):
+                    key = (group, value)
+                    try:
+                        if key in seen:
+                            return False
+                        seen.add(key)
+                    except TypeError:  # an unhashable value: the slow path compares reprs
+                        return False
+            return True
+        check = VALUE_CHECKS[self.name]
+        return all(check(value) is None for segments in self.segments
+                   for value, _group in _values(document, segments))
+
+    def _findings(self, document: Any) -> list[Finding]:
         findings: list[Finding] = []
         for pattern, segments in zip(self.at, self.segments, strict=True):
             if self.name == UNIQUE:
