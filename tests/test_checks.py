@@ -304,3 +304,12 @@ def test_compile_checks_refuses_a_non_string_target_for_value_checks() -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
     with pytest.raises(CheckSpecError, match="checks strings"):
         compile_checks([{"check": "python_identifier", "at": "/n"}], schema)
+
+
+def test_unique_takes_values_as_written_hashable_or_not() -> None:
+    # The quick walk (a set of values) must not decide alone: 1 == True in Python, and
+    # lists cannot be hashed. The answer is the careful walk's.
+    schema = {"type": "object", "properties": {"xs": {"type": "array", "items": {}}}}
+    unique = compile_checks([{"check": "unique", "at": "/xs/*"}], schema)[0]
+    assert unique.run({"xs": [1, True, "1", [1], {"a": 1}]}) == []
+    assert [f.pointer for f in unique.run({"xs": [[1], {"a": 1}, [1]]})] == ["/xs/2"]
