@@ -120,7 +120,7 @@ def instrument() -> None:
 
 async def measure(port: int) -> dict[str, dict[str, float]]:
     app = create_app(Settings(upstream_url=f"http://127.0.0.1:{port}", auth_enabled=False,
-                              max_inflight=256))
+                              max_inflight=256, canary=False))
     services = app.services
     await services.start()
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",

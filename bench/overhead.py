@@ -423,6 +423,7 @@ def start_gateway(upstream_port: int, workdir: Path, keys_file: Path | None,
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("IRGW_") and not k.startswith("OTEL_")}
     env["IRGW_LOG_LEVEL"] = "warning"
+    env["IRGW_CANARY"] = "off"  # the fake vLLM does not constrain: no canary requests in runs
     if tracing:  # auth off, every request traced (the SDK's default sampler), to the fake
         env["IRGW_AUTH_ENABLED"] = "false"
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{HOST}:{upstream_port}"

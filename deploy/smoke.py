@@ -26,8 +26,7 @@ from typing import Any
 
 # What `x-irgw-output` says of an answer that was checked against its schema and passed.
 PASSING_OUTPUTS = frozenset({"passed", "repaired", "retried"})
-# Where a gateway's /readyz reports its constraint canary (issue 19 adds one; until then the
-# field is absent and the smoke says so). Adapting to its final shape is `canary_verdict`.
+# Where a gateway's /readyz reports its constraint canary (absent when the canary is off).
 CANARY_FIELD = "canary"
 POLL_INTERVAL_S = 5.0
 # Modal holds a request while a container starts, so one probe may take long.
@@ -128,21 +127,19 @@ def wait_until_ready(base_url: str, key: str, *, wait_s: float, say: Callable[[s
 
 
 def canary_verdict(ready: Mapping[str, Any]) -> tuple[bool | None, str]:
-    """(passed, text) for the constraint canary in a `/readyz` body; passed is None when the
-    gateway reports none. A gateway whose canary fails answers /readyz with a 503 naming the
+    """(passed, text) for the constraint canary in a `/readyz` body (`gateway/canary.py`:
+    `{"verdict", "reason", "age_s"}`); passed is None when there is no verdict (the canary off,
+    or inconclusive). A gateway whose canary fails answers /readyz with a 503 naming the
     cause, which `wait_until_ready` already turns into a failure."""
     canary = ready.get(CANARY_FIELD)
-    if canary is None:
-        return None, (f"not reported by this gateway (no {CANARY_FIELD!r} in /readyz); "
-                      "the per-schema requests below still show whether vLLM constrains")
-    if isinstance(canary, Mapping):
-        passed = canary.get("ok", canary.get("passed"))
-        if passed is None and "status" in canary:
-            passed = canary["status"] in ("ok", "passed", "constrains")
-        return (bool(passed) if passed is not None else None), json.dumps(canary)
-    if isinstance(canary, bool):
-        return canary, "passed" if canary else "failed"
-    return str(canary) in ("ok", "passed", "constrains"), str(canary)
+    if not isinstance(canary, Mapping) or not isinstance(canary.get("verdict"), str):
+        return None, (f"not reported by this gateway (no {CANARY_FIELD!r} in /readyz: the "
+                      "canary is off); the per-schema requests below still show whether vLLM "
+                      "constrains")
+    verdict = canary["verdict"]
+    passed = {"constraining": True, "not_constraining": False}.get(verdict)
+    reason = canary.get("reason")
+    return passed, f"{verdict} ({reason})" if reason else verdict
 
 
 def list_schemas(base_url: str, key: str) -> list[dict[str, Any]]:

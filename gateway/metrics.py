@@ -74,6 +74,18 @@ class Metrics:
         Gauge(
             "irgw_inflight_requests", "Requests being handled.", registry=self.registry,
         ).set_function(lambda: self.inflight)
+        # The canary (gateway/canary.py): 1 vLLM enforces the constraint, 0 it does not
+        # (or refused the constrained request), -1 no verdict yet (not run, vLLM down).
+        self.canary_status = -1
+        Gauge(
+            "irgw_canary_constraining", "Whether vLLM enforced the canary's schema at its last "
+            "check: 1 yes, 0 no (readiness fails), -1 no verdict.", registry=self.registry,
+        ).set_function(lambda: self.canary_status)
+        self.canary_runs = _Counts(
+            "irgw_canary_checks", "Canary checks by verdict (constraining, not_constraining, "
+            "inconclusive).", ("verdict",),
+        )
+        self.registry.register(self.canary_runs)
         # Labelled children, looked up once: `labels()` costs a lock and a few dict lookups
         # per call. Bounded, like the labels themselves, by the routes.
         self._upstream_children: dict[str, Any] = {}
@@ -86,6 +98,9 @@ class Metrics:
 
     def grammar_failed(self, schema_ref: str) -> None:
         self.grammar_failures.inc(schema_ref)
+
+    def canary_checked(self, verdict: str) -> None:
+        self.canary_runs.inc(verdict)
 
     def upstream_took(self, route: str, seconds: float) -> None:
         child = self._upstream_children.get(route)

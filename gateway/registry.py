@@ -1,8 +1,9 @@
 """The named, versioned schema registry.
 
 A schema is a file in `schemas/` (`{"name", "version", "description", "schema",
-"output_policy"?}`), loaded and checked once at startup. Anything wrong with a file stops
-the server with a `SchemaFileError` naming that file, never a failure at request time.
+"output_policy"?, "checks"?}`), loaded and checked once at startup. Anything wrong with a
+file stops the server with a `SchemaFileError` naming that file, never a failure at
+request time.
 
 Each schema keeps the exact JSON text it is sent upstream with: vLLM caches compiled
 grammars by the schema's text, and xgrammar generates properties in the order they are
@@ -22,6 +23,7 @@ from typing import Any, cast
 import jsonschema_rs
 import orjson
 
+from gateway.checks import CheckSpecError, CompiledCheck, compile_checks
 from gateway.engine_rules import analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.settings import OutputPolicy
@@ -50,6 +52,8 @@ class RegisteredSchema:
     # What xgrammar is given, when it is not `schema` itself: an ad-hoc schema without the
     # keywords vLLM refuses to compile (`grammar_schema`). Answers are checked against `schema`.
     grammar: Mapping[str, Any] | None = None
+    # Checks beyond JSON Schema (gateway/checks.py), run after it passed; from the file.
+    checks: tuple[CompiledCheck, ...] = ()
     # The constraint's exact text sent to vLLM (it caches grammars by that text).
     schema_json: bytes = field(init=False, repr=False, compare=False)
     # jsonschema-rs answers "valid?" in about a microsecond and explains a failure (paths,
@@ -78,6 +82,7 @@ class RegisteredSchema:
             "version": self.version,
             "description": self.description,
             "output_policy": self.output_policy,
+            "checks": [{"check": c.name, "at": list(c.at)} for c in self.checks],
             "schema": self.schema,
         }
 
@@ -231,7 +236,8 @@ def _load_file(path: Path) -> RegisteredSchema:
     if not isinstance(raw, dict):
         raise SchemaFileError(f"{path}: must hold a JSON object")
     data = cast(dict[str, Any], raw)
-    unknown = set(data) - {"name", "version", "description", "schema", "output_policy"}
+    unknown = set(data) - {"name", "version", "description", "schema", "output_policy",
+                           "checks"}
     if unknown:
         raise SchemaFileError(f"{path}: unknown keys {sorted(unknown)}")
     name, version = data.get("name"), data.get("version")
@@ -267,6 +273,10 @@ def _load_file(path: Path) -> RegisteredSchema:
         # Enforced all the same (the rewritten pattern matches the same strings): said once
         # here, and in each answer's x-irgw-schema-warnings.
         log.warning("%s: %s", path, note)
+    try:
+        checks = compile_checks(data.get("checks", []), schema)
+    except CheckSpecError as exc:
+        raise SchemaFileError(f"{path}: {exc}") from None
     try:  # compiles both validators and the text sent to vLLM
         return RegisteredSchema(
             name=name,
@@ -277,6 +287,7 @@ def _load_file(path: Path) -> RegisteredSchema:
             source=str(path),
             unenforced=tuple(view.rewritten),
             grammar=None if view.grammar == schema else view.grammar,
+            checks=checks,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
         raise SchemaFileError(f"{path}: schema cannot be compiled: {exc}") from None

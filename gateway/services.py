@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.adhoc import AdhocSchemas
 from gateway.auth import Authenticator, build_authenticator
 from gateway.body_budget import BodyBudget
+from gateway.canary import Canary
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
 from gateway.observe.observer import Observer
@@ -28,6 +29,7 @@ class Services:
     body_budget: BodyBudget
     adhoc: AdhocSchemas
     observer: Observer
+    canary: Canary
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -35,17 +37,19 @@ class Services:
         # stops the server before anything starts listening.
         registry = SchemaRegistry.load(settings.schemas_dir)
         authenticator = build_authenticator(settings)
-        limiter, metrics = build_limiter(settings), Metrics()
+        upstream, metrics = UpstreamClient(settings), Metrics()
+        limiter = build_limiter(settings)
         return cls(
             settings=settings,
             registry=registry,
-            upstream=UpstreamClient(settings),
+            upstream=upstream,
             authenticator=authenticator,
             limiter=limiter,
             metrics=metrics,
             body_budget=BodyBudget(settings.max_body_bytes_in_flight),
             adhoc=AdhocSchemas.from_settings(settings),
             observer=Observer(settings, metrics.registry, limiter),
+            canary=Canary(settings, upstream, metrics),
         )
 
     metrics_listener: MetricsListener | None = None
@@ -55,8 +59,10 @@ class Services:
         if self.settings.metrics_port is not None:
             self.metrics_listener = MetricsListener(self.metrics, self.settings.metrics_host,
                                                     self.settings.metrics_port)
+        self.canary.start()
 
     async def aclose(self) -> None:
+        await self.canary.aclose()
         if self.metrics_listener is not None:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()

@@ -64,6 +64,26 @@ class Settings(BaseSettings):
         "`with_key` where vLLM scales to zero (Modal): a probe wakes a GPU, and uptime "
         "monitors and scanners probe without keys.",
     )
+    canary: bool = Field(
+        default=True,
+        description="Prove that vLLM enforces schemas: a tiny constrained request on chat and "
+        "completions at startup and every `canary_interval_s`; `/readyz` fails while the "
+        "answer ignores the schema. Off (`IRGW_CANARY=off`) for upstreams that are not vLLM.",
+    )
+    canary_interval_s: float = Field(
+        default=300.0, ge=10,
+        description="How long a passing canary verdict is trusted (a failing or inconclusive "
+        "one is checked again after at most 15 s).",
+    )
+    canary_timeout_s: float = Field(
+        default=20.0, gt=0,
+        description="How long one canary run (both requests) may take; then no verdict.",
+    )
+    canary_max_tokens: int = Field(
+        default=32, ge=8, le=512,
+        description="max_tokens of each canary request: a constrained answer needs about a "
+        "dozen tokens, free text runs to the limit.",
+    )
     request_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

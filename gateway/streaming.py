@@ -159,6 +159,11 @@ async def relay_chat(
             yield _error_event(failure_to_error(failure, 1))
             yield SSE_DONE
             return
+        except GatewayError as error:  # a check that crashed (logged): never a pass
+            state.outcome = "error"
+            yield _error_event(error)
+            yield SSE_DONE
+            return
         repaired = escaper is not None and escaper.repaired
         state.outcome = Outcome.REPAIRED if repaired else checked.outcome
         for chunk in held:

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.checks import run_checks
 from gateway.registry import RegisteredSchema
 
 # The characters the repair's scanner stops at: everything between them is copied as is,
@@ -177,6 +178,20 @@ def validate_document(document: Any, schema: RegisteredSchema, text: str) -> Non
     )
 
 
+def raise_first_finding(document: Any, schema: RegisteredSchema, text: str) -> None:
+    """The schema file's semantic checks; CheckFailure for the first finding."""
+    findings = run_checks(document, schema.checks, schema.ref)
+    if findings:
+        first, more = findings[0], len(findings) - 1
+        raise CheckFailure(
+            reason=first.message + (f" (and {more} more finding{'s' * (more > 1)})"
+                                    if more else ""),
+            pointer=first.pointer,
+            constraint=f"check {first.check} at {first.at}",
+            raw_output=text,
+        )
+
+
 def check_output(
     text: str | None, schema: RegisteredSchema | None, *, repair: bool, truncated: bool = False
 ) -> CheckedOutput:
@@ -199,7 +214,10 @@ def check_output(
             document = parse_strict(fixed)
             text, outcome = fixed, Outcome.REPAIRED
         if schema is not None:
-            validate_document(exact_document(document, text), schema, text)
+            document = exact_document(document, text)
+            validate_document(document, schema, text)
+            if schema.checks:  # checks beyond JSON Schema (gateway/checks.py)
+                raise_first_finding(document, schema, text)
         elif not isinstance(document, dict):  # json_object: OpenAI's JSON mode is an object
             raise CheckFailure(reason="the answer is JSON but not a JSON object", pointer="",
                                constraint="json_object", raw_output=text)

@@ -32,6 +32,9 @@ def unit_settings(upstream_url: str, **overrides: object) -> Settings:
         "connect_deadline_s": 0.5,
         "upstream_timeout_s": 10,
         "schemas_dir": REPO / "schemas",
+        # The fake upstream is not vLLM: its scripted answers ignore constraints, and a
+        # canary would take them. tests/test_canary.py turns it on.
+        "canary": False,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

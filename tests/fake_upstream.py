@@ -33,6 +33,12 @@ Behaviours (pass to ``fake.script(...)`` in the order requests will arrive)
 * ``RawBody(body)``: 200 with exactly ``body`` as JSON (a malformed answer: ``choices`` not a
   list, content not a string, bad ``usage``...). ``RawStream(events)``: for a streamed request,
   each event as ``data: <json>`` exactly as given, then ``[DONE]``.
+* ``FollowSchema()``: what an engine that enforces the constraint answers to a small schema: the
+  object of the first ``enum`` value of each property of the schema the request carries
+  (``response_format.json_schema.schema``, ``structured_outputs.json`` or ``guided_json``), as
+  the gateway's canary sends. A request without such a schema gets ``FREE_TEXT``.
+* ``FREE_TEXT``: a ``Reply`` of prose cut off by ``max_tokens``, what an engine that ignores the
+  constraint answers; ``FakeUpstream(default=FREE_TEXT)`` is a vLLM whose constraints are dropped.
 * ``Slow(delay_s, then=Reply(...))``: wait, then behave like ``then``. If the client goes away
   during the wait, ``fake.cancelled`` is incremented and nothing is sent.
 * ``SlowStream(chunk_delay_s, then=Reply(...))``: headers at once, then each SSE event
@@ -78,11 +84,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 __all__ = [
     "DEFAULT_CONTENT",
+    "FREE_TEXT",
     "VLLM_NULL_EXTRAS",
     "Behaviour",
     "CrashMidStream",
     "ErrorReply",
     "FakeUpstream",
+    "FollowSchema",
     "Garbage",
     "RawBody",
     "RawStream",
@@ -216,6 +224,11 @@ class RawStream:
 
 
 @dataclass(frozen=True)
+class FollowSchema:
+    """Answer within the request's schema, for schemas made of enum properties."""
+
+
+@dataclass(frozen=True)
 class Slow:
     """Wait ``delay_s`` before behaving like ``then``."""
 
@@ -251,8 +264,8 @@ class StreamError:
     done: bool = True
 
 
-Behaviour = (Reply | ErrorReply | Garbage | RawBody | RawStream | Slow | SlowStream
-             | CrashMidStream | StreamError)
+Behaviour = (Reply | ErrorReply | Garbage | RawBody | RawStream | FollowSchema | Slow
+             | SlowStream | CrashMidStream | StreamError)
 
 
 @dataclass
@@ -273,6 +286,21 @@ class _Call:
     def include_usage(self) -> bool:
         options = self.body.get("stream_options")
         return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+FREE_TEXT = Reply("Hello! I am a helpful assistant. How can I help you today? I can answer",
+                  finish_reason="length")
+
+
+def _follow_schema(body: dict[str, Any]) -> Reply:
+    response_format = body.get("response_format") or {}
+    schema = ((response_format.get("json_schema") or {}).get("schema")
+              or (body.get("structured_outputs") or {}).get("json") or body.get("guided_json"))
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(properties, dict) or not all(
+            isinstance(p, dict) and p.get("enum") for p in properties.values()):
+        return FREE_TEXT
+    return Reply(_dumps({name: p["enum"][0] for name, p in properties.items()}))
 
 
 def _dumps(obj: Any) -> str:
@@ -517,6 +545,8 @@ class FakeUpstream:
                 )
             case ErrorReply(status=status, body=body, headers=headers):
                 return web.json_response(body, status=status, headers=headers, dumps=_dumps)
+            case FollowSchema():
+                return await self._perform(call, _follow_schema(call.body))
             case Garbage(status=status, body=body, content_type=content_type):
                 return web.Response(status=status, body=body, content_type=content_type)
             case RawBody(body=body):

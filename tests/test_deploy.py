@@ -28,7 +28,7 @@ from gateway import vllm_flags
 from gateway.keys import KeyStore
 from gateway.settings import Settings
 from tests.deploy_samples import ANSWERS_BY_SCHEMA
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import FakeUpstream, FollowSchema, Reply
 from tests.gateway_server import free_port, serving_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -568,7 +568,9 @@ async def test_smoke_through_the_modal_gateway_container(
     on every upstream call, and deploy/smoke.py's `run_smoke` end to end (one request per
     registered schema)."""
     async with FakeUpstream(api_key="vllm-secret-key", model="qwen2.5-coder-7b") as fake:
-        fake.script(*(Reply(answer) for answer in ANSWERS_BY_SCHEMA.values()))
+        # The keyed /readyz runs the canary first (chat, then completions), as on Modal.
+        fake.script(FollowSchema(), FollowSchema(),
+                    *(Reply(answer) for answer in ANSWERS_BY_SCHEMA.values()))
         environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: fake.url,
                                                     keys_dir=tmp_path / "keys")
         port = free_port()
@@ -596,6 +598,9 @@ async def test_smoke_through_the_modal_gateway_container(
     assert request.headers["authorization"] == "Bearer vllm-secret-key"
     assert request.headers["modal-key"] == "wk-test"
     assert request.headers["modal-secret"] == "ws-test"
+    assert [r.path for r in fake.requests] == [
+        "/v1/chat/completions", "/v1/completions",
+        *["/v1/chat/completions"] * len(ANSWERS_BY_SCHEMA)]
 
 
 # --------------------------------------------------------------------------- self-hosted

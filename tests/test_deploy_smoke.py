@@ -77,11 +77,11 @@ def test_the_smoke_entrypoint_exits_non_zero_on_a_failed_check() -> None:
 
 @pytest.mark.parametrize(("ready", "passed"), [
     ({}, None),
-    ({"canary": {"ok": True, "checked_at": 1}}, True),
-    ({"canary": {"ok": False, "cause": "ignores constraints"}}, False),
-    ({"canary": {"status": "constrains"}}, True),
-    ({"canary": False}, False),
-    ({"canary": "failed"}, False),
+    ({"canary": {"verdict": "constraining", "reason": "chat and completions", "age_s": 1}},
+     True),
+    ({"canary": {"verdict": "not_constraining", "reason": "free text on chat"}}, False),
+    ({"canary": {"verdict": "inconclusive", "reason": "vLLM answered 500"}}, None),
+    ({"canary": "constraining"}, None),  # not the gateway's shape: no verdict read from it
 ])
 def test_canary_verdict(ready: dict[str, Any], passed: bool | None) -> None:
     assert smoke.canary_verdict(ready)[0] is passed

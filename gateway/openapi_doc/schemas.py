@@ -316,10 +316,20 @@ _SCHEMA_VERSION: JSON = {
         "version": {"type": "integer", "minimum": 1},
         "description": {"type": "string"},
         "output_policy": {"type": "string", "enum": ["repair", "retry", "error"]},
+        "checks": {"type": "array", "description": "Checks beyond JSON Schema that an answer "
+                   "must also pass (README: Checks beyond JSON Schema); `at` are JSON pointers "
+                   "into the answer, `*` for every item of an array.",
+                   "items": {"type": "object", "properties": {
+                       "check": {"type": "string", "examples": [
+                           "python_identifier", "unique", "python_type",
+                           "dotted_module_name", "test_function_name"]},
+                       "at": {"type": "array", "items": {"type": "string"}}},
+                       "required": ["check", "at"]}},
         "schema": {"type": "object", "description": "The JSON Schema (Draft 2020-12), in "
                    "generation order."},
     },
-    "required": ["object", "name", "version", "description", "output_policy", "schema"],
+    "required": ["object", "name", "version", "description", "output_policy", "checks",
+                 "schema"],
 }
 
 _SCHEMA_SUMMARY: JSON = {
@@ -395,6 +405,14 @@ _READY: JSON = {
         "dialect": {"type": "string"},
         "upstream": {"type": "string"},
         "reason": {"type": "string"},
+        "canary": {"type": "object", "description": "The last check that vLLM enforces the "
+                   "schemas it is sent (IRGW_CANARY); `not_constraining` makes readiness fail.",
+                   "properties": {
+                       "verdict": {"type": "string", "enum": [
+                           "constraining", "not_constraining", "inconclusive"]},
+                       "reason": {"type": "string"},
+                       "age_s": {"type": "number"}},
+                   "required": ["verdict", "reason", "age_s"]},
     },
     "required": ["status"],
 }

@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.asgi import JSONResponse
+from gateway.canary import Verdict
 from gateway.errors import GatewayError, NotFoundError
 from gateway.routes.common import READ_METHODS, header, services_of
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
@@ -22,7 +23,8 @@ async def healthz() -> dict[str, str]:
 
 @router.api_route("/readyz", methods=READ_METHODS)
 async def readyz(request: Request) -> Response:
-    """Ready when vLLM answers `/version` now (no waiting out a cold start here)."""
+    """Ready when vLLM answers `/version` now (no waiting out a cold start here) and, with
+    the canary on, was not found ignoring the schemas it is sent (gateway/canary.py)."""
     services = services_of(request)
     if services.settings.ready_probe == "with_key" and not _has_valid_key(request):
         return JSONResponse({"status": "ready", "upstream": services.settings.upstream_url,
@@ -37,8 +39,18 @@ async def readyz(request: Request) -> Response:
              "reason": str(error)},
             status_code=503, headers={"retry-after": "5"},
         )
-    return JSONResponse({"status": "ready", "upstream_version": data.get("version"),
-                           "dialect": dialect.name})
+    body = {"status": "ready", "upstream_version": data.get("version"), "dialect": dialect.name}
+    if services.canary.enabled:
+        canary = await services.canary.result(str(data.get("version")))
+        body["canary"] = canary.public()
+        if canary.verdict is Verdict.NOT_CONSTRAINING:
+            return JSONResponse(
+                {**body, "status": "unavailable", "upstream": services.settings.upstream_url,
+                 "reason": "vLLM does not enforce structured-output constraints (the canary "
+                 f"failed): {canary.reason}"},
+                status_code=503, headers={"retry-after": "15"},
+            )
+    return JSONResponse(body)
 
 
 def _has_valid_key(request: Request) -> bool:

@@ -16,7 +16,10 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
+from gateway.canary import Canary, Verdict
 from gateway.dev.vllm_process import VllmServer, build_dev_model
+from gateway.metrics import Metrics
+from gateway.upstream.dialects import Dialect
 from tests.conftest import REPO
 from tests.gateway_server import running_gateway
 from tests.integration.conftest import REPORT, Live, live_settings, start_vllm
@@ -138,7 +141,30 @@ async def test_dialect_matches_the_real_version(live: Live) -> None:
         version = (await client.get(f"{live.vllm.url}/version")).json()["version"]
         ready = (await client.get(f"{live.url}/readyz")).json()
     assert version.startswith("0.32")
+    canary = ready.pop("canary")
     assert ready == {"status": "ready", "upstream_version": version, "dialect": "vllm-0.12+"}
+    # The real engine enforces the schema the gateway spells for it, on chat and completions.
+    assert canary["verdict"] == "constraining", canary
+
+
+class _MisspeltCanary(Canary):
+    """The canary spelling chat's constraint as `guided_json`, which vLLM >= 0.12 silently
+    ignores: what a renamed field looks like after an upgrade."""
+
+    def _body(self, path: str, dialect: Dialect, model: str) -> dict[str, Any]:
+        body = super()._body(path, dialect, model)
+        if "response_format" in body:
+            body["guided_json"] = body.pop("response_format")["json_schema"]["schema"]
+        return body
+
+
+async def test_the_canary_catches_a_constraint_the_real_vllm_drops(live: Live) -> None:
+    services = live.gateway.app.services
+    canary = _MisspeltCanary(services.settings, services.upstream, Metrics())
+    result = await canary.refresh()
+    assert result.verdict is Verdict.NOT_CONSTRAINING, result
+    assert "/v1/chat/completions answered text that ignores the schema" in result.reason
+    REPORT.append(f"canary, constraint dropped on the real vLLM: {result.reason[:160]}")
 
 
 async def test_too_small_max_tokens_is_reported_as_truncation(live: Live) -> None:
