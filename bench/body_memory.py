@@ -57,7 +57,8 @@ def start_gateway(upstream_url: str, workdir: Path, env_extra: dict[str, str],
                   tree: Path | None) -> tuple[overhead.Child, int]:
     port = overhead.free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
-    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "false", **env_extra})
+    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "false",
+                "IRGW_CANARY": "off", **env_extra})  # the fake vLLM does not constrain
     gateway = overhead.gateway_argv()
     if tree is not None:  # another source tree's gateway (an A/B), in this venv
         env["PYTHONPATH"] = str(tree)

@@ -146,6 +146,7 @@ async def test_a_json_request_line_per_request_and_no_secret(fake: FakeUpstream,
     port = free_port()
     env = {**os.environ, "IRGW_UPSTREAM_URL": fake.url, "IRGW_KEYS_FILE": str(store.path),
            "IRGW_LOG_FORMAT": "json", "IRGW_LOG_LEVEL": "info", "IRGW_HUGE_PAGES": "false",
+               "IRGW_CANARY": "off",  # the fake is not vLLM: its scripted answer is this test's
            "IRGW_SCHEMAS_DIR": str(Path(__file__).parent.parent / "schemas")}
     log_path = tmp_path / "stderr.log"
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]

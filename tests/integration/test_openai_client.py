@@ -110,12 +110,13 @@ def client_for(live: Live, key: str, wire: Wire, max_retries: int = 0) -> AsyncO
 
 async def new_key(live: Live, **policy: Any) -> str:
     """`live.new_key`, once the gateway accepts it: the gateway re-reads the keys file at
-    most every 0.25 s, so a key used at once would get a 401. `/v1/models` authenticates
-    without touching rate limits, so polling it spends nothing."""
+    most every 0.25 s, so a key used at once would get a 401. `/v1/schemas` authenticates
+    without touching rate limits (`/v1/models` counts against the key's rpm), so polling it
+    spends nothing."""
     key = live.new_key(**policy)
     async with httpx2.AsyncClient(base_url=live.url, headers=live.headers(key)) as http:
         deadline = time.monotonic() + 5
-        while (await http.get("/v1/models")).status_code == 401:
+        while (await http.get("/v1/schemas")).status_code == 401:
             assert time.monotonic() < deadline, "the gateway never accepted the new key"
             await asyncio.sleep(0.05)
     return key
