@@ -19,6 +19,9 @@ MAX_REPEAT_PIECES = 4
 
 _NAMED_GROUP_RE = re.compile(r"\?<[A-Za-z]*>")
 _BOUNDS_RE = re.compile(r"(?P<low>[0-9]+)(?P<comma>,(?P<high>[0-9]*))?")
+# Any count with more digits than this is past what can be split (and past what Python's
+# int() reads: 4300 digits raise ValueError); read no further.
+_MAX_COUNT_DIGITS = 9
 
 
 class _RegexError(Exception):
@@ -145,6 +148,9 @@ def _bounds(text: str) -> tuple[int, int | None]:
     match = _BOUNDS_RE.fullmatch(text)
     if match is None:
         raise _RegexError
+    if any(len(part.lstrip("0")) > _MAX_COUNT_DIGITS for part in match.group("low", "high")
+           if part):
+        raise _TooLarge
     low = int(match["low"])
     high = low if match["comma"] is None else (int(match["high"]) if match["high"] else None)
     if high is not None and high < low:
@@ -155,6 +161,9 @@ def _bounds(text: str) -> tuple[int, int | None]:
 def _pieces(unit: str, low: int, high: int | None) -> list[str]:
     """`unit{low,high}` as consecutive repeats of `unit`, each within REPEAT_LIMIT: counts
     add up, so the concatenation matches exactly the same strings."""
+    # Counted first: a client's count (`X{0,10**20}`) is never walked down 128 at a time.
+    if (low if high is None else high) > REPEAT_LIMIT * MAX_REPEAT_PIECES:
+        raise _TooLarge
     pieces: list[tuple[int, int | None]] = []
     if high is None:  # X{low,}: X{128}... then X{rest,} with rest <= 128
         while low > REPEAT_LIMIT:
