@@ -50,6 +50,7 @@ def _split(pattern: str) -> tuple[str, list[str]]:
     groups: list[int] = []  # index in `out` where each open group starts
     atom: int | None = None  # index in `out` where the last quantifiable atom starts
     found: list[str] = []
+    split_at = -1  # where in `out` the last split repeat's pieces start
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
@@ -94,6 +95,11 @@ def _split(pattern: str) -> tuple[str, list[str]]:
             if atom is None:
                 raise _RegexError
             if (high is not None and high > REPEAT_LIMIT) or (high is None and low > REPEAT_LIMIT):
+                if split_at >= atom:
+                    # A split repeat inside this one: each level would copy the pieces
+                    # below it up to 4 times (15 levels of ~110 characters: gigabytes).
+                    raise _TooLarge
+                split_at = atom
                 found.append(pattern[pattern.rfind("{", 0, end):end + 1])
                 unit = "".join(out[atom:])
                 del out[atom:]

@@ -27,6 +27,17 @@ def test_a_count_longer_than_python_reads_is_too_large_not_an_exception(pattern:
     assert split_large_repeats(pattern) is None
 
 
+def test_a_split_repeat_inside_another_is_left_out_rather_than_multiplied() -> None:
+    # Each nested split copied the inner (already split) unit up to 4 times: 15 levels,
+    # ~110 characters, made a pattern of gigabytes.
+    pattern = "a"
+    for _ in range(3):
+        pattern = f"({pattern}){{512}}"
+    assert split_large_repeats(pattern) is None
+    # One level inside an unsplit repeat is still split.
+    assert split_large_repeats("(a{200}){2}") == ("(a{128}a{72}){2}", ["{200}"])
+
+
 async def test_an_adhoc_pattern_with_an_unreadable_count_is_answered_not_a_500(
         fake: FakeUpstream) -> None:
     schema = {"type": "object", "properties": {
