@@ -27,6 +27,7 @@ from gateway.routes.checking import (
     Route,
     answer,
     failure_to_error,
+    respond,
     settlement,
     success_headers,
 )
@@ -73,9 +74,9 @@ async def chat_completions(request: Request) -> Response:
         )
 
     completed = await answer(CHAT, request, services, plan, body, model, prepared)
-    return JSONResponse(completed.response,
-                        headers=success_headers(plan, completed, prepared.headers),
-                        after_send=settlement(CHAT, services, plan, prepared, completed))
+    return await respond(prepared, completed, lambda: JSONResponse(
+        completed.response, headers=success_headers(plan, completed, prepared.headers),
+        after_send=settlement(CHAT, services, plan, prepared, completed)))
 
 
 def _count_checked_stream(services: Services, plan: ChatPlan, state: StreamState) -> None:

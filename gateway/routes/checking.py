@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError, until_disconnect
 from gateway.engine_failures import schema_error_for
@@ -150,6 +152,23 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
     finally:
         if not answered:
             await prepared.admission.finish(tokens)
+
+
+async def respond(prepared: Prepared, completed: Completed,
+                  build: Callable[[], Response]) -> Response:
+    """`build()`: the answer, whose `after_send` settles the request. If it cannot be built
+    (vLLM's answer holds a value nested deeper than the 255 levels orjson writes), the
+    request is settled here (else its slots and reservation were never given back) and
+    the client gets a 502 naming the cause, not a 500."""
+    try:
+        return build()
+    except BaseException as exc:
+        await prepared.admission.finish(completed.tokens)
+        if not isinstance(exc, orjson.JSONEncodeError):
+            raise
+        error = UpstreamError(f"the upstream sent an answer that cannot be written back: {exc}")
+        error.headers.update(prepared.headers)
+        raise error from exc
 
 
 def success_headers(plan: ChatPlan, completed: Completed,

@@ -22,7 +22,7 @@ from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
 from gateway.errors import InvalidRequestError
 from gateway.planning import ChatPlan, Mode, ask_for_usage, plan_completion
 from gateway.routes.admission import prepare
-from gateway.routes.checking import Route, answer, settlement, success_headers
+from gateway.routes.checking import Route, answer, respond, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.routes.relaying import relayed
 from gateway.services import Services
@@ -103,8 +103,10 @@ async def completions(request: Request) -> Response:
     headers = success_headers(plan, completed, prepared.headers)
     settle = settlement(COMPLETIONS, services, plan, prepared, completed)
     if plan.stream:
-        return _single_chunk_stream(completed.response, plan.include_usage, headers, settle)
-    return JSONResponse(completed.response, headers=headers, after_send=settle)
+        return await respond(prepared, completed, lambda: _single_chunk_stream(
+            completed.response, plan.include_usage, headers, settle))
+    return await respond(prepared, completed, lambda: JSONResponse(
+        completed.response, headers=headers, after_send=settle))
 
 
 def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
