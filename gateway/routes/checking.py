@@ -26,6 +26,7 @@ from gateway.errors import (
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
 from gateway.services import Services
+from gateway.shapes import unwritable
 from gateway.validation import CheckedOutput, CheckFailure, check_output
 
 
@@ -164,10 +165,11 @@ async def respond(prepared: Prepared, completed: Completed,
         return build()
     except BaseException as exc:
         await prepared.admission.finish(completed.tokens)
-        if not isinstance(exc, orjson.JSONEncodeError):
+        error = unwritable(exc) if isinstance(exc, orjson.JSONEncodeError) else exc
+        if isinstance(error, GatewayError):
+            error.headers.update(prepared.headers)
+        if error is exc:
             raise
-        error = UpstreamError(f"the upstream sent an answer that cannot be written back: {exc}")
-        error.headers.update(prepared.headers)
         raise error from exc
 
 
