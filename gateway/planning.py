@@ -238,6 +238,9 @@ def ask_for_usage(body: dict[str, Any], plan: ChatPlan) -> None:
     body["stream_options"] = {**(plan.body.get("stream_options") or {}), "include_usage": True}
 
 
+_PROMPT_EXTRAS = ("tools", "functions")  # the legacy name of `tools`
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A cheap over-estimate (about 3 bytes a token) for reserving TPM before the call;
     settlement corrects it with vLLM's real count."""
@@ -245,4 +248,8 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     # Token ids are counted one each: `[1,2,3]` is 2 bytes an id, under the 3 above.
     ids = sum(len(p) if isinstance(p, list) else 1 for p in prompt
               if isinstance(p, int | list)) if isinstance(prompt, list) else 0
-    return len(orjson.dumps(prompt)) // 3 + ids + 8
+    # Tool definitions are rendered into the prompt by the chat template: a key's TPM must
+    # see them (a 33 KB description cost 8,000 tokens while 20 were reserved).
+    tools = [body[key] for key in _PROMPT_EXTRAS if body.get(key)]
+    extra = len(orjson.dumps(tools)) // 3 if tools else 0
+    return len(orjson.dumps(prompt)) // 3 + extra + ids + 8
