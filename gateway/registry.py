@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -196,12 +196,14 @@ class SchemaRegistry:
             raise SchemaNotFoundError(f"Schema {name!r} is not registered", param="name")
         return [versions[v] for v in sorted(versions)]
 
-    def resolve(self, ref: str, *, param: str | None = None) -> RegisteredSchema:
-        """`name` (newest version) or `name@version`."""
+    def resolve(self, ref: str, *, param: str | None = None,
+                visible: Callable[[str], bool] | None = None) -> RegisteredSchema:
+        """`name` (newest version) or `name@version`. The 404 for an unknown one lists the
+        registered names `visible` allows (a key's scope: it must not learn the others)."""
         match = _REF_RE.fullmatch(ref)
         versions = self._by_name.get(match["name"]) if match else None
         if match is None or not versions:
-            known = ", ".join(self.names())
+            known = ", ".join(n for n in self.names() if visible is None or visible(n))
             raise SchemaNotFoundError(
                 f"Schema {ref!r} is not registered (registered: {known})", param=param
             )

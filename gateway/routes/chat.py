@@ -57,7 +57,7 @@ async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
-    plan = plan_chat(body, services.registry, services.settings)
+    plan = plan_chat(body, services.registry, services.settings, principal.policy.allows_schema)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]

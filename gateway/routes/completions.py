@@ -36,8 +36,8 @@ _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
                            "guided_choice", "guided_grammar", "guided_decoding_backend")
 
 
-def _plan(body: Any, services: Services) -> ChatPlan:
-    plan = plan_completion(body, services.registry, services.settings)
+def _plan(body: Any, services: Services, visible: Callable[[str], bool]) -> ChatPlan:
+    plan = plan_completion(body, services.registry, services.settings, visible)
     if plan.checked and any(k in body for k in _VLLM_CONSTRAINT_FIELDS):
         raise InvalidRequestError("name the schema once: response_format/schema model, or "
                                   "vLLM's own structured_outputs, not both")
@@ -89,7 +89,7 @@ async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
-    plan = _plan(body, services)
+    plan = _plan(body, services, principal.policy.allows_schema)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
     body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
