@@ -140,8 +140,14 @@ def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
     with pytest.raises(PermissionDeniedError) as named:
         auth.check_schema(narrow, "module_ir", adhoc=False)
     refusals.append((named.value, "schema_not_allowed", None))
+    # The key's max_tokens cap is applied with its TPM, to the whole request (budget.py).
+    from gateway.budget import token_budget
+    from gateway.planning import ChatPlan, Mode
+
+    over = ChatPlan(body={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                    mode=Mode.PASSTHROUGH, model_alias=None, max_tokens=11)
     with pytest.raises(InvalidRequestError) as capped:
-        auth.cap_max_tokens(narrow, 11)
+        token_budget(over, narrow.policy, 1024)
     refusals.append((capped.value, "max_tokens_above_key_limit", "max_tokens"))
     keyed = Authenticator(KeyStore.__new__(KeyStore), enabled=True)
     for header in (None, "Basic abc"):
