@@ -65,11 +65,12 @@ class ChatPlan:
             return self.pending.ref
         return self.schema.ref if self.schema is not None else None
 
-    def compile_pending(self, adhoc: AdhocSchemas) -> None:
-        """Compile the ad-hoc schema (after authorization and admission): 400 past a cap."""
+    async def compile_pending(self, adhoc: AdhocSchemas) -> None:
+        """Compile the ad-hoc schema (after authorization and admission), off the event
+        loop: 400 past a cap."""
         if self.pending is None:
             return
-        self.schema = adhoc.compile(self.pending)
+        self.schema = await adhoc.compile_off_loop(self.pending)
         self.pending = None
         self.warnings.extend(self.schema.unenforced)
 
