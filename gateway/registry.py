@@ -22,7 +22,7 @@ from typing import Any, cast
 import jsonschema_rs
 import orjson
 
-from gateway.engine_rules import analyse
+from gateway.engine_rules import EngineView, analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.settings import OutputPolicy
 
@@ -100,7 +100,10 @@ def grammar_schema(schema: Any) -> Any:
     decoding; the answer is then checked against all of `schema`. Pydantic writes some of
     these (`set[str]` is `uniqueItems`). Several `allOf` members cannot be dropped without
     changing the schema: InvalidSchemaError."""
-    view = analyse(schema)
+    return _grammar(analyse(schema))
+
+
+def _grammar(view: EngineView) -> Any:
     if view.refused:
         raise InvalidSchemaError(f"response_format.json_schema.schema {view.refused[0]}",
                                  param="response_format.json_schema.schema")
@@ -135,11 +138,12 @@ def check_json_schema(schema: Any, *, what: str) -> None:
 
 def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSchema:
     check_json_schema(schema, what="response_format.json_schema.schema")
-    try:
-        relaxed = grammar_schema(schema)
+    try:  # one reading gives both what vLLM is sent and what it will not enforce
+        view = analyse(schema)
     except RecursionError:
         raise InvalidSchemaError("response_format.json_schema.schema is nested too deeply",
                                  param="response_format.json_schema.schema") from None
+    relaxed = _grammar(view)
     try:
         return RegisteredSchema(
             name=name,
@@ -149,7 +153,7 @@ def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSche
             output_policy=policy,
             source="request",
             adhoc=True,
-            unenforced=tuple(unenforced_keywords(schema)),
+            unenforced=tuple(view.warnings),
             grammar=None if relaxed == schema else relaxed,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:

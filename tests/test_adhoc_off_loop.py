@@ -44,3 +44,22 @@ async def test_other_requests_are_answered_while_an_adhoc_schema_compiles(
     assert health.status_code == 200
     assert response.status_code == 200, response.text
     assert released_while_compiling == [True]
+
+
+def test_an_adhoc_schema_is_read_for_the_engine_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The engine rules walk every node in Python (most of a compile's time): once gives
+    # both the grammar vLLM is sent and the warnings; twice doubled the compile.
+    from gateway import registry
+
+    calls: list[Any] = []
+    real = registry.analyse
+
+    def counting(schema: Any) -> Any:
+        calls.append(schema)
+        return real(schema)
+
+    monkeypatch.setattr(registry, "analyse", counting)
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 2}}}
+    compiled = registry.adhoc_schema("M", schema, "repair")
+    assert len(calls) == 1
+    assert compiled.unenforced and "multipleOf" not in str(compiled.grammar)
