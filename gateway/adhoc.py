@@ -11,6 +11,8 @@ one every time) comes from a bounded LRU cache keyed by its exact text.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +70,9 @@ class AdhocSchemas:
         self.max_nodes = max_nodes
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, bytes], RegisteredSchema] = OrderedDict()
+        # Compiles run in worker threads (`compile_off_loop`): the cache's
+        # look-up-then-reorder and insert-then-evict steps must not interleave.
+        self._lock = threading.Lock()
         self.compiled = 0  # schemas compiled (cache misses that got that far)
 
     @classmethod
@@ -83,6 +88,17 @@ class AdhocSchemas:
 
     def compile(self, pending: PendingAdhoc) -> RegisteredSchema:
         """The compiled schema, or InvalidSchemaError (400) naming the cap or the fault."""
+        key = self._key(pending)
+        return self._cached(key) or self._build(key, pending)
+
+    async def compile_off_loop(self, pending: PendingAdhoc) -> RegisteredSchema:
+        """`compile`, a cache miss compiled in a worker thread: within the caps a compile
+        is still seconds of Python (a oneOf of 2,400 members: ~3 s), which on the event
+        loop stalled every other request. The caps and the cache are checked here first."""
+        key = self._key(pending)
+        return self._cached(key) or await asyncio.to_thread(self._build, key, pending)
+
+    def _key(self, pending: PendingAdhoc) -> tuple[str, bytes]:
         schema = pending.schema
         if not isinstance(schema, dict):  # `false` would accept nothing, `true` anything
             raise InvalidSchemaError(f"{pending.param} must be a JSON object",
@@ -97,20 +113,26 @@ class AdhocSchemas:
             raise self._refused(pending, f"is {len(text)} bytes of JSON, more than "
                                 f"{self.max_bytes} (IRGW_ADHOC_SCHEMA_MAX_BYTES); register "
                                 "it as a named schema instead")
-        key = (pending.name, text)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
+        return pending.name, text
+
+    def _cached(self, key: tuple[str, bytes]) -> RegisteredSchema | None:
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
             return cached
-        error = shape_error(schema, max_depth=self.max_depth, max_nodes=self.max_nodes)
+
+    def _build(self, key: tuple[str, bytes], pending: PendingAdhoc) -> RegisteredSchema:
+        error = shape_error(pending.schema, max_depth=self.max_depth, max_nodes=self.max_nodes)
         if error is not None:
             raise self._refused(pending, error)
-        compiled = adhoc_schema(pending.name, schema, self.policy)
-        self.compiled += 1
-        if self.cache_size:
-            self._cache[key] = compiled
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+        compiled = adhoc_schema(pending.name, pending.schema, self.policy)
+        with self._lock:
+            self.compiled += 1
+            if self.cache_size:
+                self._cache[key] = compiled
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
         return compiled
 
     @staticmethod

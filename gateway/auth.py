@@ -74,10 +74,12 @@ class Authenticator:
             )
         # An ad-hoc schema's name is the client's to choose: the allow-list cannot apply.
         if schema_name is not None and not adhoc and not policy.allows_schema(schema_name):
-            raise PermissionDeniedError(
-                f"This API key may not use the schema {schema_name!r}.",
-                code="schema_not_allowed",
-            )
+            raise schema_not_allowed(schema_name)
+
+
+def schema_not_allowed(name: str) -> PermissionDeniedError:
+    return PermissionDeniedError(f"This API key may not use the schema {name!r}.",
+                                 code="schema_not_allowed")
 
 
 def build_authenticator(settings: Settings) -> Authenticator:

@@ -19,6 +19,9 @@ MAX_REPEAT_PIECES = 4
 
 _NAMED_GROUP_RE = re.compile(r"\?<[A-Za-z]*>")
 _BOUNDS_RE = re.compile(r"(?P<low>[0-9]+)(?P<comma>,(?P<high>[0-9]*))?")
+# Any count with more digits than this is past what can be split (and past what Python's
+# int() reads: 4300 digits raise ValueError); read no further.
+_MAX_COUNT_DIGITS = 9
 
 
 class _RegexError(Exception):
@@ -47,6 +50,7 @@ def _split(pattern: str) -> tuple[str, list[str]]:
     groups: list[int] = []  # index in `out` where each open group starts
     atom: int | None = None  # index in `out` where the last quantifiable atom starts
     found: list[str] = []
+    split_at = -1  # where in `out` the last split repeat's pieces start
     i, n = 0, len(pattern)
     while i < n:
         c = pattern[i]
@@ -91,6 +95,11 @@ def _split(pattern: str) -> tuple[str, list[str]]:
             if atom is None:
                 raise _RegexError
             if (high is not None and high > REPEAT_LIMIT) or (high is None and low > REPEAT_LIMIT):
+                if split_at >= atom:
+                    # A split repeat inside this one: each level would copy the pieces
+                    # below it up to 4 times (15 levels of ~110 characters: gigabytes).
+                    raise _TooLarge
+                split_at = atom
                 found.append(pattern[pattern.rfind("{", 0, end):end + 1])
                 unit = "".join(out[atom:])
                 del out[atom:]
@@ -145,6 +154,9 @@ def _bounds(text: str) -> tuple[int, int | None]:
     match = _BOUNDS_RE.fullmatch(text)
     if match is None:
         raise _RegexError
+    if any(len(part.lstrip("0")) > _MAX_COUNT_DIGITS for part in match.group("low", "high")
+           if part):
+        raise _TooLarge
     low = int(match["low"])
     high = low if match["comma"] is None else (int(match["high"]) if match["high"] else None)
     if high is not None and high < low:
@@ -155,6 +167,9 @@ def _bounds(text: str) -> tuple[int, int | None]:
 def _pieces(unit: str, low: int, high: int | None) -> list[str]:
     """`unit{low,high}` as consecutive repeats of `unit`, each within REPEAT_LIMIT: counts
     add up, so the concatenation matches exactly the same strings."""
+    # Counted first: a client's count (`X{0,10**20}`) is never walked down 128 at a time.
+    if (low if high is None else high) > REPEAT_LIMIT * MAX_REPEAT_PIECES:
+        raise _TooLarge
     pieces: list[tuple[int, int | None]] = []
     if high is None:  # X{low,}: X{128}... then X{rest,} with rest <= 128
         while low > REPEAT_LIMIT:

@@ -11,6 +11,7 @@ Everything the gateway does not need to understand is passed to vLLM as it came.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway.adhoc import AdhocSchemas, PendingAdhoc
+from gateway.auth import schema_not_allowed
 from gateway.errors import InvalidRequestError
 from gateway.registry import RegisteredSchema, SchemaRegistry
 from gateway.settings import OutputPolicy, Settings
@@ -26,6 +28,8 @@ from gateway.upstream.dialects import Dialect
 SCHEMA_MODEL_PREFIX = "schema/"
 # OpenAI's rule for json_schema.name; it also keeps the name safe in a response header.
 ADHOC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Which registered schema names the caller may use (its key's scope); None: all.
+Visible = Callable[[str], bool] | None
 
 
 class Mode(StrEnum):
@@ -61,11 +65,12 @@ class ChatPlan:
             return self.pending.ref
         return self.schema.ref if self.schema is not None else None
 
-    def compile_pending(self, adhoc: AdhocSchemas) -> None:
-        """Compile the ad-hoc schema (after authorization and admission): 400 past a cap."""
+    async def compile_pending(self, adhoc: AdhocSchemas) -> None:
+        """Compile the ad-hoc schema (after authorization and admission), off the event
+        loop: 400 past a cap."""
         if self.pending is None:
             return
-        self.schema = adhoc.compile(self.pending)
+        self.schema = await adhoc.compile_off_loop(self.pending)
         self.pending = None
         self.warnings.extend(self.schema.unenforced)
 
@@ -85,23 +90,25 @@ def _positive_int(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
+def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings,
+              visible: Visible = None) -> ChatPlan:
     """A `/v1/chat/completions` body."""
     body = _require_dict(body, "body")
     model = _require_model(body)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
-    return _plan(body, model, registry, settings)
+    return _plan(body, model, registry, settings, visible)
 
 
-def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings) -> ChatPlan:
+def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings,
+                    visible: Visible = None) -> ChatPlan:
     """A `/v1/completions` body: the same schema naming, a `prompt` instead of messages."""
     body = _require_dict(body, "body")
     model = _require_model(body)
     if "prompt" not in body:
         raise InvalidRequestError("'prompt' is required", param="prompt")
-    plan = _plan(body, model, registry, settings)
+    plan = _plan(body, model, registry, settings, visible)
     if plan.checked and _prompt_count(body["prompt"]) > 1:
         # vLLM answers each prompt of a list; a checked answer is one answer.
         raise InvalidRequestError("structured output takes one prompt per request (a string, "
@@ -122,8 +129,19 @@ def _require_model(body: dict[str, Any]) -> str:
     return model
 
 
+def _resolve(registry: SchemaRegistry, ref: str, param: str,
+             visible: Visible) -> RegisteredSchema:
+    """The key's scope first: a name outside it is a 403 whether or not it is registered
+    (as `/v1/schemas/{name}` answers), and a 404 lists only names in it, so a scoped key
+    learns no other schema's name."""
+    name = ref.partition("@")[0]
+    if visible is not None and not visible(name):
+        raise schema_not_allowed(name)
+    return registry.resolve(ref, param=param, visible=visible)
+
+
 def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
-          settings: Settings) -> ChatPlan:
+          settings: Settings, visible: Visible) -> ChatPlan:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be a boolean", param="stream")
@@ -141,14 +159,14 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
     model_alias: str | None = None
     if model.startswith(SCHEMA_MODEL_PREFIX):
         model_alias = model
-        alias_schema = registry.resolve(model[len(SCHEMA_MODEL_PREFIX):], param="model")
+        alias_schema = _resolve(registry, model[len(SCHEMA_MODEL_PREFIX):], "model", visible)
 
     plan = ChatPlan(body=body, mode=Mode.PASSTHROUGH, model_alias=model_alias, stream=stream,
                     include_usage=include_usage, max_tokens=max_tokens)
     response_format = body.get("response_format")
     if response_format is not None:
         _plan_response_format(plan, _require_dict(response_format, "response_format"),
-                              registry, settings)
+                              registry, visible)
     if alias_schema is not None:
         if plan.schema_ref is not None and plan.schema is not alias_schema:
             raise InvalidRequestError(
@@ -183,7 +201,7 @@ def require_one_choice(body: dict[str, Any]) -> None:
 
 
 def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
-                          registry: SchemaRegistry, settings: Settings) -> None:
+                          registry: SchemaRegistry, visible: Visible) -> None:
     kind = response_format.get("type")
     if kind == "text":
         return
@@ -210,7 +228,7 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
                 "response_format.json_schema needs a 'name' of a registered schema, or a "
                 "'schema'", param="response_format.json_schema.name",
             )
-        plan.schema = registry.resolve(name, param="response_format.json_schema.name")
+        plan.schema = _resolve(registry, name, "response_format.json_schema.name", visible)
     plan.mode = Mode.SCHEMA
 
 
@@ -238,6 +256,9 @@ def ask_for_usage(body: dict[str, Any], plan: ChatPlan) -> None:
     body["stream_options"] = {**(plan.body.get("stream_options") or {}), "include_usage": True}
 
 
+_PROMPT_EXTRAS = ("tools", "functions")  # the legacy name of `tools`
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A cheap over-estimate (about 3 bytes a token) for reserving TPM before the call;
     settlement corrects it with vLLM's real count."""
@@ -245,4 +266,8 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     # Token ids are counted one each: `[1,2,3]` is 2 bytes an id, under the 3 above.
     ids = sum(len(p) if isinstance(p, list) else 1 for p in prompt
               if isinstance(p, int | list)) if isinstance(prompt, list) else 0
-    return len(orjson.dumps(prompt)) // 3 + ids + 8
+    # Tool definitions are rendered into the prompt by the chat template: a key's TPM must
+    # see them (a 33 KB description cost 8,000 tokens while 20 were reserved).
+    tools = [body[key] for key in _PROMPT_EXTRAS if body.get(key)]
+    extra = len(orjson.dumps(tools)) // 3 if tools else 0
+    return len(orjson.dumps(prompt)) // 3 + extra + ids + 8

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -24,7 +24,7 @@ import jsonschema_rs
 import orjson
 
 from gateway.checks import CheckSpecError, CompiledCheck, compile_checks
-from gateway.engine_rules import analyse
+from gateway.engine_rules import EngineView, analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.settings import OutputPolicy
 
@@ -105,7 +105,10 @@ def grammar_schema(schema: Any) -> Any:
     decoding; the answer is then checked against all of `schema`. Pydantic writes some of
     these (`set[str]` is `uniqueItems`). Several `allOf` members cannot be dropped without
     changing the schema: InvalidSchemaError."""
-    view = analyse(schema)
+    return _grammar(analyse(schema))
+
+
+def _grammar(view: EngineView) -> Any:
     if view.refused:
         raise InvalidSchemaError(f"response_format.json_schema.schema {view.refused[0]}",
                                  param="response_format.json_schema.schema")
@@ -140,11 +143,12 @@ def check_json_schema(schema: Any, *, what: str) -> None:
 
 def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSchema:
     check_json_schema(schema, what="response_format.json_schema.schema")
-    try:
-        relaxed = grammar_schema(schema)
+    try:  # one reading gives both what vLLM is sent and what it will not enforce
+        view = analyse(schema)
     except RecursionError:
         raise InvalidSchemaError("response_format.json_schema.schema is nested too deeply",
                                  param="response_format.json_schema.schema") from None
+    relaxed = _grammar(view)
     try:
         return RegisteredSchema(
             name=name,
@@ -154,7 +158,7 @@ def adhoc_schema(name: str, schema: Any, policy: OutputPolicy) -> RegisteredSche
             output_policy=policy,
             source="request",
             adhoc=True,
-            unenforced=tuple(unenforced_keywords(schema)),
+            unenforced=tuple(view.warnings),
             grammar=None if relaxed == schema else relaxed,
         )
     except (ValueError, TypeError, RecursionError, jsonschema_rs.ReferencingError) as exc:
@@ -201,12 +205,14 @@ class SchemaRegistry:
             raise SchemaNotFoundError(f"Schema {name!r} is not registered", param="name")
         return [versions[v] for v in sorted(versions)]
 
-    def resolve(self, ref: str, *, param: str | None = None) -> RegisteredSchema:
-        """`name` (newest version) or `name@version`."""
+    def resolve(self, ref: str, *, param: str | None = None,
+                visible: Callable[[str], bool] | None = None) -> RegisteredSchema:
+        """`name` (newest version) or `name@version`. The 404 for an unknown one lists the
+        registered names `visible` allows (a key's scope: it must not learn the others)."""
         match = _REF_RE.fullmatch(ref)
         versions = self._by_name.get(match["name"]) if match else None
         if match is None or not versions:
-            known = ", ".join(self.names())
+            known = ", ".join(n for n in self.names() if visible is None or visible(n))
             raise SchemaNotFoundError(
                 f"Schema {ref!r} is not registered (registered: {known})", param=param
             )

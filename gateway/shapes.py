@@ -180,7 +180,16 @@ def chat_chunk(data: dict[str, Any], model: str, *, include_usage: bool) -> dict
 
 
 def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+    """One event; an UpstreamError when vLLM's values cannot be written back (nested past
+    orjson's 255 levels), so that a relay ends with an error event, not a cut connection."""
+    try:
+        return b"data: " + orjson.dumps(payload) + b"\n\n"
+    except orjson.JSONEncodeError as exc:
+        raise unwritable(exc) from exc
+
+
+def unwritable(exc: Exception) -> UpstreamError:
+    return UpstreamError(f"the upstream sent an answer that cannot be written back: {exc}")
 
 
 SSE_DONE = b"data: [DONE]\n\n"

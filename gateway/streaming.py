@@ -102,7 +102,9 @@ async def relay_chat(
     """`upstream_error` turns an error vLLM sent into the one the client gets (a grammar
     vLLM failed to compile is the schema's fault: `gateway.engine_failures`)."""
     escaper = StreamingEscaper() if plan.checked and plan.policy != "error" else None
-    held: list[dict[str, Any]] = []
+    # Held back until the answer is checked: (has choices, the event), written here so that
+    # one vLLM's values make unwritable ends the stream with an error event.
+    held: list[tuple[bool, bytes]] = []
     first = True
     finish_reason: str | None = None
     try:
@@ -132,7 +134,7 @@ async def relay_chat(
                     as_tool_call_chunk(plan, chunk, first=first)
                     first = False
                 if plan.checked and (finish_reason is not None or not chunk["choices"]):
-                    held.append(chunk)
+                    held.append((bool(chunk["choices"]), sse(chunk)))
                 elif chunk["choices"] or plan.include_usage:
                     yield sse(chunk)
     except GatewayError as error:
@@ -153,9 +155,9 @@ async def relay_chat(
             )
         except CheckFailure as failure:
             state.outcome = "truncated" if failure.truncated else "failed"
-            for chunk in held:  # the usage event: the tokens are charged all the same
-                if not chunk["choices"] and plan.include_usage:
-                    yield sse(chunk)
+            for has_choices, event in held:  # the usage event: the tokens are charged
+                if not has_choices and plan.include_usage:
+                    yield event
             yield _error_event(failure_to_error(failure, 1))
             yield SSE_DONE
             return
@@ -166,9 +168,9 @@ async def relay_chat(
             return
         repaired = escaper is not None and escaper.repaired
         state.outcome = Outcome.REPAIRED if repaired else checked.outcome
-        for chunk in held:
-            if chunk["choices"] or plan.include_usage:
-                yield sse(chunk)
+        for has_choices, event in held:
+            if has_choices or plan.include_usage:
+                yield event
         # An SSE comment: ignored by clients, visible to anyone debugging with curl.
         yield f": irgw-output {state.outcome}\n\n".encode()
     else:

@@ -124,14 +124,12 @@ async def test_a_hand_written_keys_file_opens_with_the_secret_never_with_its_has
 def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
     # What a client branches on (code, param) and reads (a non-empty message), not wording.
     from gateway.auth import Authenticator, Principal
-    from gateway.budget import token_budget
     from gateway.errors import (
         AuthenticationError,
         GatewayError,
         InvalidRequestError,
         PermissionDeniedError,
     )
-    from gateway.planning import ChatPlan, Mode
 
     auth = Authenticator(None, enabled=False)
     narrow = Principal("k1", "n", KeyPolicy(schemas=["function_ir"], max_tokens=10))
@@ -142,11 +140,14 @@ def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
     with pytest.raises(PermissionDeniedError) as named:
         auth.check_schema(narrow, "module_ir", adhoc=False)
     refusals.append((named.value, "schema_not_allowed", None))
-    over_cap = ChatPlan(body={"model": "m", "messages": [{"role": "user", "content": "x"}],
-                              "max_tokens": 11}, mode=Mode.PASSTHROUGH, model_alias=None,
-                        max_tokens=11)
+    # The key's max_tokens cap is applied with its TPM, to the whole request (budget.py).
+    from gateway.budget import token_budget
+    from gateway.planning import ChatPlan, Mode
+
+    over = ChatPlan(body={"model": "m", "messages": [{"role": "user", "content": "x"}]},
+                    mode=Mode.PASSTHROUGH, model_alias=None, max_tokens=11)
     with pytest.raises(InvalidRequestError) as capped:
-        token_budget(over_cap, narrow.policy, default_max_tokens=1024)
+        token_budget(over, narrow.policy, 1024)
     refusals.append((capped.value, "max_tokens_above_key_limit", "max_tokens"))
     keyed = Authenticator(KeyStore.__new__(KeyStore), enabled=True)
     for header in (None, "Basic abc"):

@@ -67,7 +67,7 @@ async def prepare(request: Request, services: Services, principal: Principal,
     with observe.phase("irgw.admission"):
         admission = await services.limiter.admit(principal, budget.reserved)
     try:  # authorized and admitted: only now is an ad-hoc schema measured and compiled
-        plan.compile_pending(services.adhoc)
+        await plan.compile_pending(services.adhoc)
     except BaseException:
         await admission.finish(None)
         raise

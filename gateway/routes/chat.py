@@ -27,6 +27,7 @@ from gateway.routes.checking import (
     Route,
     answer,
     failure_to_error,
+    respond,
     settlement,
     success_headers,
 )
@@ -56,7 +57,7 @@ async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
-    plan = plan_chat(body, services.registry, services.settings)
+    plan = plan_chat(body, services.registry, services.settings, principal.policy.allows_schema)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
@@ -73,9 +74,9 @@ async def chat_completions(request: Request) -> Response:
         )
 
     completed = await answer(CHAT, request, services, plan, body, model, prepared)
-    return JSONResponse(completed.response,
-                        headers=success_headers(plan, completed, prepared.headers),
-                        after_send=settlement(CHAT, services, plan, prepared, completed))
+    return await respond(prepared, completed, lambda: JSONResponse(
+        completed.response, headers=success_headers(plan, completed, prepared.headers),
+        after_send=settlement(CHAT, services, plan, prepared, completed)))
 
 
 def _count_checked_stream(services: Services, plan: ChatPlan, state: StreamState) -> None:

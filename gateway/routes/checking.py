@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway import observe
 from gateway.asgi import ClientDisconnectedError, until_disconnect
@@ -25,6 +27,7 @@ from gateway.errors import (
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
 from gateway.services import Services
+from gateway.shapes import unwritable
 from gateway.validation import CheckedOutput, CheckFailure, check_output
 
 
@@ -154,6 +157,24 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
     finally:
         if not answered:
             await prepared.admission.finish(tokens)
+
+
+async def respond(prepared: Prepared, completed: Completed,
+                  build: Callable[[], Response]) -> Response:
+    """`build()`: the answer, whose `after_send` settles the request. If it cannot be built
+    (vLLM's answer holds a value nested deeper than the 255 levels orjson writes), the
+    request is settled here (else its slots and reservation were never given back) and
+    the client gets a 502 naming the cause, not a 500."""
+    try:
+        return build()
+    except BaseException as exc:
+        await prepared.admission.finish(completed.tokens)
+        error = unwritable(exc) if isinstance(exc, orjson.JSONEncodeError) else exc
+        if isinstance(error, GatewayError):
+            error.headers.update(prepared.headers)
+        if error is exc:
+            raise
+        raise error from exc
 
 
 def success_headers(plan: ChatPlan, completed: Completed,

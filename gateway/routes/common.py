@@ -51,24 +51,22 @@ def request_id(request: Request) -> str:
 async def read_json(request: Request, limit: int, budget: BodyBudget) -> Any:
     """The body as JSON, refused (413) past `limit` bytes before more of it is buffered, and
     (503) when the bodies of the requests in progress would take more than `budget` allows.
-    What is reserved is given back when the request ends (`GatewayApp`)."""
+    What arrived is reserved as it arrives, never what a head declares (a head declaring
+    the largest body, then nothing, held that much of everyone's budget); it is given back
+    when the request ends (`GatewayApp`)."""
     declared = header(request, b"content-length")
-    expected = int(declared) if declared is not None and declared.isdigit() else None
-    if expected is not None:
-        if expected > limit:
-            raise _too_large(limit)
-        _reserve(request, budget, expected)
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
     # Straight from ASGI: Starlette's body() adds a generator per request and joins a copy.
     message = await request.receive()
     if message["type"] != "http.request":  # gone before sending the whole body
         raise ClientDisconnectedError(started=False)
     body: bytes | bytearray = message.get("body", b"")
-    if message.get("more_body", False):  # in pieces: gathered into one buffer, not a list
-        body = await _gather(request, bytearray(body), limit, budget, expected)
-    elif len(body) > limit:
+    if len(body) > limit:
         raise _too_large(limit)
-    elif expected is None:
-        _reserve(request, budget, len(body))
+    _reserve(request, budget, len(body))
+    if message.get("more_body", False):  # in pieces: gathered into one buffer, not a list
+        body = await _gather(request, bytearray(body), limit, budget)
     if not body:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
@@ -98,10 +96,8 @@ def check_depth(body: bytes, document: Any) -> None:
         ) from None
 
 
-async def _gather(request: Request, buffer: bytearray, limit: int, budget: BodyBudget,
-                  expected: int | None) -> bytearray:
-    if expected is None:
-        _reserve(request, budget, len(buffer))
+async def _gather(request: Request, buffer: bytearray, limit: int,
+                  budget: BodyBudget) -> bytearray:
     while True:
         message = await request.receive()
         if message["type"] != "http.request":
@@ -109,8 +105,7 @@ async def _gather(request: Request, buffer: bytearray, limit: int, budget: BodyB
         chunk = message.get("body", b"")
         if len(buffer) + len(chunk) > limit:
             raise _too_large(limit)
-        if expected is None:  # no declared length (chunked): reserved as it arrives
-            _reserve(request, budget, len(chunk))
+        _reserve(request, budget, len(chunk))
         buffer += chunk
         if not message.get("more_body", False):
             return buffer

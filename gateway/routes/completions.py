@@ -22,7 +22,7 @@ from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
 from gateway.errors import InvalidRequestError
 from gateway.planning import ChatPlan, Mode, ask_for_usage, plan_completion
 from gateway.routes.admission import prepare
-from gateway.routes.checking import Route, answer, settlement, success_headers
+from gateway.routes.checking import Route, answer, respond, settlement, success_headers
 from gateway.routes.common import RawRoute, header, read_json, services_of
 from gateway.routes.relaying import relayed
 from gateway.services import Services
@@ -36,8 +36,8 @@ _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
                            "guided_choice", "guided_grammar", "guided_decoding_backend")
 
 
-def _plan(body: Any, services: Services) -> ChatPlan:
-    plan = plan_completion(body, services.registry, services.settings)
+def _plan(body: Any, services: Services, visible: Callable[[str], bool]) -> ChatPlan:
+    plan = plan_completion(body, services.registry, services.settings, visible)
     if plan.checked and any(k in body for k in _VLLM_CONSTRAINT_FIELDS):
         raise InvalidRequestError("name the schema once: response_format/schema model, or "
                                   "vLLM's own structured_outputs, not both")
@@ -89,7 +89,7 @@ async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
-    plan = _plan(body, services)
+    plan = _plan(body, services, principal.policy.allows_schema)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
     body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
@@ -103,8 +103,10 @@ async def completions(request: Request) -> Response:
     headers = success_headers(plan, completed, prepared.headers)
     settle = settlement(COMPLETIONS, services, plan, prepared, completed)
     if plan.stream:
-        return _single_chunk_stream(completed.response, plan.include_usage, headers, settle)
-    return JSONResponse(completed.response, headers=headers, after_send=settle)
+        return await respond(prepared, completed, lambda: _single_chunk_stream(
+            completed.response, plan.include_usage, headers, settle))
+    return await respond(prepared, completed, lambda: JSONResponse(
+        completed.response, headers=headers, after_send=settle))
 
 
 def _single_chunk_stream(response: dict[str, Any], include_usage: bool,

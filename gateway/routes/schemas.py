@@ -42,7 +42,8 @@ async def get_schema(ref: str, request: Request) -> dict[str, Any]:
     principal = services.authenticator.authenticate(header(request, b"authorization"))
     services.authenticator.check_schema(principal, ref.partition("@")[0], adhoc=False)
     if "@" in ref:
-        return {"object": "schema.version", **services.registry.resolve(ref, param="name").public()}
+        return {"object": "schema.version", **services.registry.resolve(
+            ref, param="name", visible=principal.policy.allows_schema).public()}
     versions = services.registry.versions(ref)
     return {
         "object": "schema",

@@ -142,10 +142,13 @@ class UpstreamClient:
 
     async def model_ids(self, *, max_age_s: float | None = None) -> list[str]:
         """vLLM's model ids, asked again once older than `max_age_s` (None: kept until
-        `forget`). Callers arriving while vLLM is asked wait for that one answer."""
+        `forget`). Callers that need it asked again while vLLM is asked wait for that one
+        answer; a caller the cached list suits takes it at once, without waiting for the
+        lock (a refresh may wait on vLLM through a restart)."""
+        if self._models is not None and not self._stale(max_age_s):
+            return self._models
         async with self._models_lock:
-            stale = max_age_s is not None and time.monotonic() - self._models_at >= max_age_s
-            if self._models is None or stale:
+            if self._models is None or self._stale(max_age_s):
                 data = await self.get_json("/v1/models")
                 items = data.get("data") if isinstance(data, dict) else None
                 if not isinstance(items, list):
@@ -153,6 +156,9 @@ class UpstreamClient:
                 self._models = [m["id"] for m in items if isinstance(m, dict) and "id" in m]
                 self._models_at = time.monotonic()
             return self._models
+
+    def _stale(self, max_age_s: float | None) -> bool:
+        return max_age_s is not None and time.monotonic() - self._models_at >= max_age_s
 
     def forget(self) -> None:
         """After the upstream went away it may come back as another release."""

@@ -1,0 +1,49 @@
+"""The body budget holds what has arrived, not what a client says it will send: a head
+declaring a large body, and then nothing, must not lock everyone else out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from tests.conftest import unit_settings
+from tests.fake_upstream import FakeUpstream, Reply
+from tests.gateway_server import running_gateway
+
+
+def _chat(size: int) -> bytes:
+    body = json.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": ""}]})
+    return body.replace('"content": ""', '"content": "' + "x" * (size - len(body)) + '"').encode()
+
+
+async def test_a_declared_body_that_does_not_arrive_holds_only_what_arrived(
+        fake: FakeUpstream) -> None:
+    settings = unit_settings(fake.url, max_request_bytes=8000, max_body_bytes_in_flight=10_000)
+    fake.default = Reply(content="ok")
+    async with running_gateway(settings) as gw, httpx.AsyncClient(
+            base_url=gw.url, timeout=10) as client:
+        budget = gw.app.services.body_budget
+        host, port = gw.url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        # Declares the largest body allowed, sends 100 bytes of it, then waits.
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 8000\r\n\r\n"
+                     + b" " * 100)
+        await writer.drain()
+        for _ in range(500):  # until the gateway has read what was sent
+            if budget.used:
+                break
+            await asyncio.sleep(0.01)
+        assert budget.used == 100
+
+        other = await client.post("/v1/chat/completions", content=_chat(6000))
+        assert other.status_code == 200, other.text
+
+        writer.close()
+        for _ in range(500):
+            if not budget.used:
+                break
+            await asyncio.sleep(0.01)
+        assert budget.used == 0  # the abandoned upload gave back what it held

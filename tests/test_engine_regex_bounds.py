@@ -1,0 +1,48 @@
+"""Splitting a pattern's large repeats costs time and memory in proportion to the pattern,
+whatever a client sends in an ad-hoc schema (the split runs on the event loop)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.engine_regex import split_large_repeats
+from tests.conftest import unit_settings
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_server import running_gateway
+from tests.test_adhoc_admission import adhoc_body
+
+
+@pytest.mark.timeout(60)  # a hang guard: the count was walked down 128 at a time
+@pytest.mark.parametrize("pattern", ["a{0,1000000000000000000000}",
+                                     "a{1000000000000000000000,}",
+                                     "a{1000000000000000000000}"])
+def test_a_huge_repeat_count_is_refused_without_counting_it_down(pattern: str) -> None:
+    assert split_large_repeats(pattern) is None
+
+
+@pytest.mark.parametrize("pattern", ["a{" + "9" * 5000 + "}", "a{0," + "9" * 5000 + "}",
+                                     "a{" + "9" * 5000 + ",}"])
+def test_a_count_longer_than_python_reads_is_too_large_not_an_exception(pattern: str) -> None:
+    assert split_large_repeats(pattern) is None
+
+
+def test_a_split_repeat_inside_another_is_left_out_rather_than_multiplied() -> None:
+    # Each nested split copied the inner (already split) unit up to 4 times: 15 levels,
+    # ~110 characters, made a pattern of gigabytes.
+    pattern = "a"
+    for _ in range(3):
+        pattern = f"({pattern}){{512}}"
+    assert split_large_repeats(pattern) is None
+    # One level inside an unsplit repeat is still split.
+    assert split_large_repeats("(a{200}){2}") == ("(a{128}a{72}){2}", ["{200}"])
+
+
+async def test_an_adhoc_pattern_with_an_unreadable_count_is_answered_not_a_500(
+        fake: FakeUpstream) -> None:
+    schema = {"type": "object", "properties": {
+        "s": {"type": "string", "pattern": "^a{" + "9" * 5000 + "}$"}}}
+    async with running_gateway(unit_settings(fake.url)) as base, \
+            httpx.AsyncClient(base_url=base.url) as client:
+        response = await client.post("/v1/chat/completions", json=adhoc_body(schema))
+    assert response.status_code < 500, response.text
