@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="max_tokens of each canary request: a constrained answer needs about a "
         "dozen tokens, free text runs to the limit.",
     )
+    request_body_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="How long a request body sent in pieces may take from its first piece to "
+        "its last; then 408 and the connection closes. The read timeout bounds each gap; this "
+        "bounds the whole, so a trickled body cannot hold the body budget.",
+    )
     request_read_timeout_s: float = Field(
         default=30.0,
         gt=0,

@@ -47,3 +47,41 @@ async def test_a_declared_body_that_does_not_arrive_holds_only_what_arrived(
                 break
             await asyncio.sleep(0.01)
         assert budget.used == 0  # the abandoned upload gave back what it held
+
+
+async def test_a_trickled_body_gets_a_408_and_gives_its_budget_back(fake: FakeUpstream) -> None:
+    """Each piece arrives within the read timeout, so only the whole-body deadline ends it:
+    without it, a client holds its share of the body budget for as long as it trickles."""
+    settings = unit_settings(fake.url, max_request_bytes=8000, max_body_bytes_in_flight=10_000,
+                             request_body_timeout_s=0.5, request_read_timeout_s=5)
+    async with running_gateway(settings) as gw:
+        budget = gw.app.services.body_budget
+        host, port = gw.url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"
+                     b"content-type: application/json\r\ncontent-length: 8000\r\n\r\n"
+                     + b" " * 100)
+        await writer.drain()
+        head = b""
+        for _ in range(40):  # a piece every 0.1 s: never a gap near the read timeout
+            await asyncio.sleep(0.1)
+            writer.write(b" ")
+            await writer.drain()
+            head += await _read_some(reader)
+            if b"\r\n\r\n" in head:
+                break
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 408"), head[:200]
+        assert b"request_timeout" in head + await _read_some(reader, 1.0)
+        for _ in range(200):
+            if not budget.used:
+                break
+            await asyncio.sleep(0.01)
+        assert budget.used == 0
+
+
+async def _read_some(reader: asyncio.StreamReader, wait_s: float = 0.01) -> bytes:
+    try:
+        return await asyncio.wait_for(reader.read(65536), wait_s)
+    except (TimeoutError, ConnectionError):
+        return b""

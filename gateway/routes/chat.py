@@ -56,7 +56,8 @@ CHAT = Route("/v1/chat/completions", "chat", chat_completion,
 async def chat_completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
-    body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
+    body = await read_json(request, services.settings.max_request_bytes, services.body_budget,
+                           services.settings.request_body_timeout_s)
     plan = plan_chat(body, services.registry, services.settings, principal.policy.allows_schema)
     plan_tool_call(plan, services.registry, services.settings)
     prepared = await prepare(request, services, principal, plan)

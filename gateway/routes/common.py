@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,7 +15,12 @@ from starlette.responses import Response
 
 from gateway.asgi import ClientDisconnectedError
 from gateway.body_budget import BODY_BYTES_HELD, BodyBudget
-from gateway.errors import BodyTooLargeError, InvalidRequestError, OverloadedError
+from gateway.errors import (
+    BodyTooLargeError,
+    InvalidRequestError,
+    OverloadedError,
+    RequestTimeoutError,
+)
 from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -48,9 +54,11 @@ def request_id(request: Request) -> str:
     return "req_" + os.urandom(16).hex()  # uuid4's randomness, without building a UUID
 
 
-async def read_json(request: Request, limit: int, budget: BodyBudget) -> Any:
+async def read_json(request: Request, limit: int, budget: BodyBudget,
+                    deadline_s: float | None = None) -> Any:
     """The body as JSON, refused (413) past `limit` bytes before more of it is buffered, and
-    (503) when the bodies of the requests in progress would take more than `budget` allows.
+    (503) when the bodies of the requests in progress would take more than `budget` allows;
+    a body in pieces must be whole within `deadline_s` of its first piece (408).
     What arrived is reserved as it arrives, never what a head declares (a head declaring
     the largest body, then nothing, held that much of everyone's budget); it is given back
     when the request ends (`GatewayApp`)."""
@@ -66,7 +74,7 @@ async def read_json(request: Request, limit: int, budget: BodyBudget) -> Any:
         raise _too_large(limit)
     _reserve(request, budget, len(body))
     if message.get("more_body", False):  # in pieces: gathered into one buffer, not a list
-        body = await _gather(request, bytearray(body), limit, budget)
+        body = await _gather(request, bytearray(body), limit, budget, deadline_s)
     if not body:
         raise InvalidRequestError("the request body is empty; send a JSON object")
     try:
@@ -96,12 +104,19 @@ def check_depth(body: bytes, document: Any) -> None:
         ) from None
 
 
-async def _gather(request: Request, buffer: bytearray, limit: int,
-                  budget: BodyBudget) -> bytearray:
+async def _gather(request: Request, buffer: bytearray, limit: int, budget: BodyBudget,
+                  deadline_s: float | None) -> bytearray:
+    # The server's read timeout bounds the gap between two pieces; this bounds the whole, so
+    # a body trickled a byte at a time cannot hold its share of the body budget for long.
+    deadline = None if deadline_s is None else time.monotonic() + deadline_s
     while True:
         message = await request.receive()
         if message["type"] != "http.request":
             raise ClientDisconnectedError(started=False)
+        if deadline is not None and time.monotonic() > deadline:
+            raise RequestTimeoutError(
+                f"the request body did not arrive whole within {deadline_s:g} s "
+                "(IRGW_REQUEST_BODY_TIMEOUT_S)")
         chunk = message.get("body", b"")
         if len(buffer) + len(chunk) > limit:
             raise _too_large(limit)

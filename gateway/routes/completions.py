@@ -88,7 +88,8 @@ COMPLETIONS = Route("/v1/completions", "completions", _shape, lambda choice: cho
 async def completions(request: Request) -> Response:
     services = services_of(request)
     principal = services.authenticator.authenticate(header(request, b"authorization"))
-    body = await read_json(request, services.settings.max_request_bytes, services.body_budget)
+    body = await read_json(request, services.settings.max_request_bytes, services.body_budget,
+                           services.settings.request_body_timeout_s)
     plan = _plan(body, services, principal.policy.allows_schema)
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
