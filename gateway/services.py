@@ -41,6 +41,9 @@ class Services:
     metrics_listener: MetricsListener | None = None
 
     async def start(self) -> None:
+        keys = self.authenticator.keys
+        if keys is not None:
+            await keys.start()  # the Redis store loads every key: refuses to start without
         await self.upstream.start()
         if self.settings.metrics_port is not None:
             self.metrics_listener = MetricsListener(self.metrics, self.settings.metrics_host,
@@ -51,6 +54,8 @@ class Services:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
+        if self.authenticator.keys is not None:
+            await self.authenticator.keys.aclose()
 
     async def default_model(self) -> str:
         if self.settings.upstream_model:

@@ -118,7 +118,18 @@ class Settings(BaseSettings):
 
     # -- keys and limits
     auth_enabled: bool = True
+    keys_backend: Literal["file", "redis"] = Field(
+        default="file",
+        description="Where keys live: `file` (IRGW_KEYS_FILE, one host) or `redis` "
+        "(IRGW_REDIS_URL, shared by every replica; changes seen within keys_refresh_s).",
+    )
     keys_file: Path | None = None
+    keys_refresh_s: float = Field(
+        default=0.25, gt=0, le=1.0,
+        description="How often a replica asks the Redis key store whether keys changed "
+        "(one GET; the request path never waits for Redis).",
+    )
+    keys_redis_prefix: str = Field(default="irgw:keys:", min_length=1)
     ratelimit_backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     redis_failure_policy: Literal["open", "closed"] = "open"
