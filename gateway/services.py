@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.access.budgets import with_budgets
 from gateway.auth import Authenticator, build_authenticator
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
@@ -34,7 +35,7 @@ class Services:
             registry=registry,
             upstream=UpstreamClient(settings),
             authenticator=authenticator,
-            limiter=build_limiter(settings),
+            limiter=with_budgets(build_limiter(settings), settings),
             metrics=Metrics(),
         )
 

@@ -35,6 +35,7 @@ from gateway.access.records import (
     rotate_record,
     utc_now,
 )
+from gateway.access.redisconn import redis_client
 
 logger = logging.getLogger(__name__)
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -60,8 +61,7 @@ class RedisKeyStore:
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> RedisKeyStore:
-        client = Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
-        return cls(client, owns_client=True, **kwargs)  # type: ignore[arg-type]
+        return cls(redis_client(url), owns_client=True, **kwargs)  # type: ignore[arg-type]
 
     # -- the request path: memory only
 
