@@ -43,6 +43,10 @@ class KeyNotFoundError(KeyStoreError):
     pass
 
 
+class KeyRevokedError(KeyStoreError):
+    """A change that a revoked key cannot take (a rotation)."""
+
+
 class KeyPolicy(BaseModel):
     """What a key may do. `None` limits mean unlimited."""
 
@@ -200,7 +204,7 @@ def rotate_record(record: KeyRecord, grace_s: float) -> tuple[KeyRecord, str]:
     """`record` with a new secret, the current one kept for `grace_s`; and the new key.
     A rotation within an earlier one's grace ends that grace: only one old secret lives."""
     if record.revoked:
-        raise KeyStoreError(f"key {record.id} is revoked: create a new key instead")
+        raise KeyRevokedError(f"key {record.id} is revoked: create a new key instead")
     if grace_s < 0:
         raise ValueError("the grace period must not be negative")
     secret, plaintext = new_secret(record.id)
