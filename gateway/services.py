@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.access.budgets import with_budgets
+from gateway.access.usage import UsageRecorder
+from gateway.access.usage_sinks import build_usage
 from gateway.auth import Authenticator, build_authenticator
 from gateway.errors import UpstreamError
 from gateway.metrics import Metrics, MetricsListener
@@ -23,6 +25,7 @@ class Services:
     authenticator: Authenticator
     limiter: Limiter
     metrics: Metrics
+    usage: UsageRecorder | None = None  # None: usage accounting is off
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -37,6 +40,7 @@ class Services:
             authenticator=authenticator,
             limiter=with_budgets(build_limiter(settings), settings),
             metrics=Metrics(),
+            usage=build_usage(settings),
         )
 
     metrics_listener: MetricsListener | None = None
@@ -46,6 +50,8 @@ class Services:
         if keys is not None:
             await keys.start()  # the Redis store loads every key: refuses to start without
         await self.upstream.start()
+        if self.usage is not None:
+            await self.usage.start()
         if self.settings.metrics_port is not None:
             self.metrics_listener = MetricsListener(self.metrics, self.settings.metrics_host,
                                                     self.settings.metrics_port)
@@ -55,6 +61,8 @@ class Services:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
+        if self.usage is not None:
+            await self.usage.aclose()  # flushes what is pending: a clean stop loses nothing
         if self.authenticator.keys is not None:
             await self.authenticator.keys.aclose()
 

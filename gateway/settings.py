@@ -133,6 +133,24 @@ class Settings(BaseSettings):
     ratelimit_backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     redis_failure_policy: Literal["open", "closed"] = "open"
+    usage_backend: Literal["off", "sqlite", "redis"] = Field(
+        default="off",
+        description="Usage accounting per key, schema and UTC day: `sqlite` (IRGW_USAGE_FILE, "
+        "one instance) or `redis` (IRGW_REDIS_URL, every replica adds to the same counts).",
+    )
+    usage_file: Path | None = None
+    usage_flush_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How often usage counts are written (and on shutdown): what a crash can "
+        "lose, at most, per process.",
+    )
+    usage_max_pending_rows: int = Field(
+        default=10_000, ge=1,
+        description="(day, key, schema) rows held while the usage store cannot be written; "
+        "past it the oldest are dropped (logged).",
+    )
+    usage_retention_days: int = Field(default=400, ge=1, description="Redis usage expiry.")
+    usage_redis_prefix: str = Field(default="irgw:usage:", min_length=1)
     max_inflight: int = Field(default=16, ge=1, description="Requests in flight to vLLM.")
     queue_size: int = Field(default=16, ge=0, description="Requests waiting for a slot.")
     queue_timeout_s: float = Field(default=5.0, ge=0)

@@ -106,4 +106,8 @@ ADMIN_OPERATIONS: dict[tuple[str, str], JSON] = {
          **_error_responses("400", *_ADMIN_ERRORS)}),
 }
 
-ADMIN_PARAMETER_DESCRIPTIONS = {"key_id": "A key's id (the 12 characters after `irgw-`)."}
+ADMIN_PARAMETER_DESCRIPTIONS = {
+    "key_id": "A key's id (the 12 characters after `irgw-`).",
+    "key": "Only this key's usage (its id).",
+    "since": "From this UTC day on (`YYYY-MM-DD`); default: the last 30 days.",
+}

@@ -12,6 +12,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,6 +20,7 @@ from gateway.access import admin_ops
 from gateway.access.admin_ops import KeyRequest
 from gateway.access.records import KeyNotFoundError, KeyRevokedError, KeyStoreError
 from gateway.access.store import KeyBackend
+from gateway.access.usage import parse_since
 from gateway.asgi import JSONResponse
 from gateway.errors import (
     InvalidRequestError,
@@ -66,6 +68,9 @@ async def _run(call: Any) -> Any:
         raise _first_error(exc) from None
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from None
+    except (RedisError, OSError) as exc:  # the usage store
+        raise OverloadedError(f"The usage store cannot be read right now: {exc!r}",
+                              code="usage_store_unavailable") from None
 
 
 def _key_id(key_id: str) -> str:
@@ -125,3 +130,20 @@ async def rotate_key(key_id: str, request: Request) -> Response:
                                   param="grace")
     rotated = await _run(admin_ops.rotate_key(keys, _key_id(key_id), grace))
     return JSONResponse(rotated, headers={"cache-control": "no-store"})
+
+
+@router.api_route("/admin/v1/usage", methods=READ_METHODS)
+async def usage(request: Request, key: str | None = None, since: str | None = None) -> Response:
+    admin_keys(request)
+    recorder = services_of(request).usage
+    if recorder is None:
+        raise InvalidRequestError("Usage accounting is off on this gateway "
+                                  "(IRGW_USAGE_BACKEND).", code="usage_accounting_off")
+    if key is not None and not _ID.fullmatch(key):
+        raise InvalidRequestError("'key' is a key id (12 letters and digits)", param="key")
+    try:
+        first_day = parse_since(since)
+    except ValueError as exc:
+        raise InvalidRequestError(str(exc), param="since") from None
+    rows = await _run(recorder.report(key, first_day))
+    return JSONResponse({"object": "list", "data": rows})

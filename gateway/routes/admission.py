@@ -28,6 +28,14 @@ class Prepared:
     admission: Admission
     headers: dict[str, str]
     per_attempt: int  # what one more call to vLLM (a retry) reserves
+    key_id: str | None = None  # for usage accounting
+    schema: str = "-"  # the schema's ref (name@version), "(ad-hoc)", or "-" for none
+
+    def count_usage(self, services: Services, outcome: str | None,
+                    usage: dict[str, int] | None, tokens: int | None = None) -> None:
+        """Add this request to the key's usage (a dict update; written later, off the path)."""
+        if services.usage is not None:
+            services.usage.record(self.key_id, self.schema, outcome or "error", usage, tokens)
 
     async def reserve_retry(self) -> bool:
         """Reserve a retry's tokens before it runs; False: the key has no room for it now."""
@@ -70,4 +78,5 @@ async def prepare(request: Request, services: Services, principal: Principal,
             warnings = "; ".join(plan.warnings).encode("unicode_escape").decode("ascii")
             headers["x-irgw-schema-warnings"] = warnings[:1000]
     return Prepared(rid, upstream_model, dialect, budget.max_tokens, budget.reserved,
-                    admission, headers, budget.reserved)
+                    admission, headers, budget.reserved, principal.key_id,
+                    plan.schema.metric_label if plan.schema is not None else "-")

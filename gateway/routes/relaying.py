@@ -37,7 +37,10 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
         ))
     except BaseException as exc:
         await stack.aclose()
-        await admission.finish(prepared.tokens_on_failure(exc))
+        tokens = prepared.tokens_on_failure(exc)
+        await admission.finish(tokens)
+        prepared.count_usage(services, "error" if isinstance(exc, GatewayError) else "cancelled",
+                             None, tokens)
         if isinstance(exc, GatewayError):
             exc.headers.update(headers)
         raise
@@ -45,7 +48,10 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
 
     async def on_close() -> None:
         await stack.aclose()
-        await admission.finish(stream_tokens(plan, state, prepared.reserved))
+        charged = stream_tokens(plan, state, prepared.reserved)
+        await admission.finish(charged)
+        prepared.count_usage(services, state.outcome if not state.abandoned else "cancelled",
+                             state.usage, charged)
         if after is not None:
             after(state)
 
