@@ -72,7 +72,7 @@ _FILE_VERSION = 1
 # file without expiry, rotation, budgets or scopes reads as it always did.
 _NEW_RECORD_FIELDS = ("expires_at", "previous_sha256", "previous_valid_until", "rotated_at")
 _NEW_POLICY_DEFAULTS: dict[str, Any] = {"budget_tokens": None, "budget_period": "day",
-                                        "scopes": []}
+                                        "scopes": [], "cache": False, "cache_seeded": False}
 
 
 class _KeyFile(BaseModel):

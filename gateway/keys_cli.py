@@ -48,6 +48,11 @@ def add_keys_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="the budget's period, in UTC (default: day)")
     create.add_argument("--expires-in", type=_duration, metavar="DURATION",
                         help="refuse the key after this long: 30d, 12h, 90m, 45s")
+    create.add_argument("--cache", action="store_true",
+                        help="answer the key's deterministic requests (temperature 0) from the "
+                        "response cache (IRGW_CACHE_BACKEND)")
+    create.add_argument("--cache-seeded", action="store_true",
+                        help="with --cache: a fixed seed counts as deterministic too")
     create.add_argument("--admin", action="store_true",
                         help="the admin scope: may manage keys and read usage (/admin/v1/)")
 
@@ -78,7 +83,8 @@ def run_keys_command(args: argparse.Namespace) -> int:
                 max_tokens=args.max_tokens, rpm=args.rpm, tpm=args.tpm,
                 concurrency=args.concurrency, budget_tokens=args.budget_tokens,
                 budget_period=args.budget_period, expires_in=args.expires_in,
-                scopes=["admin"] if args.admin else [])
+                scopes=["admin"] if args.admin else [], cache=args.cache,
+                cache_seeded=args.cache_seeded)
             request.policy()
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
@@ -202,6 +208,8 @@ def describe(view: dict[str, Any]) -> str:
         parts.append(f"{label}={value if value is not None else 'unlimited'}")
     if policy.get("budget_tokens") is not None:
         parts.append(f"budget={policy['budget_tokens']}/{policy['budget_period']}")
+    if policy.get("cache"):
+        parts.append("cache=" + ("seeded" if policy.get("cache_seeded") else "yes"))
     if policy.get("scopes"):
         parts.append(f"scopes={','.join(policy['scopes'])}")
     return " ".join(parts)

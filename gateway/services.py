@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.access.budgets import with_budgets
+from gateway.access.cache import ResponseCache, build_cache
 from gateway.access.usage import UsageRecorder
 from gateway.access.usage_sinks import build_usage
 from gateway.auth import Authenticator, build_authenticator
@@ -26,6 +27,7 @@ class Services:
     limiter: Limiter
     metrics: Metrics
     usage: UsageRecorder | None = None  # None: usage accounting is off
+    cache: ResponseCache | None = None  # None: no response cache
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -41,6 +43,7 @@ class Services:
             limiter=with_budgets(build_limiter(settings), settings),
             metrics=Metrics(),
             usage=build_usage(settings),
+            cache=build_cache(settings),
         )
 
     metrics_listener: MetricsListener | None = None
@@ -61,6 +64,8 @@ class Services:
             await self.metrics_listener.aclose()
         await self.upstream.aclose()
         await self.limiter.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
         if self.usage is not None:
             await self.usage.aclose()  # flushes what is pending: a clean stop loses nothing
         if self.authenticator.keys is not None:

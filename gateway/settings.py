@@ -151,6 +151,21 @@ class Settings(BaseSettings):
     )
     usage_retention_days: int = Field(default=400, ge=1, description="Redis usage expiry.")
     usage_redis_prefix: str = Field(default="irgw:usage:", min_length=1)
+    cache_backend: Literal["off", "memory", "redis"] = Field(
+        default="off",
+        description="The response cache for deterministic checked answers (opt-in per key "
+        "with `cache`, or per schema with IRGW_CACHE_SCHEMAS): `memory` or `redis` (shared).",
+    )
+    cache_schemas: list[str] = Field(
+        default_factory=list,
+        description="Schema names whose deterministic requests are cached for every key "
+        '(JSON list, e.g. ["function_ir"]).',
+    )
+    cache_ttl_s: float = Field(default=300.0, gt=0, le=86400 * 7)
+    cache_max_entries: int = Field(default=1000, ge=1, description="The memory cache's bound.")
+    cache_max_entry_bytes: int = Field(default=256 * 1024, ge=1024,
+                                       description="Larger answers are not cached.")
+    cache_redis_prefix: str = Field(default="irgw:cache:", min_length=1)
     max_inflight: int = Field(default=16, ge=1, description="Requests in flight to vLLM.")
     queue_size: int = Field(default=16, ge=0, description="Requests waiting for a slot.")
     queue_timeout_s: float = Field(default=5.0, ge=0)

@@ -55,6 +55,8 @@ class KeyRequest(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=1)
     budget_period: BudgetPeriod = "day"
     scopes: list[Scope] = Field(default_factory=list)
+    cache: bool = False
+    cache_seeded: bool = False
     expires_in: str | int | None = Field(
         default=None, description="Lifetime: `30d`, `12h`, `90m` or seconds; none: never.")
 
@@ -79,7 +81,8 @@ class KeyRequest(BaseModel):
         return KeyPolicy(schemas=schemas, allow_adhoc=self.allow_adhoc,  # type: ignore[arg-type]
                          max_tokens=self.max_tokens, rpm=self.rpm, tpm=self.tpm,
                          concurrency=self.concurrency, budget_tokens=self.budget_tokens,
-                         budget_period=self.budget_period, scopes=self.scopes)
+                         budget_period=self.budget_period, scopes=self.scopes,
+                         cache=self.cache, cache_seeded=self.cache_seeded)
 
     def expires_at(self, now: datetime) -> datetime | None:
         if self.expires_in is None:

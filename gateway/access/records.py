@@ -62,6 +62,10 @@ class KeyPolicy(BaseModel):
     budget_tokens: int | None = Field(default=None, ge=1)
     budget_period: BudgetPeriod = "day"
     scopes: list[Scope] = Field(default_factory=list)
+    # The response cache (gateway/access/cache.py): deterministic requests of this key are
+    # answered from it; `cache_seeded` counts a fixed `seed` as deterministic too.
+    cache: bool = False
+    cache_seeded: bool = False
 
     @field_validator("schemas")
     @classmethod

@@ -88,10 +88,10 @@ def enrich(generated: JSON) -> JSON:
         for method, operation in sorted(item.items(), key=lambda kv: _METHOD_ORDER.index(kv[0])):
             extra = _OPERATIONS.get((path, method)) or _head_of(_OPERATIONS[(path, "get")])
             operation_id = operation["operationId"]
-            if method in ("get", "head"):
-                # FastAPI names both methods of a GET+HEAD route after whichever its set
-                # of methods yields first.
-                base = operation_id.removesuffix("_get").removesuffix("_head")
+            # FastAPI names every method of a route with several (GET+HEAD, or GET+HEAD+POST)
+            # after whichever its set of methods yields first.
+            base, _, suffix = operation_id.rpartition("_")
+            if suffix in _METHOD_ORDER:
                 operation_id = f"{base}_{method}"
             described: JSON = {
                 "summary": extra["summary"],

@@ -86,21 +86,20 @@ async def _body(request: Request) -> dict[str, Any]:
     return raw
 
 
-@router.api_route("/admin/v1/keys", methods=READ_METHODS)
-async def list_keys(request: Request) -> Response:
-    keys = admin_keys(request)
-    return JSONResponse({"object": "list", "data": await _run(admin_ops.list_keys(keys))})
-
-
-@router.post("/admin/v1/keys")
-async def create_key(request: Request) -> Response:
-    keys = admin_keys(request)
+# One route for both, so that a 405 on the path lists every method it answers (Starlette's
+# `Allow` names only the methods of the route that matched the path).
+@router.api_route("/admin/v1/keys", methods=[*READ_METHODS, "POST"])
+async def keys(request: Request) -> Response:
+    backend = admin_keys(request)
+    if request.method != "POST":
+        return JSONResponse({"object": "list",
+                             "data": await _run(admin_ops.list_keys(backend))})
     try:
         key_request = KeyRequest.model_validate(await _body(request))
         key_request.policy()
     except ValidationError as exc:
         raise _first_error(exc) from None
-    created = await _run(admin_ops.create_key(keys, key_request))
+    created = await _run(admin_ops.create_key(backend, key_request))
     return JSONResponse(created, status_code=201, headers={"cache-control": "no-store"})
 
 

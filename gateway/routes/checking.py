@@ -164,6 +164,8 @@ def settlement(route: Route, services: Services, plan: ChatPlan, prepared: Prepa
         await prepared.admission.finish(completed.tokens)
         prepared.count_usage(services, completed.outcome, completed.response.get("usage"),
                              completed.tokens)
+        if prepared.cache_key is not None and services.cache is not None:
+            await services.cache.put(prepared.cache_key, completed.response, completed.outcome)
         services.metrics.upstream_took(route.label, completed.upstream_s)
         if plan.checked and plan.schema is not None:
             services.metrics.output_checked(plan.schema.metric_label, completed.outcome)
