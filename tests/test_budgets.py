@@ -152,3 +152,13 @@ async def test_a_budget_is_exact_across_two_replicas(
         if response.status_code == 429:
             assert response.json()["error"]["code"] == "insufficient_quota"
             assert "resets at" in response.json()["error"]["message"]
+
+
+async def test_the_memory_backend_forgets_a_period_once_it_is_over() -> None:
+    now = [0.0]
+    store = MemoryBudgets(clock=lambda: now[0])
+    assert await store.spend("k:2026-12-05", 100, 60, "op", ttl_s=10) == (True, 60)
+    now[0] = 61.0  # past the period, and past the next sweep (at most once a minute)
+    assert await store.used("k:2026-12-05") == 0
+    assert await store.spend("k:2026-12-06", 100, 60, "op2", ttl_s=10) == (True, 60)
+    assert list(store._used) == ["k:2026-12-06"]  # the old period was swept, not kept

@@ -202,3 +202,30 @@ async def test_a_replica_refuses_to_start_without_its_redis_key_store(
     with pytest.raises(Exception, match="Redis unreachable"):
         async with app.router.lifespan_context(app):
             pass
+
+
+def test_the_cli_manages_keys_in_redis(redis_url: str, capsys: pytest.CaptureFixture[str],  # noqa: F811
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.cli import main
+
+    monkeypatch.setenv("IRGW_KEYS_REDIS_PREFIX", f"test:{uuid.uuid4().hex[:8]}:")
+    store = ["--backend", "redis", "--redis-url", redis_url]
+    assert main(["keys", "create", *store, "--name", "ci", "--expires-in", "30d",
+                 "--budget-tokens", "5000", "--budget-period", "month", "--cache"]) == 0
+    key = capsys.readouterr().out.strip()
+    key_id = _parsed(key).key_id
+    assert main(["keys", "list", *store]) == 0
+    listed = capsys.readouterr().out
+    assert key_id in listed and "budget=5000/month" in listed and "cache=yes" in listed
+    assert _parsed(key).secret not in listed
+    assert main(["keys", "rotate", *store, key_id, "--grace", "1h"]) == 0
+    rotated = capsys.readouterr()
+    assert rotated.out.startswith(f"irgw-{key_id}-") and "old secret works until" in rotated.err
+    assert main(["keys", "revoke", *store, key_id]) == 0
+    capsys.readouterr()
+    assert main(["keys", "show", *store, key_id]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["revoked_at"] is not None and "secret_sha256" not in shown
+    assert main(["keys", "rotate", *store, key_id]) == 1  # a revoked key keeps no secret
+    assert "revoked" in capsys.readouterr().err
+    assert main(["keys", "show", *store, "nosuchkey123"]) == 1

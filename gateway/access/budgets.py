@@ -16,7 +16,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, TypeVar
@@ -88,24 +88,39 @@ class BudgetStore(Protocol):
 
 
 class MemoryBudgets:
-    """One instance's budgets (exact for one replica; lost on restart)."""
+    """One instance's budgets (exact for one replica; lost on restart). A period's counter is
+    dropped once it has expired, as Redis drops its keys."""
 
-    def __init__(self) -> None:
-        self._used: dict[str, int] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._used: dict[str, tuple[int, float]] = {}  # counter -> (used, expires at)
+        self._clock = clock
+        self._next_sweep = 0.0
+
+    def _get(self, counter: str) -> int:
+        entry = self._used.get(counter)
+        return 0 if entry is None or entry[1] <= self._clock() else entry[0]
+
+    def _set(self, counter: str, used: int, ttl_s: int) -> None:
+        now = self._clock()
+        self._used[counter] = (used, now + ttl_s)
+        if now >= self._next_sweep:  # at most once a minute: old periods go
+            self._next_sweep = now + 60
+            for name in [n for n, (_, expires) in self._used.items() if expires <= now]:
+                del self._used[name]
 
     async def spend(self, counter: str, budget: int, tokens: int, op: str,
                     ttl_s: int) -> tuple[bool, int]:
-        used = self._used.get(counter, 0)
+        used = self._get(counter)
         if used + tokens > budget:
             return False, used
-        self._used[counter] = used + tokens
+        self._set(counter, used + tokens, ttl_s)
         return True, used + tokens
 
     async def adjust(self, counter: str, delta: int, op: str, ttl_s: int) -> None:
-        self._used[counter] = max(0, self._used.get(counter, 0) + delta)
+        self._set(counter, max(0, self._get(counter) + delta), ttl_s)
 
     async def used(self, counter: str) -> int:
-        return self._used.get(counter, 0)
+        return self._get(counter)
 
     async def aclose(self) -> None:
         return None
