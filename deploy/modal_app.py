@@ -22,8 +22,10 @@ vLLM) and 4xx errors without waking it:
   gateway holds both.
 * `gateway_api`: `ir-gateway serve`, the same server the tests and benchmarks run (its own
   uvicorn protocol, uvloop), as a Modal web server. Keys come from the `ir-gateway` Secret
-  (`IRGW_KEYS_JSON`, written to a file at container start), the vLLM URL from the `vllm_server`
-  function. One container with in-process limits unless Redis is configured.
+  (`IRGW_KEYS_JSON`, written to a file at container start), or from Redis when the Secret
+  sets `IRGW_REDIS_URL` and no `IRGW_KEYS_JSON` (keys, limits and usage then shared, and a key
+  change needs no redeploy); the vLLM URL from the `vllm_server` function. One container with
+  in-process limits unless Redis is configured.
 
 With `IRGW_DEPLOY_GPU_SNAPSHOT=1`, the class `VllmSnapshotServer` replaces `vllm_server`: vLLM
 starts from a Modal memory + GPU snapshot (deploy/vllm_snapshot.py; README, "Cold starts").
@@ -170,7 +172,8 @@ app = modal.App(APP_NAME)
 hf_cache = modal.Volume.from_name(HF_CACHE_VOLUME, create_if_missing=True)
 vllm_cache = modal.Volume.from_name(VLLM_CACHE_VOLUME, create_if_missing=True)
 vllm_secret = modal.Secret.from_name(VLLM_SECRET_NAME, required_keys=[vllm_flags.API_KEY_ENV])
-gateway_secret = modal.Secret.from_name(GATEWAY_SECRET_NAME, required_keys=["IRGW_KEYS_JSON"])
+# IRGW_KEYS_JSON, or IRGW_REDIS_URL for the shared key store: checked at container start.
+gateway_secret = modal.Secret.from_name(GATEWAY_SECRET_NAME)
 proxy_auth_secret = modal.Secret.from_name(
     PROXY_AUTH_SECRET_NAME, required_keys=["PROXY_AUTH_TOKEN_ID", "PROXY_AUTH_TOKEN_SECRET"]
 )
@@ -338,12 +341,23 @@ def _settings_overrides(env: Mapping[str, str], *, upstream_url: Callable[[], st
                         keys_dir: Path) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
 
-    if not env.get("IRGW_KEYS_FILE"):
+    redis_url = env.get("IRGW_REDIS_URL")
+    # Keys from Redis when nothing names a keys file: a key change then reaches every
+    # container within a second, without a redeploy. A keys file, where given, still wins.
+    keys_in_redis = (env.get("IRGW_KEYS_BACKEND") == "redis" or (
+        redis_url and not env.get("IRGW_KEYS_BACKEND") and not env.get("IRGW_KEYS_FILE")
+        and not env.get("IRGW_KEYS_JSON")))
+    if redis_url and not env.get("IRGW_USAGE_BACKEND"):
+        overrides["usage_backend"] = "redis"  # containers come and go: usage must not
+    if keys_in_redis:
+        overrides["keys_backend"] = "redis"
+    elif not env.get("IRGW_KEYS_FILE"):
         keys_json = env.get("IRGW_KEYS_JSON")
         if not keys_json:
             raise DeploymentConfigError(
                 f"no API keys: put the keys file's JSON into Secret {GATEWAY_SECRET_NAME!r} as "
-                "IRGW_KEYS_JSON (or mount a file and set IRGW_KEYS_FILE)"
+                "IRGW_KEYS_JSON (or mount a file and set IRGW_KEYS_FILE), or set "
+                "IRGW_REDIS_URL there to keep keys in Redis"
             )
         try:
             json.loads(keys_json)
@@ -380,7 +394,6 @@ def _settings_overrides(env: Mapping[str, str], *, upstream_url: Callable[[], st
         # container (a sidecar or `modal shell` can read it), off the public URL.
         overrides["metrics_port"] = GATEWAY_METRICS_PORT
 
-    redis_url = env.get("IRGW_REDIS_URL")
     if redis_url and not env.get("IRGW_RATELIMIT_BACKEND"):
         overrides["ratelimit_backend"] = "redis"
     max_containers = int(env.get(MAX_CONTAINERS_ENV) or 1)

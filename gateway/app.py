@@ -27,7 +27,7 @@ from gateway.errors import (
 )
 from gateway.observe.observer import Observation
 from gateway.openapi_doc.document import document_of
-from gateway.routes import chat, completions, health, models, schemas
+from gateway.routes import admin, chat, completions, health, models, schemas
 from gateway.routes.common import RawRoute, request_id
 from gateway.services import Services
 from gateway.settings import Settings
@@ -209,7 +209,7 @@ def create_app(settings: Settings) -> GatewayApp:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    for module in (chat, completions, models, schemas, health):
+    for module in (chat, completions, models, schemas, health, admin):
         app.include_router(module.router)
     # `/openapi.json` serves the document that `openapi/openapi.json` checks in, not
     # FastAPI's bare one (which knows nothing of the bodies the raw handlers read).

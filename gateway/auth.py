@@ -10,13 +10,22 @@ import logging
 from dataclasses import dataclass
 
 from gateway import observe
+from gateway.access.records import KeyPolicy, KeyRecord, KeyState, check_key, parse_key, precise_now
+from gateway.access.store import KeyBackend, KeyLookup, as_backend, build_key_backend
 from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# One message for malformed, unknown and wrong keys: telling them apart would help someone
+# probing for valid key ids. Revoked and expired are said only to whoever holds the secret.
+_REFUSALS = {
+    KeyState.INVALID: "Invalid API key.",
+    KeyState.REVOKED: "This API key has been revoked.",
+    KeyState.EXPIRED: "This API key has expired (or it is the secret a rotation replaced, "
+    "past its grace period).",
+}
 
 
 class AuthConfigError(Exception):
@@ -34,11 +43,13 @@ ANONYMOUS = Principal(key_id=None, name="anonymous", policy=KeyPolicy.unlimited(
 
 
 class Authenticator:
-    def __init__(self, store: KeyStore | None, enabled: bool) -> None:
+    def __init__(self, store: KeyLookup | None, enabled: bool) -> None:
         if enabled and store is None:
             raise AuthConfigError("auth is enabled but there is no key store")
         self._store = store
         self.enabled = enabled
+        # The same store with its writes, for the admin API (None when auth is off).
+        self.keys: KeyBackend | None = as_backend(store) if store is not None else None
 
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller behind an `Authorization` header value, or `AuthenticationError`."""
@@ -55,11 +66,13 @@ class Authenticator:
                 "Unsupported authorization scheme: send 'Authorization: Bearer <key>'.",
                 headers=_CHALLENGE,
             )
-        record = self._store.verify(credentials.strip())
-        if record is None:
-            # One message for malformed, unknown, wrong and revoked keys: telling them apart
-            # would help someone probing for valid key ids.
-            raise AuthenticationError("Invalid or revoked API key.", headers=_CHALLENGE)
+        parsed = parse_key(credentials.strip())
+        if parsed is None:
+            raise AuthenticationError(_REFUSALS[KeyState.INVALID], headers=_CHALLENGE)
+        record = self._store.get(parsed.key_id)
+        state = check_key(record, parsed, precise_now())
+        if state is not KeyState.VALID or record is None:
+            raise AuthenticationError(_REFUSALS[state], headers=_CHALLENGE)
         observe.identified(record.id)
         return Principal(key_id=record.id, name=record.name, policy=record.policy)
 
@@ -92,16 +105,29 @@ def build_authenticator(settings: Settings) -> Authenticator:
         if settings.keys_file is not None:
             logger.warning("keys file %s is ignored because auth is disabled", settings.keys_file)
         return Authenticator(store=None, enabled=False)
-    if settings.keys_file is None:
+    if settings.keys_backend == "file" and settings.keys_file is None:
         raise AuthConfigError(
             "auth is enabled but no keys file is configured: set IRGW_KEYS_FILE (create keys "
-            "with `ir-gateway keys create --keys-file PATH --name NAME`), or set "
-            "IRGW_AUTH_ENABLED=false to run without keys"
+            "with `ir-gateway keys create --keys-file PATH --name NAME`), use the shared store "
+            "(IRGW_KEYS_BACKEND=redis with IRGW_REDIS_URL), or set IRGW_AUTH_ENABLED=false to "
+            "run without keys"
         )
-    store = KeyStore(settings.keys_file)  # KeyStoreError naming the file if missing/corrupt
-    active = sum(not record.revoked for record in store.list())
+    # KeyStoreError naming the file if missing/corrupt; the Redis store loads in start().
+    backend = build_key_backend(settings)
+    if settings.keys_backend == "file":
+        log_active_keys(backend.describe, [r for r in backend_records(backend)])
+    return Authenticator(store=backend, enabled=True)
+
+
+def backend_records(backend: KeyBackend) -> list[KeyRecord]:
+    store = getattr(backend, "store", None)
+    return store.list() if store is not None else []
+
+
+def log_active_keys(where: str, records: list[KeyRecord]) -> None:
+    now = precise_now()
+    active = sum(not record.revoked and not record.expired(now) for record in records)
     if active == 0:
-        logger.warning("keys file %s has no active keys: every request will get 401", store.path)
+        logger.warning("%s has no active keys: every request will get 401", where)
     else:
-        logger.info("auth enabled: %d active keys in %s", active, store.path)
-    return Authenticator(store=store, enabled=True)
+        logger.info("auth enabled: %d active keys in %s", active, where)

@@ -1,4 +1,4 @@
-"""`ir-gateway`: serve, run the local dev stack, manage keys, lint schemas."""
+"""`ir-gateway`: serve, run the local dev stack, manage keys, lint schemas, report usage."""
 
 from __future__ import annotations
 
@@ -61,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.dev.cli import add_dev_command
     from gateway.keys_cli import add_keys_commands, run_keys_command
     from gateway.schemas_cli import add_schemas_command
+    from gateway.usage_cli import add_usage_command
 
     add_dev_command(commands)
     add_keys_commands(commands)
     add_schemas_command(commands)
+    add_usage_command(commands)
     for name, sub in commands.choices.items():
         if name == "keys":
             sub.set_defaults(run=run_keys_command)

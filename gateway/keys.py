@@ -1,8 +1,7 @@
-"""API keys: format, policy, and the JSON file that stores them.
+"""API keys in a JSON file: the `file` key store.
 
-A key reads `irgw-<id>-<secret>`. The id is public (it names the key in logs, limits and
-the CLI); only `sha256(secret)` is stored, so the keys file is not itself a credential.
-The secret is ~238 bits from a CSPRNG, which is why a plain, unsalted hash is enough.
+Records, their format and the check of a presented key live in `gateway.access.records`
+(re-exported here); `gateway.access.redis_keys` is the store every replica shares.
 
 One process writes (the CLI) while others read (every gateway instance), so writes are
 atomic replacements under a lock file, and readers notice a replaced file by `os.stat`.
@@ -12,90 +11,68 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import hmac
+import hmac  # the constant-time comparison keys are checked with (re-exported)
 import json
 import logging
 import os
-import re
-import secrets
+import secrets  # the CSPRNG the keys come from (gateway.access.records draws on it)
 import stat
-import string
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.access.records import (
+    ID_LENGTH,
+    KEY_PREFIX,
+    SECRET_LENGTH,
+    KeyNotFoundError,
+    KeyPolicy,
+    KeyRecord,
+    KeyState,
+    KeyStoreError,
+    ParsedKey,
+    check_key,
+    generate_key,
+    hash_secret,
+    parse_key,
+    precise_now,
+    revoke_record,
+    rotate_record,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
-KEY_PREFIX = "irgw"
-ID_LENGTH = 12
-SECRET_LENGTH = 40
-# Base62 only: `-` separates the parts, and `_` would make keys awkward to double-click.
-_ALPHABET = string.ascii_letters + string.digits
-_KEY_RE = re.compile(rf"{KEY_PREFIX}-([A-Za-z0-9]{{{ID_LENGTH}}})-([A-Za-z0-9]{{32,128}})")
+__all__ = [
+    "ID_LENGTH",
+    "KEY_PREFIX",
+    "SECRET_LENGTH",
+    "KeyNotFoundError",
+    "KeyPolicy",
+    "KeyRecord",
+    "KeyState",
+    "KeyStore",
+    "KeyStoreError",
+    "ParsedKey",
+    "check_key",
+    "generate_key",
+    "hash_secret",
+    "hmac",
+    "parse_key",
+    "secrets",
+]
+
 _FILE_VERSION = 1
-# Compared against when the id is unknown, so an unknown id costs the same as a wrong secret.
-_DUMMY_SHA256 = hashlib.sha256(b"irgw-no-such-key").hexdigest()
-
-
-class KeyStoreError(Exception):
-    """The keys file is missing, unreadable, corrupt, or cannot be written."""
-
-
-class KeyNotFoundError(KeyStoreError):
-    pass
-
-
-class KeyPolicy(BaseModel):
-    """What a key may do. `None` limits mean unlimited."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    schemas: list[str] | Literal["*"] = "*"
-    allow_adhoc: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    concurrency: int | None = Field(default=None, ge=1)
-
-    @field_validator("schemas")
-    @classmethod
-    def _names_not_blank(cls, value: list[str] | str) -> list[str] | str:
-        if isinstance(value, list) and any(not name.strip() for name in value):
-            raise ValueError("schema names must not be blank")
-        return value
-
-    @classmethod
-    def unlimited(cls) -> KeyPolicy:
-        return cls(schemas="*", allow_adhoc=True)
-
-    @property
-    def has_rate_limits(self) -> bool:
-        return self.rpm is not None or self.tpm is not None or self.concurrency is not None
-
-    def allows_schema(self, name: str) -> bool:
-        return self.schemas == "*" or name in self.schemas
-
-
-class KeyRecord(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str = Field(pattern=rf"^[A-Za-z0-9]{{{ID_LENGTH}}}$")
-    name: str
-    secret_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    policy: KeyPolicy = Field(default_factory=KeyPolicy)
-    created_at: datetime
-    revoked_at: datetime | None = None
-
-    @property
-    def revoked(self) -> bool:
-        return self.revoked_at is not None
+# Fields a record or policy gained after the first file format: written only when set, so a
+# file without expiry, rotation, budgets or scopes reads as it always did.
+_NEW_RECORD_FIELDS = ("expires_at", "previous_sha256", "previous_valid_until", "rotated_at")
+_NEW_POLICY_DEFAULTS: dict[str, Any] = {"budget_tokens": None, "budget_period": "day",
+                                        "scopes": [], "cache": False, "cache_seeded": False}
 
 
 class _KeyFile(BaseModel):
@@ -105,38 +82,17 @@ class _KeyFile(BaseModel):
     keys: list[KeyRecord] = Field(default_factory=list)
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    key_id: str
-    secret: str
-
-    def __repr__(self) -> str:  # never let a traceback or log line print the secret
-        return f"ParsedKey(key_id={self.key_id!r}, secret=<hidden>)"
-
-
-def _random_token(length: int) -> str:
-    return "".join(secrets.choice(_ALPHABET) for _ in range(length))
-
-
-def generate_key() -> tuple[str, str, str]:
-    """Return `(key_id, secret, plaintext_key)`."""
-    key_id = _random_token(ID_LENGTH)
-    secret = _random_token(SECRET_LENGTH)
-    return key_id, secret, f"{KEY_PREFIX}-{key_id}-{secret}"
-
-
-def parse_key(plaintext: object) -> ParsedKey | None:
-    """Split a presented key, or None if it is not shaped like one. Never raises."""
-    if not isinstance(plaintext, str) or len(plaintext) > 256:
-        return None
-    match = _KEY_RE.fullmatch(plaintext)
-    if match is None:
-        return None
-    return ParsedKey(key_id=match.group(1), secret=match.group(2))
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+def _dump(content: _KeyFile) -> dict[str, Any]:
+    data = content.model_dump(mode="json")
+    for record in data["keys"]:
+        for name in _NEW_RECORD_FIELDS:
+            if record.get(name) is None:
+                record.pop(name, None)
+        policy = record["policy"]
+        for name, default in _NEW_POLICY_DEFAULTS.items():
+            if policy.get(name) == default:
+                policy.pop(name, None)
+    return data
 
 
 class KeyStore:
@@ -180,23 +136,17 @@ class KeyStore:
         return sorted(self._records.values(), key=lambda r: (r.created_at, r.id))
 
     def verify(self, plaintext: str | None) -> KeyRecord | None:
-        """The key's record if it is well formed, known, correct and not revoked."""
+        """The key's record if it is well formed, known, correct, not revoked or expired."""
         parsed = parse_key(plaintext)
         if parsed is None:
             return None
-        self._maybe_reload()
-        record = self._records.get(parsed.key_id)
-        expected = record.secret_sha256 if record is not None else _DUMMY_SHA256
-        matches = hmac.compare_digest(
-            hash_secret(parsed.secret).encode("ascii"), expected.encode("ascii")
-        )
-        if record is None or not matches or record.revoked:
-            return None
-        return record
+        record = self.get(parsed.key_id)
+        return record if check_key(record, parsed, precise_now()) is KeyState.VALID else None
 
     # -- writing (the CLI)
 
-    def create(self, name: str, policy: KeyPolicy | None = None) -> tuple[KeyRecord, str]:
+    def create(self, name: str, policy: KeyPolicy | None = None, *,
+               expires_at: datetime | None = None) -> tuple[KeyRecord, str]:
         """Add a key; the plaintext is returned here and never again."""
         if not name.strip():
             raise ValueError("a key needs a non-blank name")
@@ -212,7 +162,8 @@ class KeyStore:
                 name=name,
                 secret_sha256=hash_secret(secret),
                 policy=policy or KeyPolicy(),
-                created_at=_now(),
+                created_at=utc_now(),
+                expires_at=expires_at,
             )
             current.keys.append(record)
             self._write(current)
@@ -221,18 +172,25 @@ class KeyStore:
 
     def revoke(self, key_id: str) -> KeyRecord:
         """Mark a key revoked. Revoking twice keeps the first revocation time."""
+        return self._update(key_id, revoke_record)[0]
+
+    def rotate(self, key_id: str, grace_s: float) -> tuple[KeyRecord, str]:
+        """A new secret for the key; the current one stays valid for `grace_s` seconds."""
+        return self._update(key_id, lambda record: rotate_record(record, grace_s))
+
+    def _update(self, key_id: str,
+                change: Callable[[KeyRecord], tuple[KeyRecord, str]]) -> tuple[KeyRecord, str]:
         with self._locked():
             current = self._read_file()
             index = next((i for i, r in enumerate(current.keys) if r.id == key_id), None)
             if index is None:
                 raise KeyNotFoundError(f"no key with id {key_id!r} in {self.path}")
-            record = current.keys[index]
-            if not record.revoked:
-                record = record.model_copy(update={"revoked_at": _now()})
+            record, plaintext = change(current.keys[index])
+            if record != current.keys[index]:
                 current.keys[index] = record
                 self._write(current)
         self._refresh_now()
-        return record
+        return record, plaintext
 
     # -- internals
 
@@ -312,7 +270,7 @@ class KeyStore:
         return Path(os.path.realpath(self.path))
 
     def _write(self, content: _KeyFile) -> None:
-        data = json.dumps(content.model_dump(mode="json"), indent=2).encode() + b"\n"
+        data = json.dumps(_dump(content), indent=2).encode() + b"\n"
         target = self._target()
         directory = target.parent
         try:
@@ -367,7 +325,3 @@ class KeyStore:
 def _signature(st: os.stat_result) -> tuple[int, ...]:
     # The inode changes on every atomic replace; mtime/ctime/size catch in-place edits.
     return (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.access.budgets import with_budgets
+from gateway.access.cache import ResponseCache, build_cache
+from gateway.access.usage import UsageRecorder
+from gateway.access.usage_sinks import build_usage
 from gateway.adhoc import AdhocSchemas
 from gateway.auth import Authenticator, build_authenticator
 from gateway.body_budget import BodyBudget
@@ -30,6 +34,8 @@ class Services:
     adhoc: AdhocSchemas
     observer: Observer
     canary: Canary
+    usage: UsageRecorder | None = None  # None: usage accounting is off
+    cache: ResponseCache | None = None  # None: no response cache
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -38,7 +44,7 @@ class Services:
         registry = SchemaRegistry.load(settings.schemas_dir)
         authenticator = build_authenticator(settings)
         upstream, metrics = UpstreamClient(settings), Metrics()
-        limiter = build_limiter(settings)
+        limiter = with_budgets(build_limiter(settings), settings)
         return cls(
             settings=settings,
             registry=registry,
@@ -50,12 +56,19 @@ class Services:
             adhoc=AdhocSchemas.from_settings(settings),
             observer=Observer(settings, metrics.registry, limiter),
             canary=Canary(settings, upstream, metrics),
+            usage=build_usage(settings),
+            cache=build_cache(settings),
         )
 
     metrics_listener: MetricsListener | None = None
 
     async def start(self) -> None:
+        keys = self.authenticator.keys
+        if keys is not None:
+            await keys.start()  # the Redis store loads every key: refuses to start without
         await self.upstream.start()
+        if self.usage is not None:
+            await self.usage.start()
         if self.settings.metrics_port is not None:
             self.metrics_listener = MetricsListener(self.metrics, self.settings.metrics_host,
                                                     self.settings.metrics_port)
@@ -68,6 +81,12 @@ class Services:
         await self.upstream.aclose()
         await self.limiter.aclose()
         await self.observer.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.usage is not None:
+            await self.usage.aclose()  # flushes what is pending: a clean stop loses nothing
+        if self.authenticator.keys is not None:
+            await self.authenticator.keys.aclose()
 
     async def default_model(self) -> str:
         if self.settings.upstream_model:

@@ -210,10 +210,54 @@ class Settings(BaseSettings):
 
     # -- keys and limits
     auth_enabled: bool = True
+    keys_backend: Literal["file", "redis"] = Field(
+        default="file",
+        description="Where keys live: `file` (IRGW_KEYS_FILE, one host) or `redis` "
+        "(IRGW_REDIS_URL, shared by every replica; changes seen within keys_refresh_s).",
+    )
     keys_file: Path | None = None
+    keys_refresh_s: float = Field(
+        default=0.25, gt=0, le=1.0,
+        description="How often a replica asks the Redis key store whether keys changed "
+        "(one GET; the request path never waits for Redis).",
+    )
+    keys_redis_prefix: str = Field(default="irgw:keys:", min_length=1)
     ratelimit_backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     redis_failure_policy: Literal["open", "closed"] = "open"
+    usage_backend: Literal["off", "sqlite", "redis"] = Field(
+        default="off",
+        description="Usage accounting per key, schema and UTC day: `sqlite` (IRGW_USAGE_FILE, "
+        "one instance) or `redis` (IRGW_REDIS_URL, every replica adds to the same counts).",
+    )
+    usage_file: Path | None = None
+    usage_flush_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="How often usage counts are written (and on shutdown): what a crash can "
+        "lose, at most, per process.",
+    )
+    usage_max_pending_rows: int = Field(
+        default=10_000, ge=1,
+        description="(day, key, schema) rows held while the usage store cannot be written; "
+        "past it the oldest are dropped (logged).",
+    )
+    usage_retention_days: int = Field(default=400, ge=1, description="Redis usage expiry.")
+    usage_redis_prefix: str = Field(default="irgw:usage:", min_length=1)
+    cache_backend: Literal["off", "memory", "redis"] = Field(
+        default="off",
+        description="The response cache for deterministic checked answers (opt-in per key "
+        "with `cache`, or per schema with IRGW_CACHE_SCHEMAS): `memory` or `redis` (shared).",
+    )
+    cache_schemas: list[str] = Field(
+        default_factory=list,
+        description="Schema names whose deterministic requests are cached for every key "
+        '(JSON list, e.g. ["function_ir"]).',
+    )
+    cache_ttl_s: float = Field(default=300.0, gt=0, le=86400 * 7)
+    cache_max_entries: int = Field(default=1000, ge=1, description="The memory cache's bound.")
+    cache_max_entry_bytes: int = Field(default=256 * 1024, ge=1024,
+                                       description="Larger answers are not cached.")
+    cache_redis_prefix: str = Field(default="irgw:cache:", min_length=1)
     max_inflight: int = Field(default=16, ge=1, description="Requests in flight to vLLM.")
     queue_size: int = Field(default=16, ge=0, description="Requests waiting for a slot.")
     queue_timeout_s: float = Field(default=5.0, ge=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -85,6 +86,8 @@ async def serve_process(
             continue
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
+        if isinstance(value, list):  # pydantic-settings reads a list from JSON
+            value = json.dumps(value)
         env[f"IRGW_{name.upper()}"] = str(value)
     env["IRGW_LOG_LEVEL"] = "warning"
     command = [sys.executable, "-m", "gateway", "serve", "--port", str(port)]

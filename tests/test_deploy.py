@@ -634,3 +634,28 @@ def test_selfhost_hands_the_gateway_an_absolute_keys_file(selfhost: ModuleType,
     args = selfhost.parse_args(["--keys-file", "keys.json"])
     _, gateway_env = selfhost.environments(args, {}, "k")
     assert gateway_env["IRGW_KEYS_FILE"] == str(tmp_path / "keys.json")
+
+
+def test_with_redis_and_no_keys_file_keys_and_usage_live_in_redis(
+        modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IRGW_KEYS_JSON")
+    monkeypatch.setenv("IRGW_REDIS_URL", "redis://redis.example:6379/0")
+    monkeypatch.setenv(modal_app.MAX_CONTAINERS_ENV, "3")
+    environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: "https://v",
+                                                keys_dir=tmp_path / "keys")
+    settings = served_settings(environment, monkeypatch)
+    assert (settings.keys_backend, settings.usage_backend, settings.ratelimit_backend) == \
+        ("redis", "redis", "redis")
+    assert settings.keys_file is None and not (tmp_path / "keys").exists()
+
+
+def test_a_keys_file_in_the_secret_still_wins_over_redis(
+        modal_app: ModuleType, modal_env: dict[str, str], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IRGW_REDIS_URL", "redis://redis.example:6379/0")
+    environment = modal_app.gateway_environment(os.environ, upstream_url=lambda: "https://v",
+                                                keys_dir=tmp_path / "keys")
+    settings = served_settings(environment, monkeypatch)
+    assert settings.keys_backend == "file" and settings.keys_file is not None
+    assert settings.usage_backend == "redis"

@@ -28,14 +28,25 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from gateway.openapi_doc.admin import (
+    ADMIN_OPERATIONS,
+    ADMIN_PARAMETER_DESCRIPTIONS,
+    ADMIN_SCHEMAS,
+)
 from gateway.openapi_doc.headers import _HEADER_COMPONENT_NAMES, _HEADERS, DOCUMENT_PATH, JSON, REPO
+from gateway.openapi_doc.operations import _OPERATIONS as _API_OPERATIONS
 from gateway.openapi_doc.operations import (
-    _OPERATIONS,
-    _PATH_PARAMETER_DESCRIPTIONS,
+    _PATH_PARAMETER_DESCRIPTIONS as _API_PARAMETER_DESCRIPTIONS,
+)
+from gateway.openapi_doc.operations import (
     _PATH_PARAMETER_EXAMPLES,
     _response_components,
 )
-from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS
+from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS as _API_SCHEMAS
+
+_OPERATIONS = {**_API_OPERATIONS, **ADMIN_OPERATIONS}
+_PATH_PARAMETER_DESCRIPTIONS = {**_API_PARAMETER_DESCRIPTIONS, **ADMIN_PARAMETER_DESCRIPTIONS}
+_COMPONENT_SCHEMAS = {**_API_SCHEMAS, **ADMIN_SCHEMAS}
 
 _METHOD_ORDER = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
 
@@ -77,10 +88,10 @@ def enrich(generated: JSON) -> JSON:
         for method, operation in sorted(item.items(), key=lambda kv: _METHOD_ORDER.index(kv[0])):
             extra = _OPERATIONS.get((path, method)) or _head_of(_OPERATIONS[(path, "get")])
             operation_id = operation["operationId"]
-            if method in ("get", "head"):
-                # FastAPI names both methods of a GET+HEAD route after whichever its set
-                # of methods yields first.
-                base = operation_id.removesuffix("_get").removesuffix("_head")
+            # FastAPI names every method of a route with several (GET+HEAD, or GET+HEAD+POST)
+            # after whichever its set of methods yields first.
+            base, _, suffix = operation_id.rpartition("_")
+            if suffix in _METHOD_ORDER:
                 operation_id = f"{base}_{method}"
             described: JSON = {
                 "summary": extra["summary"],
@@ -118,6 +129,8 @@ def enrich(generated: JSON) -> JSON:
             {"name": "models", "description": "Upstream models and schema aliases."},
             {"name": "schemas", "description": "The named, versioned schema registry."},
             {"name": "operations", "description": "Health, readiness, metrics (no key needed)."},
+            {"name": "admin", "description": "Keys and usage; only for a key with the `admin` "
+             "scope."},
         ],
         "paths": paths,
         "components": {

@@ -74,6 +74,12 @@ _HEADERS: dict[str, JSON] = {
         "the answer's head, minus the time spent waiting on vLLM. On every generation answer.",
         "schema": {"type": "string", "pattern": "^[0-9]+\\.[0-9]{2}$"},
     },
+    "x-irgw-cache": {
+        "description": "With the response cache on, for a request it may answer (deterministic, "
+        "checked, opted in by the key or the schema): `hit` (answered from the cache: no "
+        "tokens, no vLLM) or `miss`.",
+        "schema": {"type": "string", "enum": ["hit", "miss"]},
+    },
     **{name: {"description": text, "schema": schema} for name, text, schema in _RATELIMIT_HEADERS},
     "retry-after": {
         "description": "Seconds to wait before retrying (whole seconds, at least 1).",
@@ -101,6 +107,6 @@ def _headers(*names: str) -> JSON:
 
 _RATELIMIT_NAMES = tuple(name for name, _, _ in _RATELIMIT_HEADERS)
 _SUCCESS_HEADERS = ("x-request-id", "x-irgw-schema", "x-irgw-schema-warnings", "x-irgw-output",
-                    "x-irgw-attempts", "x-irgw-overhead-ms", *_RATELIMIT_NAMES)
+                    "x-irgw-attempts", "x-irgw-overhead-ms", "x-irgw-cache", *_RATELIMIT_NAMES)
 
 

@@ -130,3 +130,29 @@ end
 if renewed > 0 then redis.call('PEXPIRE', KEYS[1], math.ceil(lease / 1000) + 1000) end
 return renewed
 """
+
+# Token budgets (gateway/access/budgets.py): one counter per key and period, never refilled,
+# expiring after its period. KEYS: counter, ops set. ARGV: budget, tokens, the spend's id, keep
+# µs, the counter's lifetime s. Takes the tokens only if the counter stays within the budget:
+# {1 taken (or taken before), used} or {0, used}.
+SPEND = PRELUDE + """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if done_before(KEYS[2], ARGV[3]) then return {1, used} end
+local budget, cost = tonumber(ARGV[1]), tonumber(ARGV[2])
+if used + cost > budget then return {0, used} end
+used = redis.call('INCRBY', KEYS[1], cost)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
+remember(KEYS[2], ARGV[3], tonumber(ARGV[4]))
+return {1, used}
+"""
+
+# KEYS: counter, ops set. ARGV: tokens to add (negative: give back), the adjustment's id, keep
+# µs, the counter's lifetime s. Settles a spend at what the request really used.
+REFUND = PRELUDE + """
+if done_before(KEYS[2], ARGV[2]) then return 0 end
+remember(KEYS[2], ARGV[2], tonumber(ARGV[3]))
+local used = redis.call('INCRBY', KEYS[1], tonumber(ARGV[1]))
+if used < 0 then redis.call('SET', KEYS[1], 0) end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return 1
+"""

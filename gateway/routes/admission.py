@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 
 from gateway import observe
+from gateway.access.cache import CACHE_KEY
 from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
 from gateway.budget import token_budget
@@ -30,6 +31,15 @@ class Prepared:
     admission: Admission
     headers: dict[str, str]
     per_attempt: int  # what one more call to vLLM (a retry) reserves
+    key_id: str | None = None  # for usage accounting
+    schema: str = "-"  # the schema's ref (name@version), "(ad-hoc)", or "-" for none
+    cache_key: str | None = None  # a cacheable request that missed: its answer is stored
+
+    def count_usage(self, services: Services, outcome: str | None,
+                    usage: dict[str, int] | None, tokens: int | None = None) -> None:
+        """Add this request to the key's usage (a dict update; written later, off the path)."""
+        if services.usage is not None:
+            services.usage.record(self.key_id, self.schema, outcome or "error", usage, tokens)
 
     async def reserve_retry(self) -> bool:
         """Reserve a retry's tokens before it runs; False: the key has no room for it now."""
@@ -81,5 +91,9 @@ async def prepare(request: Request, services: Services, principal: Principal,
             # character can break the header or fail to encode once vLLM has answered.
             warnings = "; ".join(plan.warnings).encode("unicode_escape").decode("ascii")
             headers["x-irgw-schema-warnings"] = warnings[:1000]
+    cache_key = request.scope.get(CACHE_KEY)
+    if cache_key is not None:
+        headers["x-irgw-cache"] = "miss"
     return Prepared(rid, upstream_model, dialect, budget.max_tokens, budget.reserved,
-                    admission, headers, budget.reserved)
+                    admission, headers, budget.reserved, principal.key_id,
+                    plan.schema.metric_label if plan.schema is not None else "-", cache_key)

@@ -23,6 +23,7 @@ from gateway.planning import (
     upstream_chat_body,
 )
 from gateway.routes.admission import prepare
+from gateway.routes.cached import from_cache
 from gateway.routes.checking import (
     Route,
     answer,
@@ -60,6 +61,8 @@ async def chat_completions(request: Request) -> Response:
                            services.settings.request_body_timeout_s)
     plan = plan_chat(body, services.registry, services.settings, principal.policy.allows_schema)
     plan_tool_call(plan, services.registry, services.settings)
+    if (cached := await from_cache(request, services, principal, plan)) is not None:
+        return cached
     prepared = await prepare(request, services, principal, plan)
     model = plan.body["model"]
     body = upstream_chat_body(plan, prepared.dialect, prepared.upstream_model,

@@ -61,6 +61,12 @@ def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> G
     return error
 
 
+def _failure_outcome(error: GatewayError) -> str:
+    if isinstance(error, OutputTruncatedError):
+        return "truncated"
+    return "failed" if isinstance(error, OutputValidationError) else "error"
+
+
 def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) -> None:
     if plan.schema is not None and isinstance(error, OutputValidationError):
         outcome = "truncated" if isinstance(error, OutputTruncatedError) else "failed"
@@ -148,11 +154,13 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
         return completed
     except ClientDisconnectedError as gone:
         tokens = prepared.tokens_on_failure(gone)
+        prepared.count_usage(services, "cancelled", None, tokens)
         raise
     except GatewayError as error:
         tokens = prepared.tokens_on_failure(error)
         error.headers.update(prepared.headers)
         count_failed_check(services, plan, error)
+        prepared.count_usage(services, _failure_outcome(error), None, tokens)
         raise
     finally:
         if not answered:
@@ -191,6 +199,10 @@ def settlement(route: Route, services: Services, plan: ChatPlan, prepared: Prepa
     caches, and the client should not wait for steps whose result it never sees."""
     async def settle() -> None:
         await prepared.admission.finish(completed.tokens)
+        prepared.count_usage(services, completed.outcome, completed.response.get("usage"),
+                             completed.tokens)
+        if prepared.cache_key is not None and services.cache is not None:
+            await services.cache.put(prepared.cache_key, completed.response, completed.outcome)
         services.metrics.upstream_took(route.label, completed.upstream_s)
         if plan.checked and plan.schema is not None:
             services.metrics.output_checked(plan.schema.metric_label, completed.outcome)

@@ -42,7 +42,10 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
         await stack.aclose()
         error = schema_error_for(exc, plan, services.metrics) if isinstance(
             exc, GatewayError) else exc
-        await admission.finish(prepared.tokens_on_failure(error))
+        tokens = prepared.tokens_on_failure(error)
+        await admission.finish(tokens)
+        prepared.count_usage(services, "error" if isinstance(error, GatewayError) else "cancelled",
+                             None, tokens)
         if isinstance(error, GatewayError):
             error.headers.update(headers)
         if error is exc:
@@ -53,7 +56,10 @@ async def relayed(request: Request, services: Services, path: str, plan: ChatPla
 
     async def on_close() -> None:
         await stack.aclose()
-        await admission.finish(stream_tokens(plan, state, prepared.reserved))
+        charged = stream_tokens(plan, state, prepared.reserved)
+        await admission.finish(charged)
+        prepared.count_usage(services, state.outcome if not state.abandoned else "cancelled",
+                             state.usage, charged)
         if after is not None:
             after(state)
 

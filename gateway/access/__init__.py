@@ -1,0 +1,1 @@
+"""Running the gateway as a shared service: key stores, budgets, usage accounting."""
