@@ -121,7 +121,7 @@ async def test_a_hand_written_keys_file_opens_with_the_secret_never_with_its_has
     assert len(fake.requests) == 1
 
 
-def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
+def test_auth_refusals_carry_openais_code_param_and_a_message(tmp_path: Path) -> None:
     # What a client branches on (code, param) and reads (a non-empty message), not wording.
     from gateway.auth import Authenticator, Principal
     from gateway.errors import (
@@ -149,7 +149,7 @@ def test_auth_refusals_carry_openais_code_param_and_a_message() -> None:
     with pytest.raises(InvalidRequestError) as capped:
         token_budget(over, narrow.policy, 1024)
     refusals.append((capped.value, "max_tokens_above_key_limit", "max_tokens"))
-    keyed = Authenticator(KeyStore.__new__(KeyStore), enabled=True)
+    keyed = Authenticator(KeyStore(tmp_path / "keys.json", create=True), enabled=True)
     for header in (None, "Basic abc"):
         with pytest.raises(AuthenticationError) as unauthenticated:
             keyed.authenticate(header)

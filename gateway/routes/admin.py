@@ -80,7 +80,9 @@ def _key_id(key_id: str) -> str:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await read_json(request, _MAX_BODY_BYTES)
+    services = services_of(request)
+    raw = await read_json(request, _MAX_BODY_BYTES, services.body_budget,
+                          services.settings.request_body_timeout_s)
     if not isinstance(raw, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     return raw
