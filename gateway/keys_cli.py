@@ -39,6 +39,10 @@ def add_keys_commands(subparsers: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--allow-adhoc", action="store_true", help="allow inline (ad-hoc) JSON schemas"
     )
+    create.add_argument(
+        "--allow-policy-override", action="store_true",
+        help="allow choosing the output policy per request (x-irgw-output-policy)",
+    )
     create.add_argument("--max-tokens", type=_positive_int, help="cap on max_tokens")
 
     listing = commands.add_parser("list", help="list keys (never their secrets)")
@@ -79,6 +83,7 @@ def _create(keys_file: str, args: argparse.Namespace) -> int:
         policy = KeyPolicy(
             schemas=args.schemas,
             allow_adhoc=args.allow_adhoc,
+            allow_policy_override=args.allow_policy_override,
             max_tokens=args.max_tokens,
             rpm=args.rpm,
             tpm=args.tpm,
@@ -128,6 +133,8 @@ def _when(moment: datetime | None) -> str:
 def _describe(policy: KeyPolicy) -> str:
     schemas = "*" if policy.schemas == "*" else ",".join(policy.schemas) or "(none)"
     parts = [f"schemas={schemas}", f"adhoc={'yes' if policy.allow_adhoc else 'no'}"]
+    if policy.allow_policy_override:
+        parts.append("policy_override=yes")
     for label, value in (
         ("rpm", policy.rpm),
         ("tpm", policy.tpm),

@@ -24,11 +24,11 @@ import orjson
 
 from gateway.engine_rules import analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
+from gateway.policies import POLICIES
 from gateway.settings import OutputPolicy
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
-_POLICIES: tuple[OutputPolicy, ...] = ("repair", "retry", "error")
 
 log = logging.getLogger("gateway.registry")
 
@@ -244,8 +244,8 @@ def _load_file(path: Path) -> RegisteredSchema:
     if not isinstance(description, str) or not description.strip():
         raise SchemaFileError(f"{path}: 'description' must be a non-empty string")
     policy = data.get("output_policy", "repair")
-    if policy not in _POLICIES:
-        raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(_POLICIES)}")
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(POLICIES)}")
     schema = data.get("schema")
     if not isinstance(schema, dict):
         raise SchemaFileError(f"{path}: 'schema' must be a JSON object")
