@@ -24,7 +24,7 @@ import orjson
 
 from gateway.engine_rules import analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
-from gateway.policies import POLICIES
+from gateway.policies import DEFAULT_POLICY, POLICIES
 from gateway.settings import OutputPolicy
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -243,7 +243,7 @@ def _load_file(path: Path) -> RegisteredSchema:
     description = data.get("description")
     if not isinstance(description, str) or not description.strip():
         raise SchemaFileError(f"{path}: 'description' must be a non-empty string")
-    policy = data.get("output_policy", "repair")
+    policy = data.get("output_policy", DEFAULT_POLICY.name)
     if not isinstance(policy, str) or policy not in POLICIES:
         raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(POLICIES)}")
     schema = data.get("schema")
