@@ -17,7 +17,7 @@ from gateway.keys import KeyStore
 from gateway.policies import POLICIES, PolicyName
 from gateway.registry import SchemaFileError, SchemaRegistry
 from tests.conftest import REPO, unit_settings
-from tests.fake_upstream import FakeUpstream, Reply
+from tests.fake_upstream import ErrorReply, FakeUpstream, Reply
 from tests.gateway_server import running_gateway
 from tests.ir_samples import BAD_NAME, VALID
 from tests.test_limits_e2e import keyed_settings, new_key
@@ -200,3 +200,20 @@ def test_keys_create_allow_policy_override(tmp_path: Path,
     assert records["eval"].allow_policy_override and "policy_override=yes" in listed["eval"]
     assert not records["plain"].allow_policy_override
     assert "policy_override" not in listed["plain"]
+
+
+async def test_a_reask_vllm_refuses_ends_with_the_answers_422(fake: FakeUpstream) -> None:
+    """The re-ask's prompt holds the failed answer: past the model's context vLLM says 400.
+    The client's request was fine; what it gets is the finding about its answer."""
+    settings = unit_settings(fake.url, output_policy="reask")
+    fake.script(Reply(BAD_NAME), ErrorReply.new_shape(
+        400, "This model's maximum context length is 2048 tokens. However, you requested "
+        "2100 tokens.", param="messages"))
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        response = await client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert (error["code"], error["pointer"], error["attempts"]) == (
+        "output_validation_failed", "/signature/name", 1)
+    assert "re-ask was refused by vLLM" in error["message"]
+    assert len(fake.requests) == 2

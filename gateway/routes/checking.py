@@ -20,6 +20,7 @@ from gateway.errors import (
     OutputTruncatedError,
     OutputValidationError,
     UpstreamError,
+    UpstreamStatusError,
 )
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
@@ -95,10 +96,18 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
     usages: list[dict[str, Any]] = []
     started = time.perf_counter()
     sent = body
+    last_failure: CheckFailure | None = None
     for attempt in range(1, attempts + 1):
         try:
             data = await services.upstream.post_json(route.path, sent, {"x-request-id": rid})
         except GatewayError as failed:
+            if (last_failure is not None and sent is not body
+                    and isinstance(failed, UpstreamStatusError) and failed.status_code < 500):
+                # vLLM refused the gateway's re-ask (its longer prompt past the context):
+                # the client's request was fine, so it gets the answer's 422, not a 400.
+                error = failure_to_error(last_failure, attempt - 1, tokens)
+                error.message += f"; the re-ask was refused by vLLM: {failed.message[:300]}"
+                raise error from failed
             error = schema_error_for(failed, plan, services.metrics)
             if tokens:  # the earlier attempts' usage was real GPU work
                 error.tokens = (error.tokens or 0) + tokens
@@ -134,6 +143,7 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
                 truncated=choice["finish_reason"] == "length",
             )
         except CheckFailure as failure:
+            last_failure = failure
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
             sent = (route.reask(body, failure.raw_output, findings_text(failure))
