@@ -35,7 +35,7 @@ class Cell:
     p50_s: float
     p95_s: float
     attempts: int  # upstream calls, all requests together
-    reasons: Counter[str]  # failing constraints of the 422s
+    reasons: Counter[str]  # failing constraints of the 422s, the errors' messages
 
     def rate(self, outcome: str) -> float:
         return self.counts[outcome] / self.total if self.total else 0.0
@@ -59,7 +59,8 @@ def summarise(results: Sequence[Result]) -> list[Cell]:
             sum(tokens) / len(tokens) if tokens else None,
             percentile(latencies, 50), percentile(latencies, 95),
             sum(r.attempts for r in rows),
-            Counter(r.detail for r in rows if r.outcome in ("failed", "truncated") and r.detail),
+            Counter(f"{r.outcome}: {r.detail}" for r in rows
+                    if r.outcome in ("failed", "truncated", "error") and r.detail),
         ))
     return cells
 
@@ -110,7 +111,7 @@ def _reask_vs_retry(cells: Sequence[Cell]) -> list[str]:
 
 
 def _reasons(cells: Sequence[Cell]) -> list[str]:
-    lines = ["## Most frequent failing constraints (422s)", ""]
+    lines = ["## Most frequent failing constraints (422s) and errors", ""]
     found = False
     for cell in cells:
         for reason, count in cell.reasons.most_common(3):
