@@ -1,4 +1,4 @@
-"""`ir-gateway`: serve, run the local dev stack, manage keys, lint schemas, report usage."""
+"""`ir-gateway`: serve, the local dev stack, keys, schema lint, usage reports, evaluation."""
 
 from __future__ import annotations
 
@@ -59,11 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     from gateway.dev.cli import add_dev_command
+    from gateway.evaluation.cli import add_eval_command
     from gateway.keys_cli import add_keys_commands, run_keys_command
     from gateway.schemas_cli import add_schemas_command
     from gateway.usage_cli import add_usage_command
 
     add_dev_command(commands)
+    add_eval_command(commands)
     add_keys_commands(commands)
     add_schemas_command(commands)
     add_usage_command(commands)

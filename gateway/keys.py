@@ -71,7 +71,8 @@ _FILE_VERSION = 1
 # Fields a record or policy gained after the first file format: written only when set, so a
 # file without expiry, rotation, budgets or scopes reads as it always did.
 _NEW_RECORD_FIELDS = ("expires_at", "previous_sha256", "previous_valid_until", "rotated_at")
-_NEW_POLICY_DEFAULTS: dict[str, Any] = {"budget_tokens": None, "budget_period": "day",
+_NEW_POLICY_DEFAULTS: dict[str, Any] = {"allow_policy_override": False,
+                                        "budget_tokens": None, "budget_period": "day",
                                         "scopes": [], "cache": False, "cache_seeded": False}
 
 

@@ -41,6 +41,8 @@ def add_keys_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(default)")
     create.add_argument("--allow-adhoc", action="store_true",
                         help="allow inline (ad-hoc) JSON schemas")
+    create.add_argument("--allow-policy-override", action="store_true",
+                        help="allow choosing the output policy per request (x-irgw-output-policy)")
     create.add_argument("--max-tokens", type=_positive_int, help="cap on max_tokens")
     create.add_argument("--budget-tokens", type=_positive_int,
                         help="tokens (prompt + generated) per --budget-period; past it, 429")
@@ -80,6 +82,7 @@ def run_keys_command(args: argparse.Namespace) -> int:
         try:
             request = KeyRequest(
                 name=args.name, schemas=args.schemas, allow_adhoc=args.allow_adhoc,
+                allow_policy_override=args.allow_policy_override,
                 max_tokens=args.max_tokens, rpm=args.rpm, tpm=args.tpm,
                 concurrency=args.concurrency, budget_tokens=args.budget_tokens,
                 budget_period=args.budget_period, expires_in=args.expires_in,
@@ -203,6 +206,8 @@ def describe(view: dict[str, Any]) -> str:
     schemas = policy["schemas"]
     schemas = "*" if schemas == "*" else ",".join(schemas) or "(none)"
     parts = [f"schemas={schemas}", f"adhoc={'yes' if policy['allow_adhoc'] else 'no'}"]
+    if policy.get("allow_policy_override"):
+        parts.append("policy_override=yes")
     for label in _LIMITS:
         value = policy.get(label)
         parts.append(f"{label}={value if value is not None else 'unlimited'}")

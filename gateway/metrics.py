@@ -50,8 +50,8 @@ class Metrics:
         )
         self.outputs = _Counts(
             "irgw_output_checks",
-            "Checked answers by schema and outcome (passed, repaired, retried, failed, "
-            "truncated).",
+            "Checked answers by schema and outcome (passed, repaired, retried, reasked, "
+            "failed, truncated).",
             ("schema", "outcome"),
         )
         self.grammar_failures = _Counts(

@@ -21,8 +21,9 @@ import orjson
 from gateway.adhoc import AdhocSchemas, PendingAdhoc
 from gateway.auth import schema_not_allowed
 from gateway.errors import InvalidRequestError
+from gateway.policies import DEFAULT_POLICY, Policy, policy_named
 from gateway.registry import RegisteredSchema, SchemaRegistry
-from gateway.settings import OutputPolicy, Settings
+from gateway.settings import Settings
 from gateway.upstream.dialects import Dialect
 
 SCHEMA_MODEL_PREFIX = "schema/"
@@ -47,7 +48,7 @@ class ChatPlan:
     schema: RegisteredSchema | None = None
     # An ad-hoc schema, compiled into `schema` only once the key is authorized and admitted.
     pending: PendingAdhoc | None = None
-    policy: OutputPolicy = "repair"
+    policy: Policy = DEFAULT_POLICY
     stream: bool = False
     include_usage: bool = False
     max_tokens: int | None = None
@@ -182,12 +183,12 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
         # the schema is the stricter of the two, and it is what is enforced.
         plan.mode, plan.schema = Mode.SCHEMA, alias_schema
     if plan.mode is Mode.SCHEMA and plan.pending is not None:
-        plan.policy = settings.output_policy or settings.adhoc_output_policy
+        plan.policy = policy_named(settings.output_policy or settings.adhoc_output_policy)
     elif plan.mode is Mode.SCHEMA and plan.schema is not None:
-        plan.policy = settings.output_policy or plan.schema.output_policy
+        plan.policy = policy_named(settings.output_policy or plan.schema.output_policy)
         plan.warnings.extend(plan.schema.unenforced)
     elif plan.mode is Mode.JSON_OBJECT:
-        plan.policy = settings.output_policy or "repair"
+        plan.policy = policy_named(settings.output_policy or DEFAULT_POLICY.name)
     if plan.checked:
         require_one_choice(body)
     return plan

@@ -26,11 +26,11 @@ import orjson
 from gateway.checks import CheckSpecError, CompiledCheck, compile_checks
 from gateway.engine_rules import EngineView, analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
+from gateway.policies import DEFAULT_POLICY, POLICIES
 from gateway.settings import OutputPolicy
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
-_POLICIES: tuple[OutputPolicy, ...] = ("repair", "retry", "error")
 
 log = logging.getLogger("gateway.registry")
 
@@ -255,9 +255,9 @@ def _load_file(path: Path) -> RegisteredSchema:
     description = data.get("description")
     if not isinstance(description, str) or not description.strip():
         raise SchemaFileError(f"{path}: 'description' must be a non-empty string")
-    policy = data.get("output_policy", "repair")
-    if policy not in _POLICIES:
-        raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(_POLICIES)}")
+    policy = data.get("output_policy", DEFAULT_POLICY.name)
+    if not isinstance(policy, str) or policy not in POLICIES:
+        raise SchemaFileError(f"{path}: 'output_policy' must be one of {list(POLICIES)}")
     schema = data.get("schema")
     if not isinstance(schema, dict):
         raise SchemaFileError(f"{path}: 'schema' must be a JSON object")

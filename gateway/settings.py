@@ -18,7 +18,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-OutputPolicy = Literal["repair", "retry", "error"]
+from gateway.policies import PolicyName
+
+# A policy by name (gateway/policies.py holds what each one does).
+OutputPolicy = PolicyName
 
 _DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -156,9 +159,13 @@ class Settings(BaseSettings):
     # -- schemas and output checking
     schemas_dir: Path = _DEFAULT_SCHEMAS_DIR
     output_policy: OutputPolicy | None = Field(
-        default=None, description="Overrides every schema's own policy when set."
+        default=None, description="Overrides every schema's own policy when set (a key "
+        "allowed to may still choose one per request: x-irgw-output-policy)."
     )
-    max_retries: int = Field(default=2, ge=0, le=5)
+    max_retries: int = Field(
+        default=2, ge=0, le=5, description="Further calls to vLLM after a failed check under "
+        "`retry` and `reask`, each reserved against the key's limits before it runs.",
+    )
     adhoc_output_policy: OutputPolicy = "repair"
     adhoc_schema_max_bytes: int = Field(
         default=131_072,

@@ -5,9 +5,9 @@ Content chunks go to the client as they arrive. The chunk that carries `finish_r
 a valid answer then ends normally; an invalid one ends with `data: {"error": ...}` before
 `data: [DONE]`, which makes the openai client raise instead of returning bad JSON.
 
-A stream cannot be retried once content has gone out, so the `retry` policy acts like
-`repair` here. The lossless repair (escaping raw control characters inside strings) is
-applied on the fly, so what the client assembles is the repaired text.
+A stream cannot be retried once content has gone out, so the `retry` and `reask`
+policies act like `repair` here. The lossless repair (escaping raw control characters
+inside strings) is applied on the fly, so what the client assembles is the repaired text.
 
 Both relays end a stream that fails upstream (an error event, a body that is not JSON, a
 connection lost before `[DONE]`) with the gateway's error event and `[DONE]`, so a client
@@ -101,7 +101,7 @@ async def relay_chat(
 ) -> AsyncIterator[bytes]:
     """`upstream_error` turns an error vLLM sent into the one the client gets (a grammar
     vLLM failed to compile is the schema's fault: `gateway.engine_failures`)."""
-    escaper = StreamingEscaper() if plan.checked and plan.policy != "error" else None
+    escaper = StreamingEscaper() if plan.checked and plan.policy.repairs else None
     # Held back until the answer is checked: (has choices, the event), written here so that
     # one vLLM's values make unwritable ends the stream with an error event.
     held: list[tuple[bool, bytes]] = []

@@ -15,6 +15,7 @@ from typing import Any
 from gateway.adhoc import PendingAdhoc
 from gateway.errors import InvalidRequestError
 from gateway.planning import ADHOC_NAME_RE, ChatPlan, Mode, require_one_choice
+from gateway.policies import policy_named
 from gateway.registry import SchemaRegistry
 from gateway.settings import Settings
 
@@ -63,11 +64,11 @@ def plan_tool_call(plan: ChatPlan, registry: SchemaRegistry, settings: Settings)
     parameters = function.get("parameters")
     if not parameters and name in registry:
         plan.schema = registry.resolve(name)
-        plan.policy = settings.output_policy or plan.schema.output_policy
+        plan.policy = policy_named(settings.output_policy or plan.schema.output_policy)
         plan.warnings.extend(plan.schema.unenforced)
     else:  # compiled once the key is authorized and admitted (gateway.adhoc)
         plan.pending = PendingAdhoc(name, parameters or _EMPTY_OBJECT)
-        plan.policy = settings.output_policy or settings.adhoc_output_policy
+        plan.policy = policy_named(settings.output_policy or settings.adhoc_output_policy)
     plan.mode = Mode.TOOL
     plan.tool_name = name
     plan.tool_call_id = f"call_{uuid.uuid4().hex[:24]}"

@@ -48,6 +48,7 @@ class KeyRequest(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     schemas: list[str] | str = "*"
     allow_adhoc: bool = False
+    allow_policy_override: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
@@ -79,6 +80,7 @@ class KeyRequest(BaseModel):
         if isinstance(schemas, str) and schemas != "*":
             schemas = [name.strip() for name in schemas.split(",") if name.strip()]
         return KeyPolicy(schemas=schemas, allow_adhoc=self.allow_adhoc,  # type: ignore[arg-type]
+                         allow_policy_override=self.allow_policy_override,
                          max_tokens=self.max_tokens, rpm=self.rpm, tpm=self.tpm,
                          concurrency=self.concurrency, budget_tokens=self.budget_tokens,
                          budget_period=self.budget_period, scopes=self.scopes,

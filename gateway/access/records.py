@@ -54,6 +54,9 @@ class KeyPolicy(BaseModel):
 
     schemas: list[str] | Literal["*"] = "*"
     allow_adhoc: bool = False
+    # May choose the output policy per request (x-irgw-output-policy): a re-ask spends
+    # more of the key's tokens than the operator's policy would.
+    allow_policy_override: bool = False
     max_tokens: int | None = Field(default=None, ge=1)
     rpm: int | None = Field(default=None, ge=1)
     tpm: int | None = Field(default=None, ge=1)
@@ -76,7 +79,7 @@ class KeyPolicy(BaseModel):
 
     @classmethod
     def unlimited(cls) -> KeyPolicy:
-        return cls(schemas="*", allow_adhoc=True)
+        return cls(schemas="*", allow_adhoc=True, allow_policy_override=True)
 
     @property
     def has_rate_limits(self) -> bool:

@@ -112,6 +112,7 @@ def enrich(generated: JSON) -> JSON:
                                if p["name"] in _PATH_PARAMETER_EXAMPLES else {})}}
                 for p in operation.get("parameters", [])
             ]
+            parameters.extend(extra.get("parameters", []))
             if parameters:
                 described["parameters"] = parameters
             if "requestBody" in extra:

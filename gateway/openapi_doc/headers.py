@@ -59,14 +59,15 @@ _HEADERS: dict[str, JSON] = {
     },
     "x-irgw-output": {
         "description": "What the output check found: `passed`, `repaired` (raw control "
-        "characters escaped), `retried` (passed after a retry), `checked-at-end` (a stream: "
-        "the verdict comes as the last event), `passthrough` (nothing to check).",
-        "schema": {"type": "string", "enum": ["passed", "repaired", "retried", "checked-at-end",
-                                              "passthrough"]},
+        "characters escaped), `retried` (passed after a retry), `reasked` (passed after a "
+        "re-ask with the findings), `checked-at-end` (a stream: the verdict comes as the last "
+        "event), `passthrough` (nothing to check).",
+        "schema": {"type": "string", "enum": ["passed", "repaired", "retried", "reasked",
+                                              "checked-at-end", "passthrough"]},
     },
     "x-irgw-attempts": {
         "description": "Upstream calls made for this answer (more than 1 only with the "
-        "`retry` output policy).",
+        "`retry` and `reask` output policies).",
         "schema": {"type": "string", "pattern": "^[0-9]+$"},
     },
     "x-irgw-overhead-ms": {

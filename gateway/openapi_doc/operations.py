@@ -10,6 +10,7 @@ from gateway.openapi_doc.headers import (
     _ref,
     _schema,
 )
+from gateway.policies import POLICIES
 
 # ---------------------------------------------------------------------------- responses
 
@@ -104,10 +105,21 @@ def _ok(description: str, schema_name: str, *headers: str, stream: str | None = 
 _API_ERRORS = ("400", "401", "403", "404", "408", "413", "422", "429", "431", "500", "502", "503",
                "504")
 
+# A request header, not a body field: vLLM gets the client's body, and a client that does
+# not send it never notices it.
+_POLICY_PARAMETER: JSON = {
+    "name": "x-irgw-output-policy", "in": "header", "required": False,
+    "description": "This request's output policy, for a key created with "
+    "`--allow-policy-override` (else 403 policy_override_not_allowed); without it, the "
+    "schema's own (or IRGW_OUTPUT_POLICY).",
+    "schema": {"type": "string", "enum": list(POLICIES)},
+}
+
 _OPERATIONS: dict[tuple[str, str], JSON] = {
     ("/v1/chat/completions", "post"): {
         "summary": "Create a chat completion, optionally constrained to a schema",
         "tags": ["inference"],
+        "parameters": [_POLICY_PARAMETER],
         "requestBody": _json_body("ChatCompletionRequest",
                                   "Name a schema by `response_format` or `model: schema/<name>`, "
                                   "or force one tool."),
@@ -120,6 +132,7 @@ _OPERATIONS: dict[tuple[str, str], JSON] = {
     ("/v1/completions", "post"): {
         "summary": "Create a text completion, optionally constrained to a schema",
         "tags": ["inference"],
+        "parameters": [_POLICY_PARAMETER],
         "requestBody": _json_body("CompletionRequest", "A legacy completions request."),
         "responses": {
             "200": _ok("The completion (or, with `stream: true`, its chunks).", "Completion",

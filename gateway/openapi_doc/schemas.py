@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from gateway.openapi_doc.headers import JSON, _nullable, _schema
+from gateway.policies import POLICIES
 
 # ---------------------------------------------------------------------------- schemas
 
@@ -315,7 +316,7 @@ _SCHEMA_VERSION: JSON = {
         "name": {"type": "string"},
         "version": {"type": "integer", "minimum": 1},
         "description": {"type": "string"},
-        "output_policy": {"type": "string", "enum": ["repair", "retry", "error"]},
+        "output_policy": {"type": "string", "enum": list(POLICIES)},
         "checks": {"type": "array", "description": "Checks beyond JSON Schema that an answer "
                    "must also pass (README: Checks beyond JSON Schema); `at` are JSON pointers "
                    "into the answer, `*` for every item of an array.",

@@ -5,6 +5,7 @@ name the response headers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 
@@ -13,10 +14,16 @@ from gateway.access.cache import CACHE_KEY
 from gateway.asgi import ClientDisconnectedError
 from gateway.auth import Principal
 from gateway.budget import token_budget
-from gateway.errors import GatewayError, UpstreamTimeoutError
-from gateway.planning import ChatPlan
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    PermissionDeniedError,
+    UpstreamTimeoutError,
+)
+from gateway.planning import ChatPlan, estimate_prompt_tokens
+from gateway.policies import POLICIES
 from gateway.ratelimit.base import Admission
-from gateway.routes.common import request_id
+from gateway.routes.common import header, request_id
 from gateway.services import Services
 from gateway.upstream.dialects import Dialect
 
@@ -34,6 +41,7 @@ class Prepared:
     key_id: str | None = None  # for usage accounting
     schema: str = "-"  # the schema's ref (name@version), "(ad-hoc)", or "-" for none
     cache_key: str | None = None  # a cacheable request that missed: its answer is stored
+    prompt_tokens: int = 0  # the first attempt's prompt estimate, within `per_attempt`
 
     def count_usage(self, services: Services, outcome: str | None,
                     usage: dict[str, int] | None, tokens: int | None = None) -> None:
@@ -41,11 +49,16 @@ class Prepared:
         if services.usage is not None:
             services.usage.record(self.key_id, self.schema, outcome or "error", usage, tokens)
 
-    async def reserve_retry(self) -> bool:
-        """Reserve a retry's tokens before it runs; False: the key has no room for it now."""
-        if not await self.admission.reserve(self.per_attempt):
+    async def reserve_retry(self, body: dict[str, Any] | None = None) -> bool:
+        """Reserve a retry's tokens before it runs; False: the key has no room for it now.
+        A re-ask's `body` is longer than the first (the failed answer and the findings
+        ride in it): its prompt's estimate is reserved on top of the first attempt's."""
+        tokens = self.per_attempt
+        if body is not None:
+            tokens += max(0, estimate_prompt_tokens(body) - self.prompt_tokens)
+        if not await self.admission.reserve(tokens):
             return False
-        self.reserved += self.per_attempt
+        self.reserved += tokens
         return True
 
     def tokens_on_failure(self, error: BaseException) -> int | None:
@@ -60,12 +73,39 @@ class Prepared:
         return error.tokens if isinstance(error, GatewayError) else None
 
 
+POLICY_HEADER = b"x-irgw-output-policy"
+
+
+def choose_policy(request: Request, principal: Principal, plan: ChatPlan) -> None:
+    """A policy named per request (`x-irgw-output-policy`), for a key allowed to choose;
+    checked before admission, so a refused choice costs nothing. A request without the
+    header keeps the schema's (or the settings') policy; an unchecked one ignores it."""
+    name = header(request, POLICY_HEADER)
+    if name is None:
+        return
+    policy = POLICIES.get(name.strip())
+    if policy is None:
+        raise InvalidRequestError(
+            f"x-irgw-output-policy must be one of {list(POLICIES)}",
+            param="x-irgw-output-policy", code="invalid_output_policy",
+        )
+    if not principal.policy.allow_policy_override:
+        raise PermissionDeniedError(
+            "this API key may not choose the output policy per request (x-irgw-output-policy);"
+            " ask for a key with allow_policy_override, or drop the header",
+            param="x-irgw-output-policy", code="policy_override_not_allowed",
+        )
+    if plan.checked:
+        plan.policy = policy
+
+
 async def prepare(request: Request, services: Services, principal: Principal,
                   plan: ChatPlan) -> Prepared:
     """Authorize (the schema named, or the ad-hoc right), admit, then compile an ad-hoc
     schema: a refused key never costs a compile, and a compile is counted against the key's
     limits. A schema refused after admission (a cap, not a schema) gives the tokens back."""
     observe.planned(plan)
+    choose_policy(request, principal, plan)
     if plan.pending is not None:
         services.authenticator.check_schema(principal, plan.pending.name, adhoc=True)
     elif plan.schema is not None:
@@ -96,4 +136,5 @@ async def prepare(request: Request, services: Services, principal: Principal,
         headers["x-irgw-cache"] = "miss"
     return Prepared(rid, upstream_model, dialect, budget.max_tokens, budget.reserved,
                     admission, headers, budget.reserved, principal.key_id,
-                    plan.schema.metric_label if plan.schema is not None else "-", cache_key)
+                    plan.schema.metric_label if plan.schema is not None else "-", cache_key,
+                    prompt_tokens=budget.prompt_tokens)

@@ -49,8 +49,16 @@ def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> N
         as_tool_call_response(plan, choice)
 
 
+def _reask(body: dict[str, Any], failed: str, findings: str) -> dict[str, Any]:
+    """The conversation so far, the failed answer as the assistant's turn and the findings
+    as the user's. Always from the first body: one failed answer at a time, so a re-ask
+    grows by one answer, not by every earlier one."""
+    return {**body, "messages": [*body["messages"], {"role": "assistant", "content": failed},
+                                 {"role": "user", "content": findings}]}
+
+
 CHAT = Route("/v1/chat/completions", "chat", chat_completion,
-             lambda choice: choice["message"]["content"], _accept)
+             lambda choice: choice["message"]["content"], _accept, _reask)
 
 
 @router.post("/v1/chat/completions")

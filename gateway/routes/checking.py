@@ -1,8 +1,8 @@
 """One non-streamed answer from vLLM, checked under the output policy: the loop both
 generation routes share, so that chat and legacy completions keep the same guarantee
-(repair, retry, typed errors, the counted outcome, bookkeeping after the answer). They
-differ only in where vLLM is called and where the generated text sits in the answer: a
-`Route` says that."""
+(repair, retry, re-ask, typed errors, the counted outcome, bookkeeping after the answer).
+They differ only in where vLLM is called, where the generated text sits in the answer and
+how a re-ask is spelt: a `Route` says that."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from gateway.errors import (
     OutputTruncatedError,
     OutputValidationError,
     UpstreamError,
+    UpstreamStatusError,
 )
 from gateway.planning import ChatPlan, Mode
 from gateway.routes.admission import Prepared
@@ -38,6 +39,23 @@ class Route:
     shape: Callable[[dict[str, Any], str], dict[str, Any]]  # vLLM's answer -> OpenAI's
     text: Callable[[dict[str, Any]], Any]  # a choice's generated text
     accept: Callable[[ChatPlan, dict[str, Any], CheckedOutput], None]  # the checked text back
+    # The body of a re-ask: the first body with the failed answer and the findings as a
+    # follow-up; None where that cannot be spelt (a prompt of token ids: asked again as is).
+    reask: Callable[[dict[str, Any], str, str], dict[str, Any] | None]
+
+
+def findings_text(failure: CheckFailure) -> str:
+    """What the model is told about its failed answer: where (a JSON pointer), which
+    constraint, and why. One finding, the validator's first."""
+    where = failure.pointer or "the whole document"
+    return ("That answer is not valid for the required JSON schema.\n"
+            f"- at {where}: {failure.reason} (constraint: {failure.constraint})\n"
+            "Answer again with the whole corrected JSON document, and nothing else.")
+
+
+def summed_usage(usages: list[dict[str, Any]]) -> dict[str, int]:
+    return {key: sum(int(u.get(key) or 0) for u in usages)
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens")}
 
 
 @dataclass
@@ -75,19 +93,32 @@ def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) 
 
 async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[str, Any],
                    model: str, rid: str,
-                   reserve_retry: Callable[[], Awaitable[bool]] | None = None) -> Completed:
+                   reserve_retry: Callable[[dict[str, Any] | None], Awaitable[bool]] | None
+                   = None) -> Completed:
     """vLLM's answer in OpenAI's shape, its text checked (and repaired) when the plan says
-    so; asked for again under the `retry` policy, each retry's tokens reserved before it
-    runs (`reserve_retry`; no room: no retry). Raises the typed error when the policy runs
+    so; asked for again under a policy that asks again (`retry`: the same body; `reask`:
+    with the failed answer and the findings), each attempt's tokens reserved before it runs
+    (`reserve_retry`; no room: no retry). Raises the typed error when the policy runs
     out; a truncated answer is never retried (the same request would be cut again)."""
-    attempts = 1 + (services.settings.max_retries if plan.policy == "retry" else 0)
+    policy = plan.policy
+    attempts = 1 + (services.settings.max_retries if policy.asks_again else 0)
     tokens = 0
+    usages: list[dict[str, Any]] = []
     started = time.perf_counter()
+    sent = body
+    last_failure: CheckFailure | None = None
     for attempt in range(1, attempts + 1):
         try:
             with observe.upstream_attempt(rid) as headers:
-                data = await services.upstream.post_json(route.path, body, headers)
+                data = await services.upstream.post_json(route.path, sent, headers)
         except GatewayError as failed:
+            if (last_failure is not None and sent is not body
+                    and isinstance(failed, UpstreamStatusError) and failed.status_code < 500):
+                # vLLM refused the gateway's re-ask (its longer prompt past the context):
+                # the client's request was fine, so it gets the answer's 422, not a 400.
+                error = failure_to_error(last_failure, attempt - 1, tokens)
+                error.message += f"; the re-ask was refused by vLLM: {failed.message[:300]}"
+                raise error from failed
             error = schema_error_for(failed, plan, services.metrics)
             if tokens:  # the earlier attempts' usage was real GPU work
                 error.tokens = (error.tokens or 0) + tokens
@@ -97,6 +128,8 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
         response = route.shape(data if isinstance(data, dict) else {}, model)
         usage = response.get("usage")
         tokens += usage["total_tokens"] if usage else 0
+        if usage:
+            usages.append(usage)
         if not response["choices"]:
             error = UpstreamError("the upstream answered without choices")
             error.tokens = tokens or None
@@ -118,13 +151,17 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
                 checked = check_output(
                     route.text(choice),
                     plan.schema if plan.mode in (Mode.SCHEMA, Mode.TOOL) else None,
-                    repair=plan.policy != "error",
+                    repair=policy.repairs,
                     truncated=choice["finish_reason"] == "length",
                 )
         except CheckFailure as failure:
+            last_failure = failure
             if failure.truncated or attempt == attempts:
                 raise failure_to_error(failure, attempt, tokens) from None
-            if reserve_retry is not None and not await reserve_retry():
+            sent = (route.reask(body, failure.raw_output, findings_text(failure))
+                    if policy.with_findings else None) or body
+            if reserve_retry is not None and not await reserve_retry(
+                    sent if sent is not body else None):
                 error = failure_to_error(failure, attempt, tokens)
                 error.message += ("; not retried: this API key's tokens per minute have no "
                                   "room for another attempt now")
@@ -132,7 +169,9 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
             continue
         upstream_s = time.perf_counter() - started
         route.accept(plan, choice, checked)
-        outcome = "retried" if attempt > 1 else checked.outcome.value
+        outcome = policy.outcome_after_asking if attempt > 1 else checked.outcome.value
+        if policy.sums_usage and len(usages) > 1:  # every attempt's tokens (README)
+            response["usage"] = summed_usage(usages)
         return Completed(response, outcome, attempt, tokens, upstream_s)
     raise AssertionError("unreachable")
 

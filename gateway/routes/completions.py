@@ -80,8 +80,19 @@ def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> N
     choice["text"] = checked.text
 
 
+def _reask(body: dict[str, Any], failed: str, findings: str) -> dict[str, Any] | None:
+    """The prompt, the failed answer and the findings as one text: a completion has no
+    turns. A prompt of token ids cannot be extended with text (None: asked again as is)."""
+    prompt = body["prompt"]
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        return None
+    return {**body, "prompt": f"{prompt}{failed}\n\n{findings}\n\n"}
+
+
 COMPLETIONS = Route("/v1/completions", "completions", _shape, lambda choice: choice["text"],
-                    _accept)
+                    _accept, _reask)
 
 
 @router.post("/v1/completions")
