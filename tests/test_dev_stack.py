@@ -203,12 +203,17 @@ def test_dev_tiny_serves_printed_curl_and_stops_cleanly() -> None:
         result = subprocess.run(curl, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         body = json.loads(result.stdout)
-        assert "choices" in body, body
-        choice = body["choices"][0]
-        assert choice["finish_reason"] == "stop", body
-        ir = json.loads(choice["message"]["content"])
-        spec = json.loads((REPO / "schemas" / "function_ir.v1.json").read_text())
-        jsonschema.Draft202012Validator(spec["schema"]).validate(ir)
+        if "error" in body:
+            # The tiny model's IR can be schema-valid but not usable (a type hint that is not
+            # a Python type): the promise is then a typed error, never a bad answer.
+            assert body["error"]["code"] in ("output_validation_failed", "output_truncated"), body
+            assert body["error"]["message"], body
+        else:
+            choice = body["choices"][0]
+            assert choice["finish_reason"] == "stop", body
+            ir = json.loads(choice["message"]["content"])
+            spec = json.loads((REPO / "schemas" / "function_ir.v1.json").read_text())
+            jsonschema.Draft202012Validator(spec["schema"]).validate(ir)
 
         stop_started = time.monotonic()
         proc.send_signal(signal.SIGINT)
