@@ -29,6 +29,7 @@ from gateway.observe.observer import Observation
 from gateway.openapi_doc.document import document_of
 from gateway.routes import admin, chat, completions, health, models, schemas
 from gateway.routes.common import RawRoute, request_id
+from gateway.runtime import MemoryTrimmer
 from gateway.services import Services
 from gateway.settings import Settings
 
@@ -114,6 +115,7 @@ class GatewayApp(FastAPI):
         # twice per request on the hot path.
         self.services = services
         self._direct: dict[str, Endpoint] = {}
+        self.trimmer = MemoryTrimmer()
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
         super().include_router(router, **kwargs)
@@ -157,6 +159,7 @@ class GatewayApp(FastAPI):
             held = scope.get(BODY_BYTES_HELD)
             if held:
                 self.services.body_budget.give(held)
+                self.trimmer.after_request(held)
             if obs is not None:
                 observer.end(obs, status)
             if endpoint is not None:
