@@ -14,8 +14,8 @@ files listed for it below, one mutant at a time (the machine is shared). Not par
     .venv/bin/python bench/mutation.py --budget-min 60                  # every module
     .venv/bin/python bench/mutation.py --budget-min 10 gateway/auth.py  # one
 
-Results: bench/results/mutation.md (score per module, then every survivor's diff; rows of
-modules not run this time are kept from the previous file).
+Results: bench/results/mutation.md (score per module, then every survivor's diff; the row
+and survivors of a module not run this time are kept from the previous file).
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ MODULES: dict[str, list[str]] = {
     "gateway/streaming.py": ["tests/test_streaming.py"],
     "gateway/planning.py": ["tests/test_chat.py", "tests/test_routes.py"],
     "gateway/tools.py": ["tests/test_routes.py", "tests/test_streaming.py"],
+    "gateway/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
+    "gateway/adhoc.py": ["tests/test_adhoc_admission.py"],
+    "gateway/checks.py": ["tests/test_checks.py"],
+    "gateway/engine_rules.py": ["tests/test_engine_rules.py", "tests/test_engine_lint.py"],
+    "gateway/engine_regex.py": ["tests/test_engine_regex_bounds.py",
+                                "tests/test_engine_rules.py"],
 }
 # (gateway/ratelimit/scripts.py is Lua in strings: mutmut does not mutate it; its checks are
 # tests/test_ratelimit_scripts.py and the planted-bug runs described in the README.)
@@ -198,8 +204,24 @@ def previous_rows() -> dict[str, str]:
     return rows
 
 
+def previous_survivors() -> dict[str, list[str]]:
+    """Each module's survivors section from the previous file, kept for modules not run."""
+    if not RESULTS.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in RESULTS.read_text().splitlines():
+        match = re.match(r"### `([^`]+)`: \d+", line)
+        if match:
+            current = sections.setdefault(match[1], [])
+        if current is not None:
+            current.append(line)
+    return sections
+
+
 def write_report(outcomes: list[Outcome], budget_min: float) -> None:
     rows = previous_rows()
+    sections = previous_survivors()
     for outcome in outcomes:
         rows[outcome.module] = outcome.row()
     lines = [
@@ -218,19 +240,21 @@ def write_report(outcomes: list[Outcome], budget_min: float) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(rows[module] for module in MODULES if module in rows),
         "",
-        "## Survivors of this run",
+        "## Survivors of each module's last run",
         "",
         "Each is a gap in the tests or an equivalent mutant; `## Judged equivalent` in",
         "bench/README.md lists those judged equivalent and why.",
         "",
     ]
     for outcome in outcomes:
-        lines.append(f"### `{outcome.module}`: {len(outcome.diffs)}")
-        lines.append("")
+        section = [f"### `{outcome.module}`: {len(outcome.diffs)}", ""]
         for name, diff in outcome.diffs.items():
             kind = outcome.statuses[name] + (", text only" if text_only(diff) else "")
-            lines += [f"`{name}` ({kind})", "", "```diff", diff, "```", ""]
-    RESULTS.write_text("\n".join(lines) + "\n")
+            section += [f"`{name}` ({kind})", "", "```diff", diff, "```", ""]
+        sections[outcome.module] = section
+    for module in MODULES:
+        lines += sections.get(module, [])
+    RESULTS.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main() -> int:
