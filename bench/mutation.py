@@ -53,7 +53,7 @@ MODULES: dict[str, list[str]] = {
                                    "tests/test_retry_after.py"],
     "gateway/streaming.py": ["tests/test_streaming.py"],
     "gateway/planning.py": ["tests/test_chat.py", "tests/test_routes.py"],
-    "gateway/tools.py": ["tests/test_routes.py", "tests/test_streaming.py"],
+    "gateway/tools.py": ["tests/test_tools.py", "tests/test_routes.py", "tests/test_streaming.py"],
     "gateway/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
     "gateway/adhoc.py": ["tests/test_adhoc_admission.py"],
     "gateway/checks.py": ["tests/test_checks.py"],
