@@ -145,12 +145,34 @@ def prepare(module: str, tests: list[str], resume: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, budget_s: float) -> tuple[float, bool]:
-    """mutmut in `work` until done or out of time; its results are saved per mutant."""
+def refresh_tests(work: Path) -> list[str]:
+    """After tests were added: the repository's tests copied over `work`'s, and the names of
+    the mutants that survived there (or had no test), for mutmut to run again."""
+    files = subprocess.run(["git", "ls-files", "-z", "tests"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    from mutmut.stats import status_by_exit_code
+
+    again = []
+    for meta in (work / "mutants").rglob("*.meta"):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        again += [name for name, code in codes.items()
+                  if status_by_exit_code[code] in ("survived", "no tests")]
+    return again
+
+
+def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
+               ) -> tuple[float, bool]:
+    """mutmut in `work` until done or out of time (only `names`, if given; else those not
+    yet checked); its results are saved per mutant."""
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.monotonic()
-    log = (work / "mutmut.log").open("w")
-    process = subprocess.Popen([str(mutmut), "run", "--max-children", "1"], cwd=work,
+    log = (work / "mutmut.log").open("a")
+    process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *(names or [])],
+                               cwd=work,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         process.wait(timeout=budget_s)
@@ -264,7 +286,13 @@ def main() -> int:
                         help="wall-clock minutes for all modules together (default 60)")
     parser.add_argument("--resume", action="store_true",
                         help="continue in bench/.mutation/<module> instead of starting afresh")
+    parser.add_argument("--recheck", action="store_true",
+                        help="after adding tests: in bench/.mutation/<module>, take the "
+                        "repository's tests, run the survivors again, then go on with the "
+                        "mutants not yet checked")
     args = parser.parse_args()
+    if args.recheck:
+        args.resume = True
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -278,7 +306,12 @@ def main() -> int:
             print(f"{module}: skipped, budget spent", flush=True)
             continue
         work = prepare(module, MODULES[module], args.resume)
-        seconds, finished = run_mutmut(work, share)
+        seconds = 0.0
+        again = refresh_tests(work) if args.recheck else []
+        if again:
+            seconds, _ = run_mutmut(work, share, again)
+        more, finished = run_mutmut(work, share - seconds) if share - seconds > 30 else (0, False)
+        seconds += more
         outcome = collect(module, work)
         outcome.seconds, outcome.finished = seconds, finished
         outcomes.append(outcome)

@@ -130,6 +130,23 @@ def test_the_whole_document_is_pointed_at_with_an_empty_pointer() -> None:
             "a/b": {"type": "string"}}}), repair=True)
     assert failure.value.pointer == "/a~1b"
     assert failure.value.constraint == "type at schema#/properties/a~1b/type"
+    with pytest.raises(CheckFailure) as failure:  # "~" first, so "~1" is not read as "/"
+        check_output('{"a~/b": 1}', schema({"type": "object", "properties": {
+            "a~/b": {"type": "string"}}}), repair=True)
+    assert failure.value.pointer == "/a~0~1b"
+    # What a client's error body carries about the failure, under these names.
+    assert set(failure.value.error_extra()) == {
+        "pointer", "constraint", "raw_output", "raw_output_truncated"}
+    assert failure.value.error_extra()["constraint"] == failure.value.constraint
+
+
+def test_an_answer_that_cannot_be_repaired_is_reported_as_the_model_wrote_it() -> None:
+    # `\<LF>` cannot be repaired; the `\x01` elsewhere could, but a half-repaired text is
+    # neither what the model wrote nor a valid answer.
+    text = '{"a": "x\\\ny", "b": "\x01"}'
+    with pytest.raises(CheckFailure) as failure:
+        check_output(text, None, repair=True)
+    assert failure.value.raw_output == text
 
 
 @pytest.mark.parametrize("bad", [False, True, [], "x"])
