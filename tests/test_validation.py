@@ -249,3 +249,15 @@ async def test_adhoc_schemas_share_one_metrics_label(client: httpx.AsyncClient,
     metrics = (await client.get("/metrics")).text
     assert 'irgw_output_checks_total{outcome="passed",schema="(ad-hoc)"} 2.0' in metrics
     assert "One" not in metrics and "Two" not in metrics
+
+
+def test_an_escaped_quote_does_not_end_the_string_whole_or_split_across_pieces() -> None:
+    # `\"` inside a string keeps the scanner inside it, so the raw control after it is
+    # still repaired; also when a stream's piece ends right after the backslash.
+    text = '{"a": "say \\"hi\\"\x01\n"}'
+    repaired = check_output(text, None, repair=True)
+    assert repaired.outcome == "repaired" and repaired.document == {"a": 'say "hi"\x01\n'}
+    for cut in range(1, len(text)):
+        escaper = StreamingEscaper()
+        joined = escaper.feed(text[:cut]) + escaper.feed(text[cut:])
+        assert check_output(joined, None, repair=False).document == repaired.document, cut
