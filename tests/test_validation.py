@@ -261,3 +261,17 @@ def test_an_escaped_quote_does_not_end_the_string_whole_or_split_across_pieces()
         escaper = StreamingEscaper()
         joined = escaper.feed(text[:cut]) + escaper.feed(text[cut:])
         assert check_output(joined, None, repair=False).document == repaired.document, cut
+
+
+def test_an_answer_that_is_one_string_is_repaired_from_its_first_quote() -> None:
+    checked = check_output('"a\x01"', schema({"type": "string"}), repair=True)
+    assert checked.outcome == "repaired" and checked.document == "a\x01"
+
+
+def test_raw_output_is_flagged_truncated_only_past_the_limit() -> None:
+    from gateway.validation import _MAX_RAW_OUTPUT
+
+    for size, cut in ((_MAX_RAW_OUTPUT, False), (_MAX_RAW_OUTPUT + 1, True)):
+        extra = CheckFailure("r", "", "c", "x" * size).error_extra()
+        assert extra["raw_output_truncated"] is cut
+        assert len(extra["raw_output"]) == _MAX_RAW_OUTPUT
