@@ -40,7 +40,8 @@ RESULTS = REPO / "bench" / "results" / "mutation.md"
 # those of them that cover the mutated function).
 MODULES: dict[str, list[str]] = {
     "gateway/validation.py": ["tests/test_validation.py", "tests/test_output_exactness.py",
-                              "tests/test_chat.py", "tests/test_streaming.py"],
+                              "tests/test_checks.py", "tests/test_chat.py",
+                              "tests/test_streaming.py"],
     "gateway/registry.py": ["tests/test_registry.py", "tests/test_validation.py",
                             "tests/test_chat.py"],
     "gateway/keys.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
