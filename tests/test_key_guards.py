@@ -186,3 +186,28 @@ def test_an_operator_is_warned_of_a_keys_file_that_lets_nobody_in(
     open_ = warnings(Settings(auth_enabled=False, keys_file=keys_file))
     assert len(open_) == 2 and str(keys_file) in open_[1]
     assert len(warnings(Settings(auth_enabled=False))) == 1
+
+
+def test_a_verified_key_is_what_the_request_is_logged_under_and_a_bad_one_gets_401(
+        tmp_path: Path) -> None:
+    import types
+
+    from gateway.auth import Authenticator
+    from gateway.errors import AuthenticationError
+    from gateway.observe.hooks import current
+
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    record, secret = store.create("alice", KeyPolicy())
+    auth = Authenticator(store, enabled=True)
+    observation = types.SimpleNamespace(key_id=None)  # the request's log and metrics record
+    token = current.set(observation)  # type: ignore[arg-type]
+    try:
+        assert auth.authenticate(f"Bearer {secret}").key_id == record.id
+        assert observation.key_id == record.id
+    finally:
+        current.reset(token)
+    with pytest.raises(AuthenticationError) as info:
+        auth.authenticate(f"Bearer {secret}x")
+    error = info.value.body()["error"]
+    assert isinstance(error["message"], str) and error["message"].strip()
+    assert info.value.status_code == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
