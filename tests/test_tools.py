@@ -41,6 +41,7 @@ def refused(tool_choice: Any, tools: Any, **extra: Any) -> InvalidRequestError:
     with pytest.raises(InvalidRequestError) as info:
         planned(tool_choice, tools, **extra)
     assert info.value.status_code == 400
+    assert isinstance(info.value.message, str) and info.value.message.strip()
     return info.value
 
 
@@ -48,6 +49,7 @@ def refused(tool_choice: Any, tools: Any, **extra: Any) -> InvalidRequestError:
     (None, [tool("a")]), ("auto", [tool("a")]), ("none", [tool("a")]),
     ("required", []), ("required", None), ("required", {"a": tool("a")}),
     ("required", [tool("a"), tool("b")]),  # several: vLLM chooses
+    ({"type": "function", "function": {"name": "a"}}, {"a": tool("a")}),  # not a list
 ])
 def test_what_is_left_to_vllm(tool_choice: Any, tools: Any) -> None:
     plan = planned(tool_choice, tools)
