@@ -165,6 +165,11 @@ def refresh_tests(work: Path) -> list[str]:
     return again
 
 
+def unchecked(work: Path) -> int:
+    return sum(code is None for meta in (work / "mutants").rglob("*.meta")
+               for code in json.loads(meta.read_text())["exit_code_by_key"].values())
+
+
 def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
                ) -> tuple[float, bool]:
     """mutmut in `work` until done or out of time (only `names`, if given; else those not
@@ -311,8 +316,12 @@ def main() -> int:
         again = refresh_tests(work) if args.recheck else []
         if again:
             seconds, _ = run_mutmut(work, share, again)
-        more, finished = run_mutmut(work, share - seconds) if share - seconds > 30 else (0, False)
-        seconds += more
+        if args.recheck and not unchecked(work):
+            finished = True  # nothing left for a plain run to do (it would rerun the tests)
+        else:
+            more, finished = (run_mutmut(work, share - seconds) if share - seconds > 30
+                              else (0, False))
+            seconds += more
         outcome = collect(module, work)
         outcome.seconds, outcome.finished = seconds, finished
         outcomes.append(outcome)
