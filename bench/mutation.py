@@ -14,8 +14,8 @@ files listed for it below, one mutant at a time (the machine is shared). Not par
     .venv/bin/python bench/mutation.py --budget-min 60                  # every module
     .venv/bin/python bench/mutation.py --budget-min 10 gateway/auth.py  # one
 
-Results: bench/results/mutation.md (score per module, then every survivor's diff; rows of
-modules not run this time are kept from the previous file).
+Results: bench/results/mutation.md (score per module, then every survivor's diff; the row
+and survivors of a module not run this time are kept from the previous file).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ RESULTS = REPO / "bench" / "results" / "mutation.md"
 # The module, and the fast unit tests that exercise it (mutmut then runs, per mutant, only
 # those of them that cover the mutated function).
 MODULES: dict[str, list[str]] = {
-    "gateway/validation.py": ["tests/test_validation.py", "tests/test_chat.py",
+    "gateway/validation.py": ["tests/test_validation.py", "tests/test_output_exactness.py",
+                              "tests/test_checks.py", "tests/test_chat.py",
                               "tests/test_streaming.py"],
     "gateway/registry.py": ["tests/test_registry.py", "tests/test_validation.py",
                             "tests/test_chat.py"],
@@ -53,7 +54,13 @@ MODULES: dict[str, list[str]] = {
                                    "tests/test_retry_after.py"],
     "gateway/streaming.py": ["tests/test_streaming.py"],
     "gateway/planning.py": ["tests/test_chat.py", "tests/test_routes.py"],
-    "gateway/tools.py": ["tests/test_routes.py", "tests/test_streaming.py"],
+    "gateway/tools.py": ["tests/test_tools.py", "tests/test_routes.py", "tests/test_streaming.py"],
+    "gateway/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
+    "gateway/adhoc.py": ["tests/test_adhoc_admission.py"],
+    "gateway/checks.py": ["tests/test_checks.py"],
+    "gateway/engine_rules.py": ["tests/test_engine_rules.py", "tests/test_engine_lint.py"],
+    "gateway/engine_regex.py": ["tests/test_engine_regex_bounds.py",
+                                "tests/test_engine_rules.py"],
 }
 # (gateway/ratelimit/scripts.py is Lua in strings: mutmut does not mutate it; its checks are
 # tests/test_ratelimit_scripts.py and the planted-bug runs described in the README.)
@@ -139,12 +146,39 @@ def prepare(module: str, tests: list[str], resume: bool) -> Path:
     return work
 
 
-def run_mutmut(work: Path, budget_s: float) -> tuple[float, bool]:
-    """mutmut in `work` until done or out of time; its results are saved per mutant."""
+def refresh_tests(work: Path) -> list[str]:
+    """After tests were added: the repository's tests copied over `work`'s, and the names of
+    the mutants that survived there (or had no test), for mutmut to run again."""
+    files = subprocess.run(["git", "ls-files", "-z", "tests"], cwd=REPO, check=True,
+                           capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, work / name)
+    from mutmut.stats import status_by_exit_code
+
+    again = []
+    for meta in (work / "mutants").rglob("*.meta"):
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        again += [name for name, code in codes.items()
+                  if status_by_exit_code[code] in ("survived", "no tests")]
+    return again
+
+
+def unchecked(work: Path) -> int:
+    return sum(code is None for meta in (work / "mutants").rglob("*.meta")
+               for code in json.loads(meta.read_text())["exit_code_by_key"].values())
+
+
+def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
+               ) -> tuple[float, bool]:
+    """mutmut in `work` until done or out of time (only `names`, if given; else those not
+    yet checked); its results are saved per mutant."""
     mutmut = Path(sys.executable).with_name("mutmut")
     started = time.monotonic()
-    log = (work / "mutmut.log").open("w")
-    process = subprocess.Popen([str(mutmut), "run", "--max-children", "1"], cwd=work,
+    log = (work / "mutmut.log").open("a")
+    process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *(names or [])],
+                               cwd=work,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         process.wait(timeout=budget_s)
@@ -198,8 +232,24 @@ def previous_rows() -> dict[str, str]:
     return rows
 
 
+def previous_survivors() -> dict[str, list[str]]:
+    """Each module's survivors section from the previous file, kept for modules not run."""
+    if not RESULTS.exists():
+        return {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in RESULTS.read_text().splitlines():
+        match = re.match(r"### `([^`]+)`: \d+", line)
+        if match:
+            current = sections.setdefault(match[1], [])
+        if current is not None:
+            current.append(line)
+    return sections
+
+
 def write_report(outcomes: list[Outcome], budget_min: float) -> None:
     rows = previous_rows()
+    sections = previous_survivors()
     for outcome in outcomes:
         rows[outcome.module] = outcome.row()
     lines = [
@@ -218,19 +268,21 @@ def write_report(outcomes: list[Outcome], budget_min: float) -> None:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *(rows[module] for module in MODULES if module in rows),
         "",
-        "## Survivors of this run",
+        "## Survivors of each module's last run",
         "",
         "Each is a gap in the tests or an equivalent mutant; `## Judged equivalent` in",
         "bench/README.md lists those judged equivalent and why.",
         "",
     ]
     for outcome in outcomes:
-        lines.append(f"### `{outcome.module}`: {len(outcome.diffs)}")
-        lines.append("")
+        section = [f"### `{outcome.module}`: {len(outcome.diffs)}", ""]
         for name, diff in outcome.diffs.items():
             kind = outcome.statuses[name] + (", text only" if text_only(diff) else "")
-            lines += [f"`{name}` ({kind})", "", "```diff", diff, "```", ""]
-    RESULTS.write_text("\n".join(lines) + "\n")
+            section += [f"`{name}` ({kind})", "", "```diff", diff, "```", ""]
+        sections[outcome.module] = section
+    for module in MODULES:
+        lines += sections.get(module, [])
+    RESULTS.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 def main() -> int:
@@ -240,7 +292,13 @@ def main() -> int:
                         help="wall-clock minutes for all modules together (default 60)")
     parser.add_argument("--resume", action="store_true",
                         help="continue in bench/.mutation/<module> instead of starting afresh")
+    parser.add_argument("--recheck", action="store_true",
+                        help="after adding tests: in bench/.mutation/<module>, take the "
+                        "repository's tests, run the survivors again, then go on with the "
+                        "mutants not yet checked")
     args = parser.parse_args()
+    if args.recheck:
+        args.resume = True
     modules = args.modules or list(MODULES)
     unknown = [m for m in modules if m not in MODULES]
     if unknown:
@@ -254,7 +312,16 @@ def main() -> int:
             print(f"{module}: skipped, budget spent", flush=True)
             continue
         work = prepare(module, MODULES[module], args.resume)
-        seconds, finished = run_mutmut(work, share)
+        seconds = 0.0
+        again = refresh_tests(work) if args.recheck else []
+        if again:
+            seconds, _ = run_mutmut(work, share, again)
+        if args.recheck and not unchecked(work):
+            finished = True  # nothing left for a plain run to do (it would rerun the tests)
+        else:
+            more, finished = (run_mutmut(work, share - seconds) if share - seconds > 30
+                              else (0, False))
+            seconds += more
         outcome = collect(module, work)
         outcome.seconds, outcome.finished = seconds, finished
         outcomes.append(outcome)

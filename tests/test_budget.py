@@ -4,6 +4,7 @@ and the key's cap and TPM applied to the whole request."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -94,3 +95,36 @@ def test_n_must_be_a_positive_integer(n: Any) -> None:
     with pytest.raises(InvalidRequestError) as info:
         budget(chat(n=n))
     assert info.value.param == "n"
+
+
+def test_one_is_a_valid_count_and_an_error_says_which_field() -> None:
+    assert budget(chat(n=1, best_of=1, max_tokens=10)).sequences == 1
+    with pytest.raises(InvalidRequestError) as info:
+        budget(chat(best_of=0))
+    assert info.value.param == "best_of"
+    assert isinstance(info.value.message, str) and info.value.message.strip()
+
+
+def test_a_chat_bodys_stray_prompt_field_is_not_counted_as_prompts() -> None:
+    assert budget(chat(prompt=["a"] * 5, max_tokens=10)).sequences == 1
+
+
+def test_requests_exactly_at_the_keys_limits_are_admitted() -> None:
+    # One token per answer for as many answers as the cap: within the cap, not over it.
+    assert budget(chat(n=4), max_tokens=4).max_tokens == 1
+    assert budget(chat(max_tokens=1), tpm=500).max_tokens == 1
+    # vLLM is sent a whole number of tokens.
+    assert type(budget(chat(n=3), max_tokens=100).max_tokens) is int
+
+
+def figures(message: str) -> set[str]:
+    return set(re.findall(r"\d+(?:\.\d+)?", message))
+
+
+def test_a_refusal_gives_the_figures_a_client_needs_to_fit() -> None:
+    # What was asked for, how many answers, the key's limit, and what would fit.
+    capped = refused(chat(n=2, max_tokens=300), max_tokens=500)
+    assert {"2", "300", "500", "250"} <= figures(capped.message)
+    prompt = estimate_prompt_tokens(CHAT)
+    over = refused(chat(max_tokens=600), tpm=500)
+    assert {"600", "500", str(prompt), str(500 - prompt)} <= figures(over.message)

@@ -154,6 +154,7 @@ def test_several_findings_name_the_first_and_count_the_rest() -> None:
     failure = check_function_ir(document(name="def", returns="1 +"))
     assert failure is not None and failure.pointer == "/signature/name"
     assert "(and 1 more finding)" in failure.reason
+    assert failure.raw_output == json.dumps(document(name="def", returns="1 +"))
 
 
 MODULE = {

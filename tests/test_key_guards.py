@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import secrets
 import shutil
 import string
@@ -159,3 +160,54 @@ def test_auth_refusals_carry_openais_code_param_and_a_message(tmp_path: Path) ->
         assert isinstance(body["message"], str) and body["message"].strip()
         if code is not None:
             assert (body["code"], body["param"]) == (code, param)
+
+
+def test_an_operator_is_warned_of_a_keys_file_that_lets_nobody_in(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Startup logs are what an operator reads: a keys file with no active key (every request
+    # a 401), or one set while auth is off (it protects nothing), is a WARNING naming it.
+    from gateway.auth import build_authenticator
+    from gateway.settings import Settings
+
+    keys_file = tmp_path / "keys.json"
+    store = KeyStore(keys_file, create=True)
+    record, _ = store.create("alice", KeyPolicy())
+
+    def warnings(settings: Settings) -> list[str]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="gateway.auth"):
+            build_authenticator(settings)
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+    keyed = Settings(auth_enabled=True, keys_file=keys_file)
+    assert warnings(keyed) == []  # one active key: nothing to warn of
+    store.revoke(record.id)
+    assert any(str(keys_file) in line for line in warnings(keyed))
+    open_ = warnings(Settings(auth_enabled=False, keys_file=keys_file))
+    assert len(open_) == 2 and str(keys_file) in open_[1]
+    assert len(warnings(Settings(auth_enabled=False))) == 1
+
+
+def test_a_verified_key_is_what_the_request_is_logged_under_and_a_bad_one_gets_401(
+        tmp_path: Path) -> None:
+    import types
+
+    from gateway.auth import Authenticator
+    from gateway.errors import AuthenticationError
+    from gateway.observe.hooks import current
+
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    record, secret = store.create("alice", KeyPolicy())
+    auth = Authenticator(store, enabled=True)
+    observation = types.SimpleNamespace(key_id=None)  # the request's log and metrics record
+    token = current.set(observation)  # type: ignore[arg-type]
+    try:
+        assert auth.authenticate(f"Bearer {secret}").key_id == record.id
+        assert observation.key_id == record.id
+    finally:
+        current.reset(token)
+    with pytest.raises(AuthenticationError) as info:
+        auth.authenticate(f"Bearer {secret}x")
+    error = info.value.body()["error"]
+    assert isinstance(error["message"], str) and error["message"].strip()
+    assert info.value.status_code == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"

@@ -180,3 +180,13 @@ async def test_an_answer_with_two_choices_is_an_upstream_error(
         {"type": "object", "properties": {"name": {"type": "string"}}}))
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_an_integer_too_long_to_read_exactly_is_a_check_failure_not_a_500() -> None:
+    # Python reads at most 4300 digits; past that the answer cannot be checked and fails.
+    schema = adhoc_schema("t", {"type": "object"}, "repair")
+    answer = '{"n": ' + "7" * 5000 + "}"
+    with pytest.raises(CheckFailure) as failure:
+        check_output(answer, schema, repair=True)
+    assert failure.value.pointer == "" and failure.value.raw_output == answer
+    assert failure.value.constraint and failure.value.reason

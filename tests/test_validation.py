@@ -130,6 +130,23 @@ def test_the_whole_document_is_pointed_at_with_an_empty_pointer() -> None:
             "a/b": {"type": "string"}}}), repair=True)
     assert failure.value.pointer == "/a~1b"
     assert failure.value.constraint == "type at schema#/properties/a~1b/type"
+    with pytest.raises(CheckFailure) as failure:  # "~" first, so "~1" is not read as "/"
+        check_output('{"a~/b": 1}', schema({"type": "object", "properties": {
+            "a~/b": {"type": "string"}}}), repair=True)
+    assert failure.value.pointer == "/a~0~1b"
+    # What a client's error body carries about the failure, under these names.
+    assert set(failure.value.error_extra()) == {
+        "pointer", "constraint", "raw_output", "raw_output_truncated"}
+    assert failure.value.error_extra()["constraint"] == failure.value.constraint
+
+
+def test_an_answer_that_cannot_be_repaired_is_reported_as_the_model_wrote_it() -> None:
+    # `\<LF>` cannot be repaired; the `\x01` elsewhere could, but a half-repaired text is
+    # neither what the model wrote nor a valid answer.
+    text = '{"a": "x\\\ny", "b": "\x01"}'
+    with pytest.raises(CheckFailure) as failure:
+        check_output(text, None, repair=True)
+    assert failure.value.raw_output == text
 
 
 @pytest.mark.parametrize("bad", [False, True, [], "x"])
@@ -232,3 +249,29 @@ async def test_adhoc_schemas_share_one_metrics_label(client: httpx.AsyncClient,
     metrics = (await client.get("/metrics")).text
     assert 'irgw_output_checks_total{outcome="passed",schema="(ad-hoc)"} 2.0' in metrics
     assert "One" not in metrics and "Two" not in metrics
+
+
+def test_an_escaped_quote_does_not_end_the_string_whole_or_split_across_pieces() -> None:
+    # `\"` inside a string keeps the scanner inside it, so the raw control after it is
+    # still repaired; also when a stream's piece ends right after the backslash.
+    text = '{"a": "say \\"hi\\"\x01\n"}'
+    repaired = check_output(text, None, repair=True)
+    assert repaired.outcome == "repaired" and repaired.document == {"a": 'say "hi"\x01\n'}
+    for cut in range(1, len(text)):
+        escaper = StreamingEscaper()
+        joined = escaper.feed(text[:cut]) + escaper.feed(text[cut:])
+        assert check_output(joined, None, repair=False).document == repaired.document, cut
+
+
+def test_an_answer_that_is_one_string_is_repaired_from_its_first_quote() -> None:
+    checked = check_output('"a\x01"', schema({"type": "string"}), repair=True)
+    assert checked.outcome == "repaired" and checked.document == "a\x01"
+
+
+def test_raw_output_is_flagged_truncated_only_past_the_limit() -> None:
+    from gateway.validation import _MAX_RAW_OUTPUT
+
+    for size, cut in ((_MAX_RAW_OUTPUT, False), (_MAX_RAW_OUTPUT + 1, True)):
+        extra = CheckFailure("r", "", "c", "x" * size).error_extra()
+        assert extra["raw_output_truncated"] is cut
+        assert len(extra["raw_output"]) == _MAX_RAW_OUTPUT
