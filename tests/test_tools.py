@@ -61,7 +61,7 @@ def test_a_named_function_is_the_one_forced_among_several() -> None:
     plan = planned(named, [tool("lookup", {"type": "object"}), tool("weather", CITY)])
     assert plan.mode is Mode.TOOL and plan.tool_name == "weather"
     assert plan.pending is not None and plan.pending.schema == CITY
-    assert plan.policy == SETTINGS.adhoc_output_policy
+    assert plan.policy.name == SETTINGS.adhoc_output_policy
 
 
 @pytest.mark.parametrize(("tool_choice", "tools", "param"), [
@@ -89,7 +89,7 @@ def test_which_schema_checks_the_arguments() -> None:
     # No parameters and a registered name: the registered schema and its policy.
     registered = planned("required", [tool("function_ir")])
     assert registered.schema is REGISTRY.resolve("function_ir") and registered.pending is None
-    assert registered.policy == registered.schema.output_policy
+    assert registered.policy.name == registered.schema.output_policy
     # Parameters win over a registered name; neither: an object with anything in it.
     own = planned("required", [tool("function_ir", CITY)])
     assert own.schema is None and own.pending is not None and own.pending.schema == CITY
@@ -97,9 +97,9 @@ def test_which_schema_checks_the_arguments() -> None:
     assert bare.pending is not None and bare.pending.name == "get_time"
     assert bare.pending.schema == {"type": "object", "properties": {}}
     # The operator's policy overrides both.
-    strict = SETTINGS.model_copy(update={"output_policy": "strict"})
-    assert planned("required", [tool("function_ir")], strict).policy == "strict"
-    assert planned("required", [tool("get_time")], strict).policy == "strict"
+    strict = SETTINGS.model_copy(update={"output_policy": "error"})
+    assert planned("required", [tool("function_ir")], strict).policy.name == "error"
+    assert planned("required", [tool("get_time")], strict).policy.name == "error"
 
 
 def test_each_call_has_its_own_id() -> None:
