@@ -34,7 +34,9 @@ async def test_every_answer_to_generated_requests_matches_the_document(
     if not SCHEMATHESIS.exists():
         pytest.fail(f"{SCHEMATHESIS} is missing: run scripts/setup-client-env.sh schemathesis")
     store = KeyStore(tmp_path / "keys.json", create=True)
-    _, key = store.create("fuzz", KeyPolicy(allow_adhoc=True))  # no limits: unlimited
+    # No limits; may choose the output policy, so generated x-irgw-output-policy headers
+    # reach the checks past it instead of a 403.
+    _, key = store.create("fuzz", KeyPolicy(allow_adhoc=True, allow_policy_override=True))
     fake.default = Reply(VALID)
     settings = unit_settings(fake.url, auth_enabled=True, keys_file=tmp_path / "keys.json")
     async with running_gateway(settings) as gateway:

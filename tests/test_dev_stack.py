@@ -203,6 +203,7 @@ def test_dev_tiny_serves_printed_curl_and_stops_cleanly() -> None:
         result = subprocess.run(curl, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         body = json.loads(result.stdout)
+        ir: object = body.get("error")
         if "error" in body:
             # The tiny model's IR can be schema-valid but not usable (a type hint that is not
             # a Python type): the promise is then a typed error, never a bad answer.

@@ -163,7 +163,7 @@ class SdkTracing(Tracing):
                 attributes["irgw.schema"] = plan.schema.name
                 attributes["irgw.schema.version"] = str(plan.schema.version) \
                     if not plan.schema.adhoc else "ad-hoc"
-                attributes["irgw.policy"] = plan.policy
+                attributes["irgw.policy"] = plan.policy.name
             attributes["irgw.stream"] = plan.stream
         if usage:
             attributes["gen_ai.usage.input_tokens"] = usage.get("prompt_tokens") or 0
