@@ -9,7 +9,8 @@ A gateway process (`ir-gateway serve`, auth off) in front of the test suite's fa
 (in this process). For each scenario: the gateway's RSS after a warm-up, its peak while
 eight clients send their bodies at once (VmRSS sampled every 10 ms, and VmHWM), and its
 RSS a second after the answers (glibc keeps freed memory: the gateway runs with
-PYTHONMALLOC=malloc, gateway/runtime.py). Bodies are one chat message of ASCII text, the shape of a
+PYTHONMALLOC=malloc,
+gateway/server/runtime.py). Bodies are one chat message of ASCII text, the shape of a
 long prompt. All traffic on 127.0.0.1; every wait is bounded.
 """
 

@@ -33,13 +33,13 @@ sys.path.insert(0, str(REPO))
 
 import uvloop  # noqa: E402
 
+import gateway.generation.checking as checking  # noqa: E402
 import gateway.routes.chat as chat  # noqa: E402
-import gateway.routes.checking as checking  # noqa: E402
 import gateway.upstream.client as client  # noqa: E402
 import gateway.upstream.transport as transport  # noqa: E402
 from gateway.app import create_app  # noqa: E402
-from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal  # noqa: E402
-from gateway.runtime import restart_on_huge_pages  # noqa: E402
+from gateway.server.asgi import DISCONNECT_EXTENSION, DisconnectSignal  # noqa: E402
+from gateway.server.runtime import restart_on_huge_pages  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "critical_path.md"
@@ -183,7 +183,7 @@ async def measure(port: int) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    restart_on_huge_pages()  # the heap `ir-gateway serve` runs with (gateway/runtime.py)
+    restart_on_huge_pages()  # the heap `ir-gateway serve` runs with (gateway/server/runtime.py)
     instrument()
     fake = subprocess.Popen([sys.executable, str(REPO / "bench" / "overhead.py"), "--serve-fake"],
                             stdout=subprocess.PIPE, cwd=REPO)
@@ -217,7 +217,7 @@ def main() -> None:
         "the caches, TLBs and branch history this code needs (keeping both vCPUs busy "
         "meanwhile recovers only a little: bench/README.md), so at 200 req/s every step of "
         "the request runs cold (this harness runs with the heap on huge pages, as "
-        "`ir-gateway serve` does: `gateway/runtime.py`). "
+        "`ir-gateway serve` does: `gateway/server/runtime.py`). "
         "No single step dominates; the cost is spread over every piece of Python the "
         "request passes, so what shortens the cold path is less code on it, not a faster "
         "hot spot.",

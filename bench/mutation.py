@@ -12,7 +12,7 @@ Each module runs in its own copy of the repository under `bench/.mutation/<modul
 files listed for it below, one mutant at a time (the machine is shared). Not part of CI.
 
     .venv/bin/python bench/mutation.py --budget-min 60                  # every module
-    .venv/bin/python bench/mutation.py --budget-min 10 gateway/auth.py  # one
+    .venv/bin/python bench/mutation.py --budget-min 10 gateway/access/auth.py  # one
 
 Results: bench/results/mutation.md (score per module, then every survivor's diff; the row
 and survivors of a module not run this time are kept from the previous file).
@@ -39,27 +39,28 @@ RESULTS = REPO / "bench" / "results" / "mutation.md"
 # The module, and the fast unit tests that exercise it (mutmut then runs, per mutant, only
 # those of them that cover the mutated function).
 MODULES: dict[str, list[str]] = {
-    "gateway/validation.py": ["tests/test_validation.py", "tests/test_output_exactness.py",
+    "gateway/output/validation.py": ["tests/test_validation.py", "tests/test_output_exactness.py",
                               "tests/test_checks.py", "tests/test_chat.py",
                               "tests/test_streaming.py"],
-    "gateway/registry.py": ["tests/test_registry.py", "tests/test_validation.py",
+    "gateway/output/registry.py": ["tests/test_registry.py", "tests/test_validation.py",
                             "tests/test_chat.py"],
-    "gateway/keys.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
-    "gateway/auth.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
+    "gateway/access/keys.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
+    "gateway/access/auth.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
     "gateway/ratelimit/base.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py"],
     "gateway/ratelimit/memory.py": ["tests/test_ratelimit.py"],
     "gateway/ratelimit/inflight.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py"],
     "gateway/ratelimit/circuit.py": ["tests/test_ratelimit.py"],
     "gateway/ratelimit/redis.py": ["tests/test_ratelimit.py", "tests/test_ratelimit_scripts.py",
                                    "tests/test_retry_after.py"],
-    "gateway/streaming.py": ["tests/test_streaming.py"],
-    "gateway/planning.py": ["tests/test_chat.py", "tests/test_routes.py"],
-    "gateway/tools.py": ["tests/test_tools.py", "tests/test_routes.py", "tests/test_streaming.py"],
-    "gateway/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
-    "gateway/adhoc.py": ["tests/test_adhoc_admission.py"],
-    "gateway/checks.py": ["tests/test_checks.py"],
-    "gateway/engine_rules.py": ["tests/test_engine_rules.py", "tests/test_engine_lint.py"],
-    "gateway/engine_regex.py": ["tests/test_engine_regex_bounds.py",
+    "gateway/generation/streaming.py": ["tests/test_streaming.py"],
+    "gateway/generation/planning.py": ["tests/test_chat.py", "tests/test_routes.py"],
+    "gateway/generation/tools.py": ["tests/test_tools.py", "tests/test_routes.py",
+                                    "tests/test_streaming.py"],
+    "gateway/generation/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
+    "gateway/output/adhoc.py": ["tests/test_adhoc_admission.py"],
+    "gateway/output/checks.py": ["tests/test_checks.py"],
+    "gateway/output/engine_rules.py": ["tests/test_engine_rules.py", "tests/test_engine_lint.py"],
+    "gateway/output/engine_regex.py": ["tests/test_engine_regex_bounds.py",
                                 "tests/test_engine_rules.py"],
 }
 # (gateway/ratelimit/scripts.py is Lua in strings: mutmut does not mutate it; its checks are

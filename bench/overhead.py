@@ -67,7 +67,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from gateway.runtime import glibc_version, huge_page_environment, thp_mode  # noqa: E402
+from gateway.server.runtime import glibc_version, huge_page_environment, thp_mode  # noqa: E402
 from tests.ir_samples import FUNCTION_IR  # noqa: E402  (the same answer the unit tests use)
 
 HOST = "127.0.0.1"
@@ -222,7 +222,7 @@ def fake_main() -> None:
 
 def floor_main(upstream_port: int) -> None:
     """A proxy with no logic at all on the gateway's own stack: its server protocol
-    (gateway/server.py: uvicorn's httptools protocol with coalesced writes) on uvloop in
+    (gateway/server/protocol.py: uvicorn's httptools protocol with coalesced writes) on uvloop in
     front, the gateway's own upstream transport (`UpstreamClient.pool`) behind. It forwards
     the body as it came and the answer as it came. Its added latency is the floor for any
     Python gateway built from these parts on this machine."""
@@ -252,7 +252,7 @@ def floor_main(upstream_port: int) -> None:
             (b"content-length", str(len(answer)).encode())]})
         await send({"type": "http.response.body", "body": answer})
 
-    from gateway.server import GatewayHttpProtocol
+    from gateway.server.protocol import GatewayHttpProtocol
 
     serve_child(app, http=GatewayHttpProtocol)
 
@@ -384,7 +384,7 @@ def start_fake() -> tuple[Child, int]:
 
 
 def start_floor(upstream_port: int) -> tuple[Child, int]:
-    # The process set-up `ir-gateway serve` gives itself (gateway/runtime.py), so that the
+    # The process set-up `ir-gateway serve` gives itself (gateway/server/runtime.py), so that the
     # gateway's margin over the floor is its own work, not a difference in memory layout.
     env = huge_page_environment(os.environ, glibc=glibc_version(), thp=thp_mode())
     return start_child("floor", "--serve-floor", str(upstream_port), env=env)
@@ -1300,14 +1300,14 @@ def write_report(run: Run, quick: bool, wall_s: float, load_start: tuple[float, 
         "latency; `GET /version` -> 0.32.0, `GET /v1/models` -> `qwen-coder`, `POST "
         f"/v1/chat/completions` -> a {len(completion_body())}-byte `chat.completion` whose "
         "content is a compact valid `function_ir` document, with usage.",
-        "- floor: its own process, the gateway's server protocol (`gateway/server.py`: "
+        "- floor: its own process, the gateway's server protocol (`gateway/server/protocol.py`: "
         "uvicorn's httptools protocol with coalesced writes) on uvloop in front and the "
         "gateway's own upstream transport (`UpstreamClient`) behind; it forwards the direct "
         "request's bytes to the fake and the fake's answer back, nothing else; it runs with "
         f"the environment the gateway restarts itself in ({huge_pages_note()}).",
         "- gateway: `ir-gateway serve --upstream ... --port ...` as its own process (one "
         "uvicorn worker, uvloop + the gateway's protocol; its heap on huge pages where the "
-        "system allows, `gateway/runtime.py`), `IRGW_AUTH_ENABLED=false`, "
+        "system allows, `gateway/server/runtime.py`), `IRGW_AUTH_ENABLED=false`, "
         "`IRGW_LOG_LEVEL=warning`, all other settings default. The auth-on gateway is a "
         "second such process with `IRGW_KEYS_FILE` (one key from `ir-gateway keys create "
         "--rpm 10000000 --tpm 1000000000`) and the in-memory limiter; both run side by side, "

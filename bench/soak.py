@@ -41,9 +41,9 @@ from soak_clients import KINDS, Ctx, Key, Tally, chat_body, client  # noqa: E402
 from soak_http import Conn, NoAnswer, request_bytes  # noqa: E402
 from soak_report import Snapshot, metrics_counts, render, snapshot  # noqa: E402
 
+from gateway.access.keys import KeyPolicy, KeyStore  # noqa: E402
+from gateway.dev.vllm_flags import CPU_DEFAULT_MAX_MODEL_LEN  # noqa: E402
 from gateway.dev.vllm_process import VllmServer, build_dev_model  # noqa: E402
-from gateway.keys import KeyPolicy, KeyStore  # noqa: E402
-from gateway.vllm_flags import CPU_DEFAULT_MAX_MODEL_LEN  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 SERVED_MODEL = "tiny-qwen2"

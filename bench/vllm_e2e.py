@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gateway.dev.vllm_process import VllmServer, build_dev_model  # noqa: E402
-from gateway.registry import SchemaRegistry  # noqa: E402
+from gateway.output.registry import SchemaRegistry  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from tests.gateway_server import running_gateway  # noqa: E402
 
@@ -136,7 +136,7 @@ async def main() -> None:
         f"{platform.machine()}, Python {platform.python_version()}",
         f"- load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other work "
         "shares these 2 cores; compare the two paths, not absolute figures)",
-        f"- vLLM 0.32.0 CPU build, xgrammar, tiny Qwen2 from `gateway.devmodels.tiny` "
+        f"- vLLM 0.32.0 CPU build, xgrammar, tiny Qwen2 from `gateway.dev.models.tiny` "
         f"(booted in {boot:.0f}s); schema `function_ir@1`, temperature 0.8, max_tokens 400",
         f"- {args.rounds} interleaved rounds per path and level; latency is per request, "
         "tok/s is completion tokens over the rounds' wall time",

@@ -14,7 +14,7 @@ Two functions, so the GPU scales on its own and the CPU-only gateway can answer 
 an anonymous `/readyz` (`IRGW_READY_PROBE=with_key`: only a caller with a key makes it probe
 vLLM) and 4xx errors without waking it:
 
-* `vllm_server`: vLLM's OpenAI server on the profile's GPU, started with `gateway.vllm_flags`
+* `vllm_server`: vLLM's OpenAI server on the profile's GPU, started with `gateway.dev.vllm_flags`
   (the same definition the local stack and the CPU integration tests use). Two locks on it:
   vLLM's bearer key (`VLLM_API_KEY`, guards `/v1`, `/v2`, `/inference`, `/cohere` only) and
   Modal proxy auth on the whole endpoint (every route, `/invocations` and `/tokenize`
@@ -60,7 +60,7 @@ if str(_HERE) not in sys.path:
 
 import profiles  # noqa: E402
 
-from gateway import vllm_flags  # noqa: E402
+from gateway.dev import vllm_flags  # noqa: E402
 
 log = logging.getLogger("ir-gateway.modal")
 
@@ -191,7 +191,7 @@ vllm_image = (
         "DO_NOT_TRACK": "1",
         "TOKENIZERS_PARALLELISM": "false",
     })
-    # Only `gateway.vllm_flags` is used here (stdlib only), so the vLLM image needs none of the
+    # Only `gateway.dev.vllm_flags` is used here (stdlib only), so the vLLM image needs none of the
     # gateway's dependencies.
     .add_local_python_source("gateway")
     .add_local_file(_HERE / "profiles.py", "/root/profiles.py")
@@ -201,7 +201,8 @@ vllm_image = (
 gateway_image = (
     modal.Image.debian_slim(python_version="3.11")
     # Under the versions the tests and benchmarks ran with (constraints.txt pins the test
-    # venv): gateway/server.py builds on uvicorn's protocol class, so production must run the
+    # venv): gateway/server/protocol.py builds on uvicorn's protocol class, so production must
+    # run the
     # server stack that was tested, not whatever release is newest on the day of the build.
     .add_local_file(_REPO / "constraints.txt", GATEWAY_CONSTRAINTS_PATH, copy=True)
     .uv_pip_install(*GATEWAY_REQUIREMENTS, extra_options=f"--constraint {GATEWAY_CONSTRAINTS_PATH}")
@@ -459,7 +460,7 @@ def gateway_api() -> None:
     log.info("starting ir-gateway serve in front of %s", environment["IRGW_UPSTREAM_URL"])
     # cwd: `python -m` finds the `gateway` package where Modal put it (next to this file's
     # copy of it), without it being pip-installed in the image.
-    source_root = Path(vllm_flags.__file__).resolve().parent.parent
+    source_root = Path(vllm_flags.__file__).resolve().parents[2]
     process = subprocess.Popen(gateway_command(), env=environment, cwd=source_root,
                                stdin=subprocess.DEVNULL)
     threading.Thread(target=_exit_with, args=(process, "ir-gateway serve"), daemon=True).start()

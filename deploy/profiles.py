@@ -7,7 +7,7 @@ Everything that must change together when the model changes lives in one `Profil
 GPU and a model that do not fit each other cannot be deployed by editing one constant.
 `tests/test_deploy.py` has the pinned vLLM's own argument parser read every profile's flags.
 
-Stdlib only besides `gateway.vllm_flags`: deploy/modal_app.py imports it locally and in both
+Stdlib only besides `gateway.dev.vllm_flags`: deploy/modal_app.py imports it locally and in both
 containers (the images carry it as /root/profiles.py).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway import vllm_flags
+from gateway.dev import vllm_flags
 
 PROFILE_ENV = "IRGW_MODAL_PROFILE"
 DEFAULT_PROFILE = "qwen2.5-coder-7b"

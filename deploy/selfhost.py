@@ -10,7 +10,7 @@ through the environment, never argv. Ctrl-C / SIGTERM stops both; if either exit
 is stopped too and its exit code is returned.
 
 `--dry-run` prints both command lines as JSON and starts nothing (the tests use it).
-Stdlib only besides `gateway.vllm_flags`, so it runs with any Python that sees the repo.
+Stdlib only besides `gateway.dev.vllm_flags`, so it runs with any Python that sees the repo.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from gateway import vllm_flags  # noqa: E402
+from gateway.dev import vllm_flags  # noqa: E402
 
 # Same model, revision and name as deploy/modal_app.py (a test keeps them equal; that module
 # cannot be imported here without the `modal` package).

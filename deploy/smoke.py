@@ -127,7 +127,7 @@ def wait_until_ready(base_url: str, key: str, *, wait_s: float, say: Callable[[s
 
 
 def canary_verdict(ready: Mapping[str, Any]) -> tuple[bool | None, str]:
-    """(passed, text) for the constraint canary in a `/readyz` body (`gateway/canary.py`:
+    """(passed, text) for the constraint canary in a `/readyz` body (`gateway/upstream/canary.py`:
     `{"verdict", "reason", "age_s"}`); passed is None when there is no verdict (the canary off,
     or inconclusive). A gateway whose canary fails answers /readyz with a 503 naming the
     cause, which `wait_until_ready` already turns into a failure."""

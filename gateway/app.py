@@ -17,8 +17,6 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway import __version__
-from gateway.asgi import ClientDisconnectedError, JSONResponse
-from gateway.body_budget import BODY_BYTES_HELD
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -29,7 +27,9 @@ from gateway.observe.observer import Observation
 from gateway.openapi_doc.document import document_of
 from gateway.routes import admin, chat, completions, health, models, schemas
 from gateway.routes.common import RawRoute, request_id
-from gateway.runtime import MemoryTrimmer
+from gateway.server.asgi import ClientDisconnectedError, JSONResponse
+from gateway.server.body_budget import BODY_BYTES_HELD
+from gateway.server.runtime import MemoryTrimmer
 from gateway.services import Services
 from gateway.settings import Settings
 

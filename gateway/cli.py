@@ -13,13 +13,13 @@ from pydantic import ValidationError
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.access.auth import AuthConfigError
+    from gateway.access.keys import KeyStoreError
     from gateway.app import create_app
-    from gateway.auth import AuthConfigError
-    from gateway.keys import KeyStoreError
     from gateway.observe.logs import configure_logging, uvicorn_logging
-    from gateway.registry import SchemaFileError
-    from gateway.runtime import restart_on_huge_pages, tune_gc_for_serving
-    from gateway.serving import uvicorn_options
+    from gateway.output.registry import SchemaFileError
+    from gateway.server.runtime import restart_on_huge_pages, tune_gc_for_serving
+    from gateway.server.serving import uvicorn_options
     from gateway.settings import Settings
 
     overrides: dict[str, Any] = {
@@ -58,11 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML settings file (IRGW_CONFIG_FILE)")
     serve.set_defaults(run=_serve)
 
+    from gateway.access.keys_cli import add_keys_commands, run_keys_command
+    from gateway.access.usage_cli import add_usage_command
     from gateway.dev.cli import add_dev_command
     from gateway.evaluation.cli import add_eval_command
-    from gateway.keys_cli import add_keys_commands, run_keys_command
-    from gateway.schemas_cli import add_schemas_command
-    from gateway.usage_cli import add_usage_command
+    from gateway.output.schemas_cli import add_schemas_command
 
     add_dev_command(commands)
     add_eval_command(commands)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.access.auth import Authenticator, build_authenticator
 from gateway.access.budgets import with_budgets
 from gateway.access.cache import ResponseCache, build_cache
 from gateway.access.usage import UsageRecorder
 from gateway.access.usage_sinks import build_usage
-from gateway.adhoc import AdhocSchemas
-from gateway.auth import Authenticator, build_authenticator
-from gateway.body_budget import BodyBudget
-from gateway.canary import Canary
 from gateway.errors import UpstreamError
-from gateway.metrics import Metrics, MetricsListener
 from gateway.observe.observer import Observer
+from gateway.observe.prometheus import Metrics, MetricsListener
+from gateway.output.adhoc import AdhocSchemas
+from gateway.output.registry import SchemaRegistry
 from gateway.ratelimit import build_limiter
 from gateway.ratelimit.base import Limiter
-from gateway.registry import SchemaRegistry
+from gateway.server.body_budget import BodyBudget
 from gateway.settings import Settings
+from gateway.upstream.canary import Canary
 from gateway.upstream.client import UpstreamClient
 
 

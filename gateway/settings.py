@@ -18,9 +18,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gateway.policies import PolicyName
+from gateway.output.policies import PolicyName
 
-# A policy by name (gateway/policies.py holds what each one does).
+# A policy by name (gateway/output/policies.py holds what each one does).
 OutputPolicy = PolicyName
 
 _DEFAULT_SCHEMAS_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -272,7 +272,7 @@ class Settings(BaseSettings):
     huge_pages: bool = Field(
         default=True,
         description="`serve` restarts itself with Python objects on transparent huge pages "
-        "(gateway/runtime.py) where glibc and the kernel allow it.",
+        "(gateway/server/runtime.py) where glibc and the kernel allow it.",
     )
     log_level: str = "info"
     # -- seeing inside it (gateway/observe/; traces are configured by OTEL_* variables)

@@ -20,7 +20,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VLLM_VENV:-$REPO/.venv-vllm}"
 PYTHON="${PYTHON:-python3}"
 
-# Keep in step with gateway/vllm_flags.py (VLLM_VERSION). torch 2.13.0+cpu is not on
+# Keep in step with gateway/dev/vllm_flags.py (VLLM_VERSION). torch 2.13.0+cpu is not on
 # PyPI's default index: pip picks it up from the machine's local wheel directory via the
 # global pip config/constraints, so it is deliberately not named here.
 REQUIREMENTS=(

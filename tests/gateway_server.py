@@ -17,7 +17,7 @@ import httpx
 import uvicorn
 
 from gateway.app import GatewayApp, create_app
-from gateway.serving import uvicorn_options
+from gateway.server.serving import uvicorn_options
 from gateway.settings import Settings
 
 

@@ -2,7 +2,7 @@
 with a clear 400; a repeated schema compiled once.
 
 Compiles are counted where every ad-hoc schema is compiled (the validator's construction in
-gateway.registry), so these tests say nothing about timing."""
+gateway.output.registry), so these tests say nothing about timing."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import registry
 from gateway.errors import InvalidSchemaError
+from gateway.output import registry
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import running_gateway
@@ -135,7 +135,7 @@ async def test_a_repeated_adhoc_schema_is_compiled_once(
 
 
 def test_the_cache_is_bounded_and_keyed_by_the_exact_text(compiles: list[Any]) -> None:
-    from gateway.adhoc import AdhocSchemas, PendingAdhoc
+    from gateway.output.adhoc import AdhocSchemas, PendingAdhoc
 
     cache = AdhocSchemas(policy="repair", max_bytes=65_536, max_depth=32, max_nodes=1_000,
                          cache_size=2)

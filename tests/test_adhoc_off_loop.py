@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import adhoc
+from gateway.output import adhoc
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import running_gateway
@@ -49,7 +49,7 @@ async def test_other_requests_are_answered_while_an_adhoc_schema_compiles(
 def test_an_adhoc_schema_is_read_for_the_engine_once(monkeypatch: pytest.MonkeyPatch) -> None:
     # The engine rules walk every node in Python (most of a compile's time): once gives
     # both the grammar vLLM is sent and the warnings; twice doubled the compile.
-    from gateway import registry
+    from gateway.output import registry
 
     calls: list[Any] = []
     real = registry.analyse

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.access.keys import KeyStore
 from gateway.access.records import KeyPolicy
 from gateway.access.redis_keys import RedisKeyStore
 from gateway.cli import main
-from gateway.keys import KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import gateway_process, running_gateway

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from gateway.openapi_doc import DOCUMENT_PATH
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply

@@ -1,5 +1,5 @@
 """What request bodies may take: one (IRGW_MAX_REQUEST_BYTES) and all together
-(IRGW_MAX_BODY_BYTES_IN_FLIGHT, gateway/body_budget.py)."""
+(IRGW_MAX_BODY_BYTES_IN_FLIGHT, gateway/server/body_budget.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""What a request reserves and the `max_tokens` vLLM is sent (gateway/budget.py): every
+"""What a request reserves and the `max_tokens` vLLM is sent (gateway/generation/budget.py): every
 answer vLLM may generate (n x prompts x max_tokens), a default when max_tokens is absent,
 and the key's cap and TPM applied to the whole request."""
 
@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway.budget import Budget, token_budget
+from gateway.access.keys import KeyPolicy
 from gateway.errors import InvalidRequestError
-from gateway.keys import KeyPolicy
-from gateway.planning import ChatPlan, estimate_prompt_tokens, plan_chat, plan_completion
-from gateway.registry import SchemaRegistry
+from gateway.generation.budget import Budget, token_budget
+from gateway.generation.planning import ChatPlan, estimate_prompt_tokens, plan_chat, plan_completion
+from gateway.output.registry import SchemaRegistry
 from gateway.settings import Settings
 from tests.conftest import REPO
 

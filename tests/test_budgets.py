@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.access.auth import Principal
 from gateway.access.budgets import (
     BudgetedLimiter,
     MemoryBudgets,
@@ -21,15 +22,14 @@ from gateway.access.budgets import (
     RedisBudgets,
     period_of,
 )
+from gateway.access.keys import KeyPolicy, KeyStore
 from gateway.access.redisconn import redis_client
-from gateway.auth import Principal
-from gateway.budget import token_budget
 from gateway.errors import RateLimitError
-from gateway.keys import KeyPolicy, KeyStore
-from gateway.planning import plan_chat
+from gateway.generation.budget import token_budget
+from gateway.generation.planning import plan_chat
+from gateway.output.registry import SchemaRegistry
 from gateway.ratelimit import MemoryLimiter
 from gateway.ratelimit.redis import RedisLimiter
-from gateway.registry import SchemaRegistry
 from tests import openai_spec
 from tests.conftest import REPO, REPORT, unit_settings
 from tests.fake_upstream import FakeUpstream, Reply

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import gateway_process, running_gateway

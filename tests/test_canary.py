@@ -1,4 +1,5 @@
-"""The canary (gateway/canary.py) against fakes: an engine that ignores the constraint fails
+"""The canary (gateway/upstream/canary.py) against fakes: an engine that ignores the
+constraint fails
 readiness naming the cause, with a log line and a metric; one that follows it is ready; the
 time before vLLM accepts connections is "not ready", never "not constraining"; an anonymous
 probe under IRGW_READY_PROBE=with_key sends vLLM nothing. The real vLLM passing the canary is
@@ -14,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FREE_TEXT, ErrorReply, FakeUpstream, FollowSchema
 from tests.gateway_server import running_gateway
@@ -30,7 +31,7 @@ def canary_settings(fake: FakeUpstream, **overrides: Any) -> Any:
 async def test_an_engine_that_ignores_the_constraint_fails_readiness(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.canary")
+    caplog.set_level(logging.INFO, logger="gateway.upstream.canary")
     async with FakeUpstream(default=FREE_TEXT) as fake, \
             running_gateway(canary_settings(fake)) as gw, \
             httpx.AsyncClient(base_url=gw.url) as client:

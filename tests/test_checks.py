@@ -1,4 +1,4 @@
-"""Checks beyond JSON Schema (gateway/checks.py): each check on its own, pass and fail; the
+"""Checks beyond JSON Schema (gateway/output/checks.py): each check on its own, pass and fail; the
 `checks` field of a schema file as the registry reads it; and the shipped schemas' checks
 on answers that are schema-valid but not usable as IR."""
 
@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway import checks
-from gateway.checks import (
+from gateway.output import checks
+from gateway.output.checks import (
     CheckCrashedError,
     CheckSpecError,
     check_dotted_module_name,
@@ -21,8 +21,8 @@ from gateway.checks import (
     check_test_function_name,
     compile_checks,
 )
-from gateway.registry import SchemaFileError, SchemaRegistry
-from gateway.validation import CheckFailure, check_output
+from gateway.output.registry import SchemaFileError, SchemaRegistry
+from gateway.output.validation import CheckFailure, check_output
 from tests.ir_samples import FUNCTION_IR
 
 REPO = Path(__file__).resolve().parent.parent

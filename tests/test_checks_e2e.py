@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import checks
+from gateway.output import checks
 from tests import openai_spec
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
@@ -120,7 +120,7 @@ async def test_a_check_that_raises_is_a_500_never_a_pass(
     response = await client.post("/v1/chat/completions", json=BODY)
     assert response.status_code == 500
     assert response.json()["error"]["code"] == "internal_error"
-    assert any(r.name == "gateway.checks" and r.exc_info for r in caplog.records)
+    assert any(r.name == "gateway.output.checks" and r.exc_info for r in caplog.records)
 
     fake.script(Reply(VALID))
     async with client.stream("POST", "/v1/chat/completions",

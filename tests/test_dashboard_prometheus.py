@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests.conftest import REPO, unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import free_port, running_gateway

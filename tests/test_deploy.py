@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import vllm_flags
-from gateway.keys import KeyStore
+from gateway.access.keys import KeyStore
+from gateway.dev import vllm_flags
 from gateway.settings import Settings
 from tests.deploy_samples import ANSWERS_BY_SCHEMA
 from tests.fake_upstream import FakeUpstream, FollowSchema, Reply

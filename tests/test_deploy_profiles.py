@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from gateway import vllm_flags
+from gateway.dev import vllm_flags
 from tests.test_deploy import MODAL_APP, describe_modal_app, profiles
 
 # modal's _PartialFunctionFlags: what `@modal.enter(snap=True)` / `(snap=False)` set.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.registry import adhoc_schema
+from gateway.output.registry import adhoc_schema
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 
 SCHEMA = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}},

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from gateway.engine_rules import analyse
-from gateway.engine_vllm import vllm_refuses
-from gateway.registry import SchemaFileError, SchemaRegistry
+from gateway.output.engine_rules import analyse
+from gateway.output.engine_vllm import vllm_refuses
+from gateway.output.registry import SchemaFileError, SchemaRegistry
 from tests.conftest import REPO
 
 # Each: a schema xgrammar 0.2.8 under-enforces or refuses (seen on the installed wheel;

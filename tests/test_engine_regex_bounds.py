@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.engine_regex import split_large_repeats
+from gateway.output.engine_regex import split_large_repeats
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import running_gateway

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from gateway.engine_regex import split_large_repeats
-from gateway.engine_rules import analyse, vllm_refuses
 from gateway.errors import InvalidSchemaError
-from gateway.registry import SchemaFileError, SchemaRegistry, adhoc_schema
-from gateway.validation import CheckFailure, check_output
+from gateway.output.engine_regex import split_large_repeats
+from gateway.output.engine_rules import analyse, vllm_refuses
+from gateway.output.registry import SchemaFileError, SchemaRegistry, adhoc_schema
+from gateway.output.validation import CheckFailure, check_output
 
 
 @pytest.mark.parametrize(("pattern", "sent"), [
@@ -124,7 +124,7 @@ def test_a_registered_wide_repeat_loads_split_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = _schema_file(tmp_path, "^[a-z]{1,255}$")
-    with caplog.at_level(logging.WARNING, logger="gateway.registry"):
+    with caplog.at_level(logging.WARNING, logger="gateway.output.registry"):
         item = SchemaRegistry.load(tmp_path).resolve("ids")
     sent = json.loads(item.schema_json)
     assert sent["properties"]["id"]["pattern"] == "^[a-z]{1,128}[a-z]{0,127}$"

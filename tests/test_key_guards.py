@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
-from gateway.keys_cli import add_keys_commands, run_keys_command
+from gateway.access.keys import KeyPolicy, KeyStore
+from gateway.access.keys_cli import add_keys_commands, run_keys_command
 from tests.conftest import REPO, unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import running_gateway
@@ -124,7 +124,7 @@ async def test_a_hand_written_keys_file_opens_with_the_secret_never_with_its_has
 
 def test_auth_refusals_carry_openais_code_param_and_a_message(tmp_path: Path) -> None:
     # What a client branches on (code, param) and reads (a non-empty message), not wording.
-    from gateway.auth import Authenticator, Principal
+    from gateway.access.auth import Authenticator, Principal
     from gateway.errors import (
         AuthenticationError,
         GatewayError,
@@ -142,8 +142,8 @@ def test_auth_refusals_carry_openais_code_param_and_a_message(tmp_path: Path) ->
         auth.check_schema(narrow, "module_ir", adhoc=False)
     refusals.append((named.value, "schema_not_allowed", None))
     # The key's max_tokens cap is applied with its TPM, to the whole request (budget.py).
-    from gateway.budget import token_budget
-    from gateway.planning import ChatPlan, Mode
+    from gateway.generation.budget import token_budget
+    from gateway.generation.planning import ChatPlan, Mode
 
     over = ChatPlan(body={"model": "m", "messages": [{"role": "user", "content": "x"}]},
                     mode=Mode.PASSTHROUGH, model_alias=None, max_tokens=11)
@@ -166,7 +166,7 @@ def test_an_operator_is_warned_of_a_keys_file_that_lets_nobody_in(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     # Startup logs are what an operator reads: a keys file with no active key (every request
     # a 401), or one set while auth is off (it protects nothing), is a WARNING naming it.
-    from gateway.auth import build_authenticator
+    from gateway.access.auth import build_authenticator
     from gateway.settings import Settings
 
     keys_file = tmp_path / "keys.json"
@@ -175,7 +175,7 @@ def test_an_operator_is_warned_of_a_keys_file_that_lets_nobody_in(
 
     def warnings(settings: Settings) -> list[str]:
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="gateway.auth"):
+        with caplog.at_level(logging.INFO, logger="gateway.access.auth"):
             build_authenticator(settings)
         return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
@@ -192,7 +192,7 @@ def test_a_verified_key_is_what_the_request_is_logged_under_and_a_bad_one_gets_4
         tmp_path: Path) -> None:
     import types
 
-    from gateway.auth import Authenticator
+    from gateway.access.auth import Authenticator
     from gateway.errors import AuthenticationError
     from gateway.observe.hooks import current
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.planning import SCHEMA_MODEL_PREFIX
+from gateway.generation.planning import SCHEMA_MODEL_PREFIX
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_server import running_gateway

@@ -19,10 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway import keys as keys_module
-from gateway.auth import ANONYMOUS, AuthConfigError, Authenticator, Principal, build_authenticator
-from gateway.errors import AuthenticationError, PermissionDeniedError
-from gateway.keys import (
+from gateway.access import keys as keys_module
+from gateway.access.auth import (
+    ANONYMOUS,
+    AuthConfigError,
+    Authenticator,
+    Principal,
+    build_authenticator,
+)
+from gateway.access.keys import (
     KeyPolicy,
     KeyStore,
     KeyStoreError,
@@ -30,7 +35,8 @@ from gateway.keys import (
     hash_secret,
     parse_key,
 )
-from gateway.keys_cli import add_keys_commands, run_keys_command
+from gateway.access.keys_cli import add_keys_commands, run_keys_command
+from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -208,7 +214,7 @@ def test_failed_write_leaves_the_old_file(
 
 _WRITER = """
 import sys
-from gateway.keys import KeyStore
+from gateway.access.keys import KeyStore
 store = KeyStore(sys.argv[1], create=True)
 if sys.argv[4] == "wait":
     print("ready", flush=True)
@@ -299,7 +305,7 @@ def test_in_place_edit_and_bad_edit(keys_file: Path, caplog: pytest.LogCaptureFi
 
     keys_file.write_text("{ not json")  # a bad hand edit, in place
     now[0] += 1
-    with caplog.at_level(logging.ERROR, logger="gateway.keys"):
+    with caplog.at_level(logging.ERROR, logger="gateway.access.keys"):
         assert server.verify(plaintext) is not None  # last good set stays
     assert str(keys_file) in caplog.text
 
@@ -472,7 +478,7 @@ def test_build_authenticator(
     _, plaintext = store.create("alice")
     auth = build_authenticator(Settings(auth_enabled=True, keys_file=keys_file))
     assert auth.authenticate(f"Bearer {plaintext}").name == "alice"
-    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+    with caplog.at_level(logging.WARNING, logger="gateway.access.auth"):
         auth = build_authenticator(Settings(auth_enabled=False))
     assert "AUTH IS DISABLED" in caplog.text
     assert auth.authenticate(None) is ANONYMOUS

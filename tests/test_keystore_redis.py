@@ -16,11 +16,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from gateway.access.auth import Authenticator
+from gateway.access.keys import KeyNotFoundError, KeyStore
 from gateway.access.records import KeyPolicy, KeyState, check_key, parse_key, precise_now
 from gateway.access.redis_keys import RedisKeyStore
-from gateway.auth import Authenticator
 from gateway.errors import AuthenticationError
-from gateway.keys import KeyNotFoundError, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import gateway_process

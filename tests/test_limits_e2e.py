@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests import openai_spec
 from tests.conftest import REPORT, unit_settings
 from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, Slow
@@ -151,7 +151,7 @@ async def test_concurrency_cap_refuses_without_charging(fake: FakeUpstream,
 
 async def test_tokens_are_reserved_then_settled_or_refunded(fake: FakeUpstream,
                                                             tmp_path: Path) -> None:
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
 
     reservation = estimate_prompt_tokens(BODY) + BODY["max_tokens"]
     _, _, key = new_key(tmp_path, tpm=1000)
@@ -261,7 +261,7 @@ async def test_keys_never_leak_into_logs_bodies_or_metrics(
 async def test_a_stream_cut_short_is_charged_what_it_generated(
         fake: FakeUpstream, tmp_path: Path, route: str, body: dict[str, Any],
         head_chunks: int) -> None:
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
     from tests.fake_upstream import CrashMidStream
 
     reservation = estimate_prompt_tokens(body) + body["max_tokens"]
@@ -296,7 +296,7 @@ async def test_a_stream_given_up_before_its_first_token_keeps_its_reservation(
         fake: FakeUpstream, tmp_path: Path, route: str, body: dict[str, Any], how: str) -> None:
     # vLLM had the prompt (its stream was open) when the stream was given up: refunding it
     # made any prompt free to a client that leaves before the first token.
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
     from tests.fake_upstream import SlowStream
 
     reservation = estimate_prompt_tokens(body) + body["max_tokens"]
@@ -373,7 +373,7 @@ async def test_an_unchecked_completion_stream_is_charged_its_usage(fake: FakeUps
                                                                    tmp_path: Path) -> None:
     """The client did not ask for usage; the gateway asks vLLM for it anyway and settles
     the key's token limit on it (a stream must not be free of the TPM limit)."""
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
 
     body = {"model": "qwen-coder", "prompt": "add", "max_tokens": 50, "stream": True}
     _, _, key = new_key(tmp_path, tpm=1000)
@@ -395,7 +395,7 @@ async def test_an_unchecked_completion_stream_is_charged_its_usage(fake: FakeUps
 
 async def test_retry_keeps_the_usage_of_attempts_before_a_failed_one(fake: FakeUpstream,
                                                                      tmp_path: Path) -> None:
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
     from tests.ir_samples import BAD_NAME
 
     _, _, key = new_key(tmp_path, tpm=100_000)
@@ -421,7 +421,7 @@ async def test_retry_keeps_the_usage_of_attempts_before_a_failed_one(fake: FakeU
 
 async def test_a_request_whose_client_left_while_queued_costs_nothing(
         fake: FakeUpstream, tmp_path: Path) -> None:
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
     from tests.fake_upstream import Slow
 
     store = KeyStore(tmp_path / "keys.json", create=True)
@@ -475,7 +475,7 @@ async def test_a_schemas_warnings_header_survives_any_property_name(fake: FakeUp
 async def test_an_upstream_timeout_keeps_the_reservation_charged(fake: FakeUpstream,
                                                                  tmp_path: Path) -> None:
     """As with a client that left: the gateway gave up on a generation vLLM was running."""
-    from gateway.planning import estimate_prompt_tokens
+    from gateway.generation.planning import estimate_prompt_tokens
     from tests.fake_upstream import Slow
 
     reservation = estimate_prompt_tokens(BODY) + BODY["max_tokens"]

@@ -15,7 +15,7 @@ import httpx
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import ErrorReply, FakeUpstream, Reply, Slow
 from tests.gateway_server import free_port, running_gateway, serving_process

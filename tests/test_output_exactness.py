@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.registry import adhoc_schema
-from gateway.validation import CheckFailure, StreamingEscaper, check_output
+from gateway.output.registry import adhoc_schema
+from gateway.output.validation import CheckFailure, StreamingEscaper, check_output
 from tests.conftest import REPO
 from tests.fake_upstream import FakeUpstream, RawStream, Reply
 from tests.sse import read_events
@@ -62,8 +62,8 @@ def test_the_gateway_never_imports_python_jsonschema() -> None:
         import json, sys
         sys.modules["jsonschema"] = None
         import gateway.app
-        from gateway.registry import adhoc_schema
-        from gateway.validation import CheckFailure, check_output
+        from gateway.output.registry import adhoc_schema
+        from gateway.output.validation import CheckFailure, check_output
         for schema, answer in ((({{"pattern": {CATASTROPHIC!r}}}), json.dumps({EVIL!r})),
                                ({IN_NOT!r}, json.dumps({{"s": {EVIL!r}}}))):
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from importlib import metadata
 
-from gateway import vllm_flags
+from gateway.dev import vllm_flags
 from tests.conftest import REPO
 
 
@@ -20,7 +20,7 @@ def test_vllm_release_is_the_same_everywhere() -> None:
 
 
 def test_the_modal_gateway_image_installs_the_tested_server_stack() -> None:
-    # gateway/server.py subclasses uvicorn's httptools protocol: production must run the
+    # gateway/server/protocol.py subclasses uvicorn's httptools protocol: production must run the
     # uvicorn (and httptools, uvloop) these tests ran, so its image installs under the same
     # constraints file that pins the test venv.
     pins = dict(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from gateway.registry import SchemaRegistry
+from gateway.output.registry import SchemaRegistry
 from tests.conftest import REPO
 
 PROMPTS = REPO / "bench" / "prompts"

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import ANONYMOUS, Principal
+from gateway.access.auth import ANONYMOUS, Principal
+from gateway.access.keys import KeyPolicy
 from gateway.errors import InvalidRequestError, OverloadedError, RateLimitError
-from gateway.keys import KeyPolicy
 from gateway.ratelimit import Admission, Limiter, MemoryLimiter, build_limiter, go_duration
 from gateway.ratelimit.redis import RedisLimiter
 from gateway.settings import Settings

@@ -12,10 +12,10 @@ from typing import Any, get_args
 import httpx
 import pytest
 
+from gateway.access.keys import KeyStore
 from gateway.cli import main
-from gateway.keys import KeyStore
-from gateway.policies import POLICIES, PolicyName
-from gateway.registry import SchemaFileError, SchemaRegistry
+from gateway.output.policies import POLICIES, PolicyName
+from gateway.output.registry import SchemaFileError, SchemaRegistry
 from tests.conftest import REPO, unit_settings
 from tests.fake_upstream import ErrorReply, FakeUpstream, Reply
 from tests.gateway_server import running_gateway

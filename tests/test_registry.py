@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from gateway.errors import InvalidSchemaError
-from gateway.registry import SchemaFileError, SchemaRegistry, unenforced_keywords
+from gateway.output.registry import SchemaFileError, SchemaRegistry, unenforced_keywords
+from gateway.output.validation import CheckFailure, check_output
 from gateway.settings import Settings
-from gateway.validation import CheckFailure, check_output
 from tests.conftest import REPO
 
 GOOD: dict[str, Any] = {
@@ -140,7 +140,7 @@ def test_serve_refuses_to_start_without_a_key_store() -> None:
 def test_adhoc_schemas_reach_vllm_without_what_its_grammar_refuses() -> None:
     # vLLM 0.32 answers 400 to a schema with any of these (its xgrammar backend's list);
     # the grammar gets the rest of the schema, the answer is checked against all of it.
-    from gateway.registry import adhoc_schema
+    from gateway.output.registry import adhoc_schema
 
     schema = {
         "type": "object",
@@ -173,14 +173,14 @@ def test_adhoc_schemas_reach_vllm_without_what_its_grammar_refuses() -> None:
 
 
 def test_adhoc_schema_relaxing_leaves_constants_of_any_shape_alone() -> None:
-    from gateway.registry import adhoc_schema
+    from gateway.output.registry import adhoc_schema
 
     odd = {"type": "object", "properties": {"v": {"const": {"type": [{}], "format": ["x"]}}}}
     assert adhoc_schema("Odd", odd, "repair").schema == odd  # no 500 on unhashable values
 
 
 def test_adhoc_allof_with_several_members_is_a_clear_400() -> None:
-    from gateway.registry import adhoc_schema
+    from gateway.output.registry import adhoc_schema
 
     schema = {"type": "object", "properties": {
         "v": {"allOf": [{"type": "string"}, {"enum": ["yes", "no"]}]}}}

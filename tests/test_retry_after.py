@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, Slow
 from tests.gateway_server import running_gateway

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.keys import KeyPolicy, KeyStore
+from gateway.access.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 from tests import openai_spec
 from tests.conftest import unit_settings

@@ -1,4 +1,4 @@
-"""The serving process's heap on transparent huge pages (gateway/runtime.py)."""
+"""The serving process's heap on transparent huge pages (gateway/server/runtime.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.runtime import (
+from gateway.server.runtime import (
     glibc_version,
     huge_page_environment,
     thp_mode,

@@ -1,4 +1,5 @@
-"""The gateway's server protocol (gateway/server.py): coalesced writes, disconnect signal."""
+"""The gateway's server protocol (gateway/server/protocol.py): coalesced writes,
+disconnect signal."""
 
 from __future__ import annotations
 
@@ -15,15 +16,15 @@ import httpx
 import pytest
 from starlette.requests import Request
 
-from gateway import server
-from gateway.asgi import (
+from gateway.server import protocol as server
+from gateway.server.asgi import (
     DISCONNECT_EXTENSION,
     ClientDisconnectedError,
     DisconnectSignal,
     JSONResponse,
     until_disconnect,
 )
-from gateway.server import CoalescingTransport
+from gateway.server.protocol import CoalescingTransport
 from gateway.settings import Settings
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, Slow, SlowStream
@@ -232,7 +233,7 @@ def assembled_prose(text: str) -> str:
 async def test_a_stream_whose_client_is_gone_ends_quietly_and_cleans_up() -> None:
     """Under a server whose `send` raises once the client is gone (not uvicorn's, which
     drops the write), the stream stops without an error and still gives its slot back."""
-    from gateway.asgi import SSEResponse
+    from gateway.server.asgi import SSEResponse
 
     closed: list[bool] = []
 

@@ -1,4 +1,5 @@
-"""The front door's limits (gateway/server.py, gateway/serving.py): the request head's size,
+"""The front door's limits (gateway/server/protocol.py, gateway/server/serving.py): the request
+head's size,
 header count and deadline, idle connections, the connection cap, clients that stop reading,
 and the uvicorn series the protocol runs on."""
 
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from gateway import server, serving
-from gateway.asgi import DISCONNECT_EXTENSION
+from gateway.server import protocol as server
+from gateway.server.asgi import DISCONNECT_EXTENSION
+from gateway.server import serving
 from gateway.settings import Settings
 from tests.conftest import REPO, unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, SlowStream
@@ -133,7 +135,7 @@ async def test_connections_past_the_cap_are_refused_and_logged(
         for reader, writer in held:  # each is open and served
             writer.write(HEALTHZ)
             assert (await _response(reader)).startswith(b"HTTP/1.1 200")
-        with caplog.at_level(logging.WARNING, logger="gateway.server"):
+        with caplog.at_level(logging.WARNING, logger="gateway.server.protocol"):
             for _ in range(3):
                 reader, writer = await _connect(gw.url)
                 answer = await _until_closed(reader)
@@ -244,7 +246,7 @@ def test_the_protocol_runs_only_on_the_tested_uvicorn(
 
     for version in ("0.55.0", "1.0", "0.53.9", "nonsense"):
         monkeypatch.setattr(uvicorn, "__version__", version)
-        with caplog.at_level(logging.WARNING, logger="gateway.server"):
+        with caplog.at_level(logging.WARNING, logger="gateway.server.protocol"):
             options = serving.uvicorn_options(settings)
         assert options["http"] == "httptools"
         assert options["limit_concurrency"] == 7  # the stock protocol's only cap

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.planning import estimate_prompt_tokens
+from gateway.generation.planning import estimate_prompt_tokens
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import running_gateway
 from tests.ir_samples import BAD_NAME

@@ -1,4 +1,4 @@
-"""Forced tool calls planned and answered (gateway/tools.py), without a server: which
+"""Forced tool calls planned and answered (gateway/generation/tools.py), without a server: which
 `tool_choice` forces a tool, which schema its arguments are checked against, and the tool
 call shape of the answer, whole and streamed. test_routes.py and test_streaming.py check
 the same through a running gateway."""
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from gateway.errors import InvalidRequestError
-from gateway.planning import ChatPlan, Mode, plan_chat
-from gateway.registry import SchemaRegistry
+from gateway.generation.planning import ChatPlan, Mode, plan_chat
+from gateway.generation.tools import as_tool_call_chunk, as_tool_call_response, plan_tool_call
+from gateway.output.registry import SchemaRegistry
 from gateway.settings import Settings
-from gateway.tools import as_tool_call_chunk, as_tool_call_response, plan_tool_call
 from tests.conftest import REPO
 
 SETTINGS = Settings(auth_enabled=False, schemas_dir=REPO / "schemas")

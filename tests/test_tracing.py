@@ -146,7 +146,7 @@ async def test_a_named_schema_request_is_one_trace_continued_into_vllm(
 async def test_a_stream_and_a_keyed_request_are_traced(
         fake: FakeUpstream, receiver: tuple[Receiver, str], tmp_path: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.keys import KeyPolicy, KeyStore
+    from gateway.access.keys import KeyPolicy, KeyStore
 
     receiving, url = receiver
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{url}/v1/traces")

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.access.keys import KeyPolicy, KeyStore
 from gateway.access.redisconn import redis_client
 from gateway.access.usage import UsageRecorder, parse_since
 from gateway.access.usage_sinks import RedisUsage, SqliteUsage
 from gateway.cli import main
-from gateway.keys import KeyPolicy, KeyStore
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import gateway_process, running_gateway

@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from gateway.errors import InvalidSchemaError
-from gateway.registry import SchemaFileError, SchemaRegistry, adhoc_schema
-from gateway.shapes import chat_completion
-from gateway.validation import CheckFailure, StreamingEscaper, check_output
+from gateway.generation.shapes import chat_completion
+from gateway.output.registry import SchemaFileError, SchemaRegistry, adhoc_schema
+from gateway.output.validation import CheckFailure, StreamingEscaper, check_output
 from tests import openai_spec
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.sse import read_events
@@ -269,7 +269,7 @@ def test_an_answer_that_is_one_string_is_repaired_from_its_first_quote() -> None
 
 
 def test_raw_output_is_flagged_truncated_only_past_the_limit() -> None:
-    from gateway.validation import _MAX_RAW_OUTPUT
+    from gateway.output.validation import _MAX_RAW_OUTPUT
 
     for size, cut in ((_MAX_RAW_OUTPUT, False), (_MAX_RAW_OUTPUT + 1, True)):
         extra = CheckFailure("r", "", "c", "x" * size).error_extra()

@@ -24,9 +24,9 @@ from typing import Literal, Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from gateway.access.auth import Principal
 from gateway.access.records import BudgetPeriod
 from gateway.access.redisconn import redis_client
-from gateway.auth import Principal
 from gateway.errors import OverloadedError, RateLimitError
 from gateway.ratelimit import scripts
 from gateway.ratelimit.base import Admission, Limiter

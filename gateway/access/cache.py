@@ -26,8 +26,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway.auth import Principal
-from gateway.planning import ChatPlan
+from gateway.access.auth import Principal
+from gateway.generation.planning import ChatPlan
 from gateway.ratelimit.circuit import ThrottledLog
 from gateway.settings import Settings
 

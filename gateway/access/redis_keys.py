@@ -79,7 +79,7 @@ class RedisKeyStore:
             await self.reload()
         except _ERRORS as exc:
             raise KeyStoreError(f"key store {self.describe}: Redis unreachable: {exc}") from None
-        from gateway.auth import log_active_keys  # auth imports this module's interface
+        from gateway.access.auth import log_active_keys  # auth imports this module's interface
 
         log_active_keys(self.describe, self.cached())
         if self._task is None:

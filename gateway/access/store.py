@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from gateway.access.keys import KeyStore
 from gateway.access.records import KeyPolicy, KeyRecord, KeyStoreError
-from gateway.keys import KeyStore
 from gateway.settings import Settings
 
 

@@ -44,7 +44,7 @@ def add_dev_command(commands: Any) -> None:
     dev.add_argument("--served-model-name", default=None,
                      help="model name vLLM serves (default: derived from the model)")
     dev.add_argument("--max-model-len", type=int, default=None,
-                     help="vLLM context length (default: gateway.vllm_flags' CPU default)")
+                     help="vLLM context length (default: gateway.dev.vllm_flags' CPU default)")
     dev.add_argument("--vllm-timeout", type=float, default=DEFAULT_VLLM_TIMEOUT_S,
                      metavar="SECONDS",
                      help=f"give up if vLLM is not ready by then (default "

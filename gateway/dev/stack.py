@@ -1,7 +1,7 @@
 """`ir-gateway dev`: a local vLLM (CPU build) and the gateway in front of it, in one command.
 
 For a newcomer's first five minutes: build (or reuse) a model, start vLLM with the same flags as
-the Modal deployment (`gateway.vllm_flags`), wait for it visibly, start the gateway in-process
+the Modal deployment (`gateway.dev.vllm_flags`), wait for it visibly, start the gateway in-process
 with auth OFF, print everything needed to send a first request, and on Ctrl-C/SIGTERM (or when
 either side dies) stop both, leaving no vLLM process behind.
 
@@ -42,12 +42,12 @@ from gateway.dev.vllm_process import (
     stop_leftover,
     vllm_python,
 )
-from gateway.registry import SchemaFileError
-from gateway.serving import uvicorn_options
+from gateway.output.registry import SchemaFileError
+from gateway.server.serving import uvicorn_options
 from gateway.settings import Settings
 
-TINY_BUILDER = "gateway.devmodels.tiny"
-SMOLLM_BUILDER = "gateway.devmodels.smollm"
+TINY_BUILDER = "gateway.dev.models.tiny"
+SMOLLM_BUILDER = "gateway.dev.models.smollm"
 TINY_SERVED_NAME = "tiny-qwen2"
 SMOLLM_SERVED_NAME = "smollm2-135m-instruct"
 # Auth is off, so the gateway never looks at it; clients (the openai SDK) still insist on one.
@@ -123,7 +123,7 @@ def say(message: str = "", *, stream: TextIO | None = None) -> None:
 
 
 def run_builder(builder: str) -> Path:
-    """Run a `gateway.devmodels` builder with vLLM's interpreter and return its model dir.
+    """Run a `gateway.dev.models` builder with vLLM's interpreter and return its model dir.
 
     Like `vllm_process.build_dev_model`, but the builder's stderr (what it is doing: "reusing
     ...", conversion steps, progress bars) goes straight to the terminal, because a first
@@ -159,7 +159,7 @@ def choose_model(options: DevOptions) -> ModelChoice:
         return ModelChoice(options.model, options.served_model_name or options.model,
                            f"hub model {options.model}", from_hub=True)
     if options.tiny:
-        say("model: building or reusing the tiny test model (gateway.devmodels.tiny) ...")
+        say("model: building or reusing the tiny test model (gateway.dev.models.tiny) ...")
         path = run_builder(TINY_BUILDER)
         return ModelChoice(str(path), options.served_model_name or TINY_SERVED_NAME,
                            f"tiny test model {path}")

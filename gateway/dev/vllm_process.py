@@ -1,7 +1,7 @@
 """Start, wait for and stop a local vLLM server process.
 
 Shared by `ir-gateway dev` and the integration tests, so both run vLLM the same way, with
-the flags from `gateway.vllm_flags` (the definition the Modal deployment uses too).
+the flags from `gateway.dev.vllm_flags` (the definition the Modal deployment uses too).
 vLLM runs from its own virtual environment (`.venv-vllm`): its pins must not decide the
 gateway's. It is started in a new session so that stopping it takes its engine worker
 processes along; no orphan keeps a port or memory after Ctrl-C or a failed test.
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from gateway import vllm_flags
+from gateway.dev import vllm_flags
 
 REPO = Path(__file__).resolve().parents[2]
 # How long vLLM may take to stop after SIGTERM when the stack died without stopping it.
@@ -54,7 +54,7 @@ def free_port() -> int:
         return port
 
 
-def build_dev_model(*, trained: bool = True, builder: str = "gateway.devmodels.tiny") -> Path:
+def build_dev_model(*, trained: bool = True, builder: str = "gateway.dev.models.tiny") -> Path:
     """Build (or reuse from cache) a project-made model with vLLM's environment."""
     args = [str(vllm_python()), "-m", builder]
     if not trained:

@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
         run_eval,
         write_results,
     )
-    from gateway.policies import POLICIES
+    from gateway.output.policies import POLICIES
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES]

@@ -3,7 +3,6 @@ the outcome a request ends with."""
 
 from __future__ import annotations
 
-from gateway.asgi import ClientDisconnectedError
 from gateway.errors import (
     GatewayError,
     OutputTruncatedError,
@@ -15,6 +14,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.server.asgi import ClientDisconnectedError
 
 _REFUSING_CODES = ("request_too_large", "max_tokens_above_key_limit")
 

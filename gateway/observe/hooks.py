@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 from gateway.observe.causes import upstream_cause
 
 if TYPE_CHECKING:
+    from gateway.generation.checking import Completed
+    from gateway.generation.planning import ChatPlan
+    from gateway.generation.streaming import StreamState
     from gateway.observe.observer import Observation
-    from gateway.planning import ChatPlan
-    from gateway.routes.checking import Completed
-    from gateway.streaming import StreamState
 
 current: ContextVar[Observation | None] = ContextVar("irgw_observation", default=None)
 _NOTHING: AbstractContextManager[None] = nullcontext()

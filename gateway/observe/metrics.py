@@ -1,6 +1,7 @@
-"""The request metrics an operator's questions need, on the app's registry (gateway.metrics).
+"""The request metrics an operator's questions need, on the app's registry
+(gateway.observe.prometheus).
 
-Like `gateway.metrics._Counts`, each family is kept as plain dicts and lists updated from
+Like `gateway.observe.prometheus._Counts`, each family is kept as plain dicts and lists updated from
 the event loop and turned into Prometheus's shape only when scraped: recording a request
 costs a few dict updates and a bisect, not a lock per sample. Names follow Prometheus's
 conventions: a unit suffix (`_seconds`, `_tokens`), `_total` on counters (added by the

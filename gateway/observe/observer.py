@@ -11,18 +11,18 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import Response
 from starlette.types import Scope
 
-from gateway.asgi import ClientDisconnectedError
 from gateway.errors import GatewayError
 from gateway.observe import hooks
 from gateway.observe.causes import error_outcome, refusal_reasons, upstream_cause
 from gateway.observe.logs import request_record
 from gateway.observe.metrics import RequestMetrics
 from gateway.observe.tracing import Tracing, build_tracing
+from gateway.server.asgi import ClientDisconnectedError
 
 if TYPE_CHECKING:
-    from gateway.planning import ChatPlan
+    from gateway.generation.planning import ChatPlan
+    from gateway.generation.streaming import StreamState
     from gateway.settings import Settings
-    from gateway.streaming import StreamState
 
 request_log = logging.getLogger("gateway.requests")
 _OPERATIONS = {"/v1/chat/completions": "chat", "/v1/completions": "text_completion"}

@@ -155,7 +155,7 @@ def enrich(generated: JSON) -> JSON:
 def _quiet_auth_warning() -> Iterator[None]:
     # Building the app with auth off (no keys file needed) logs a loud warning meant for
     # operators; it is noise when only the route table is wanted.
-    logger = logging.getLogger("gateway.auth")
+    logger = logging.getLogger("gateway.access.auth")
     previous = logger.level
     logger.setLevel(logging.ERROR)
     try:

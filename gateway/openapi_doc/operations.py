@@ -10,7 +10,7 @@ from gateway.openapi_doc.headers import (
     _ref,
     _schema,
 )
-from gateway.policies import POLICIES
+from gateway.output.policies import POLICIES
 
 # ---------------------------------------------------------------------------- responses
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.openapi_doc.headers import JSON, _nullable, _schema
-from gateway.policies import POLICIES
+from gateway.output.policies import POLICIES
 
 # ---------------------------------------------------------------------------- schemas
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.auth import Principal
+from gateway.access.auth import Principal
 from gateway.errors import InvalidRequestError, RateLimitError
 
 WINDOW_S = 60.0
@@ -104,7 +104,7 @@ class Limiter(Protocol):
         (400: `estimated_tokens` exceeds the key's TPM, so no wait would help).
 
         `estimated_tokens` is what one call to vLLM may cost: the prompt estimate plus
-        n x prompts x the `max_tokens` that will be sent (gateway/budget.py). A retry
+        n x prompts x the `max_tokens` that will be sent (gateway/generation/budget.py). A retry
         reserves its own with `Admission.reserve` before it runs.
         """
         ...

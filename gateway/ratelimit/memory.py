@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from gateway.auth import Principal
+from gateway.access.auth import Principal
 from gateway.ratelimit.base import (
     EPSILON,
     WINDOW_S,

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from gateway.auth import Principal
+from gateway.access.auth import Principal
 from gateway.errors import OverloadedError, RateLimitError
 from gateway.ratelimit import scripts
 from gateway.ratelimit.base import (

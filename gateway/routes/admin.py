@@ -21,7 +21,6 @@ from gateway.access.admin_ops import KeyRequest
 from gateway.access.records import KeyNotFoundError, KeyRevokedError, KeyStoreError
 from gateway.access.store import KeyBackend
 from gateway.access.usage import parse_since
-from gateway.asgi import JSONResponse
 from gateway.errors import (
     InvalidRequestError,
     NotFoundError,
@@ -29,6 +28,7 @@ from gateway.errors import (
     PermissionDeniedError,
 )
 from gateway.routes.common import READ_METHODS, header, read_json, services_of
+from gateway.server.asgi import JSONResponse
 
 router = APIRouter()
 _ID = re.compile(r"^[A-Za-z0-9]{12}$")

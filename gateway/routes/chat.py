@@ -14,17 +14,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import JSONResponse
-from gateway.engine_failures import schema_error_for
-from gateway.planning import (
-    ChatPlan,
-    Mode,
-    plan_chat,
-    upstream_chat_body,
-)
-from gateway.routes.admission import prepare
-from gateway.routes.cached import from_cache
-from gateway.routes.checking import (
+from gateway.generation.admission import prepare
+from gateway.generation.cached import from_cache
+from gateway.generation.checking import (
     Route,
     answer,
     failure_to_error,
@@ -32,13 +24,21 @@ from gateway.routes.checking import (
     settlement,
     success_headers,
 )
+from gateway.generation.engine_failures import schema_error_for
+from gateway.generation.planning import (
+    ChatPlan,
+    Mode,
+    plan_chat,
+    upstream_chat_body,
+)
+from gateway.generation.relaying import relayed
+from gateway.generation.shapes import chat_completion
+from gateway.generation.streaming import StreamState, relay_chat
+from gateway.generation.tools import as_tool_call_response, plan_tool_call
+from gateway.output.validation import CheckedOutput
 from gateway.routes.common import RawRoute, header, read_json, services_of
-from gateway.routes.relaying import relayed
+from gateway.server.asgi import JSONResponse
 from gateway.services import Services
-from gateway.shapes import chat_completion
-from gateway.streaming import StreamState, relay_chat
-from gateway.tools import as_tool_call_response, plan_tool_call
-from gateway.validation import CheckedOutput
 
 router = APIRouter(route_class=RawRoute)
 

@@ -13,14 +13,14 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import ClientDisconnectedError
-from gateway.body_budget import BODY_BYTES_HELD, BodyBudget
 from gateway.errors import (
     BodyTooLargeError,
     InvalidRequestError,
     OverloadedError,
     RequestTimeoutError,
 )
+from gateway.server.asgi import ClientDisconnectedError
+from gateway.server.body_budget import BODY_BYTES_HELD, BodyBudget
 from gateway.services import Services
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")

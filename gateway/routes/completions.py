@@ -18,18 +18,18 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
 from gateway.errors import InvalidRequestError
-from gateway.planning import ChatPlan, Mode, ask_for_usage, plan_completion
-from gateway.routes.admission import prepare
-from gateway.routes.checking import Route, answer, respond, settlement, success_headers
+from gateway.generation.admission import prepare
+from gateway.generation.checking import Route, answer, respond, settlement, success_headers
+from gateway.generation.planning import ChatPlan, Mode, ask_for_usage, plan_completion
+from gateway.generation.relaying import relayed
+from gateway.generation.shapes import SSE_DONE, choices_of, finish_reason, sse, text_of, usage_of
+from gateway.generation.streaming import relay_completion
+from gateway.output.validation import CheckedOutput
 from gateway.routes.common import RawRoute, header, read_json, services_of
-from gateway.routes.relaying import relayed
+from gateway.server.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
 from gateway.services import Services
-from gateway.shapes import SSE_DONE, choices_of, finish_reason, sse, text_of, usage_of
-from gateway.streaming import relay_completion
 from gateway.upstream.dialects import Dialect
-from gateway.validation import CheckedOutput
 
 router = APIRouter(route_class=RawRoute)
 _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",

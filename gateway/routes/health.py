@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import JSONResponse
-from gateway.canary import Verdict
 from gateway.errors import GatewayError, NotFoundError
 from gateway.routes.common import READ_METHODS, header, services_of
+from gateway.server.asgi import JSONResponse
+from gateway.upstream.canary import Verdict
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 
 router = APIRouter()
@@ -24,7 +24,7 @@ async def healthz() -> dict[str, str]:
 @router.api_route("/readyz", methods=READ_METHODS)
 async def readyz(request: Request) -> Response:
     """Ready when vLLM answers `/version` now (no waiting out a cold start here) and, with
-    the canary on, was not found ignoring the schemas it is sent (gateway/canary.py)."""
+    the canary on, was not found ignoring the schemas it is sent (gateway/upstream/canary.py)."""
     services = services_of(request)
     if services.settings.ready_probe == "with_key" and not _has_valid_key(request):
         return JSONResponse({"status": "ready", "upstream": services.settings.upstream_url,

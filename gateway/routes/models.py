@@ -11,11 +11,11 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.asgi import JSONResponse
-from gateway.auth import Principal
+from gateway.access.auth import Principal
 from gateway.errors import ModelNotFoundError
-from gateway.planning import SCHEMA_MODEL_PREFIX
+from gateway.generation.planning import SCHEMA_MODEL_PREFIX
 from gateway.routes.common import READ_METHODS, header, services_of
+from gateway.server.asgi import JSONResponse
 from gateway.services import Services
 
 router = APIRouter()

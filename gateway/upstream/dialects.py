@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from gateway.registry import RegisteredSchema
+from gateway.output.registry import RegisteredSchema
 
 _VERSION_RE = re.compile(r"^v?(\d+)\.(\d+)(?:\.(\d+))?")
 OLDEST_SUPPORTED = (0, 9, 2)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from gateway.access.keys import KeyPolicy, KeyStore
 from gateway.dev.vllm_process import VllmServer, build_dev_model
 from gateway.errors import AuthenticationError
-from gateway.keys import KeyPolicy, KeyStore
 from gateway.settings import Settings
 from tests.conftest import REPO, REPORT  # noqa: F401  (REPORT re-exported for tests)
 from tests.gateway_server import RunningGateway, running_gateway

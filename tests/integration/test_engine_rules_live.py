@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import engine_regex
 from gateway.dev.vllm_process import vllm_python
+from gateway.output import engine_regex
 from tests.conftest import REPO
 from tests.gateway_server import running_gateway
 from tests.integration.conftest import REPORT, Live, live_settings

@@ -16,9 +16,9 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from gateway.canary import Canary, Verdict
 from gateway.dev.vllm_process import VllmServer, build_dev_model
-from gateway.metrics import Metrics
+from gateway.observe.prometheus import Metrics
+from gateway.upstream.canary import Canary, Verdict
 from gateway.upstream.dialects import Dialect
 from tests.conftest import REPO
 from tests.gateway_server import running_gateway

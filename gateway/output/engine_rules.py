@@ -38,9 +38,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway import engine_regex
-from gateway.engine_regex import split_large_repeats
-from gateway.engine_vllm import (
+from gateway.output import engine_regex
+from gateway.output.engine_regex import split_large_repeats
+from gateway.output.engine_vllm import (
     XGRAMMAR_FORMATS,
     length_beside_pattern,
     types_of,

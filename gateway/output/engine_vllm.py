@@ -4,7 +4,7 @@ Source: vllm/v1/structured_output/backend_xgrammar.py (vLLM 0.32.0, installed),
 `has_xgrammar_unsupported_json_features`, `_schema_types`, `_has_pattern_and_length_bounds`
 and STRING_SUPPORTED_FORMATS. A schema it flags is a 400 for the whole request ("The
 provided JSON schema contains features not supported by xgrammar."), checked in vLLM's
-frontend before anything is compiled. `gateway.engine_rules` sends what it flags without
+frontend before anything is compiled. `gateway.output.engine_rules` sends what it flags without
 the flagged keywords.
 """
 

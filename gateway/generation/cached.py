@@ -6,11 +6,11 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.access.auth import Principal
 from gateway.access.cache import CACHE_KEY, fresh_copy
-from gateway.asgi import JSONResponse
-from gateway.auth import Principal
-from gateway.planning import ChatPlan
+from gateway.generation.planning import ChatPlan
 from gateway.routes.common import request_id
+from gateway.server.asgi import JSONResponse
 from gateway.services import Services
 
 

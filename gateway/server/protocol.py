@@ -26,7 +26,7 @@
    Between kept-alive requests uvicorn's own `timeout_keep_alive` closes an idle connection.
 
 The subclass leans on uvicorn's internals, so it runs only on the uvicorn series the tests
-ran (gateway/serving.py, which also holds the server's options).
+ran (gateway/server/serving.py, which also holds the server's options).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ import httptools
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
-from gateway.asgi import DISCONNECT_EXTENSION, DisconnectSignal
-from gateway.coalescing import CoalescingTransport
 from gateway.errors import (
     GatewayError,
     HeaderFieldsTooLargeError,
@@ -50,10 +48,12 @@ from gateway.errors import (
     OverloadedError,
     RequestTimeoutError,
 )
+from gateway.server.asgi import DISCONNECT_EXTENSION, DisconnectSignal
+from gateway.server.coalescing import CoalescingTransport
 
 __all__ = ["CoalescingTransport", "GatewayHttpProtocol"]
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.server.protocol")
 
 # A refused connection (over IRGW_MAX_CONNECTIONS) is logged at most this often, with the
 # count since the last line: a flood must not turn into a flood of log lines.

@@ -10,20 +10,20 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway import observe
+from gateway.access.auth import Principal
 from gateway.access.cache import CACHE_KEY
-from gateway.asgi import ClientDisconnectedError
-from gateway.auth import Principal
-from gateway.budget import token_budget
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
     PermissionDeniedError,
     UpstreamTimeoutError,
 )
-from gateway.planning import ChatPlan, estimate_prompt_tokens
-from gateway.policies import POLICIES
+from gateway.generation.budget import token_budget
+from gateway.generation.planning import ChatPlan, estimate_prompt_tokens
+from gateway.output.policies import POLICIES
 from gateway.ratelimit.base import Admission
 from gateway.routes.common import header, request_id
+from gateway.server.asgi import ClientDisconnectedError
 from gateway.services import Services
 from gateway.upstream.dialects import Dialect
 

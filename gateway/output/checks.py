@@ -11,7 +11,7 @@ array" or "parses as a type expression". A schema file names such checks:
 `at` is a JSON pointer (RFC 6901) into the answer where `*` stands for every item of an
 array. The registry compiles the list when it loads the file (an unknown check, or a
 pointer that leads nowhere in the schema, stops the server naming the file), and
-`gateway.validation` runs it after the schema validation passed. A finding is a failed
+`gateway.output.validation` runs it after the schema validation passed. A finding is a failed
 check like any other: the output policy applies and the 422 names its pointer.
 
 A check function that raises is a gateway bug: `CheckCrashedError` (a 500, logged),
@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.errors import GatewayError
 
-log = logging.getLogger("gateway.checks")
+log = logging.getLogger("gateway.output.checks")
 
 # A type hint is at most this long (the shipped schemas allow 80 characters): bounds the
 # parse and the walk, whatever a schema file allows.

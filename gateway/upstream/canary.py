@@ -26,14 +26,14 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.errors import GatewayError, UpstreamStatusError
-from gateway.metrics import Metrics
-from gateway.registry import RegisteredSchema
+from gateway.observe.prometheus import Metrics
+from gateway.output.registry import RegisteredSchema
+from gateway.output.validation import CheckFailure, check_output
 from gateway.settings import Settings
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.dialects import Dialect, UnsupportedVersionError, dialect_for
-from gateway.validation import CheckFailure, check_output
 
-log = logging.getLogger("gateway.canary")
+log = logging.getLogger("gateway.upstream.canary")
 
 # Two strings a model would not write unprompted, to a prompt that asks for something else.
 CANARY_SCHEMA = RegisteredSchema(

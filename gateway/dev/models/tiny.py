@@ -8,7 +8,7 @@ decoding under a JSON grammar closes its braces and stops with ``<|im_end|>``.
 
 Run it with the vLLM environment (torch, transformers, tokenizers, safetensors)::
 
-    PYTHONPATH=. .venv-vllm/bin/python -m gateway.devmodels.tiny [--out DIR] [--untrained]
+    PYTHONPATH=. .venv-vllm/bin/python -m gateway.dev.models.tiny [--out DIR] [--untrained]
 
 The last stdout line is the model directory. Without ``--out`` it is
 ``~/.cache/ir-gateway/models/<name>-<hash>`` (``$IR_GATEWAY_CACHE`` or ``$XDG_CACHE_HOME``
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.devmodels.chatml import (
+from gateway.dev.models.chatml import (
     CHAT_TEMPLATE,
     ENDOFTEXT,
     IM_END,
@@ -41,7 +41,7 @@ from gateway.devmodels.chatml import (
     TOOL_TOKENS,
     render_prompt,
 )
-from gateway.devmodels.corpus import Conversation, conversations
+from gateway.dev.models.corpus import Conversation, conversations
 
 NAME = "tiny-qwen2"
 SEED = 1234

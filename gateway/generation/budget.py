@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.access.keys import KeyPolicy
 from gateway.errors import InvalidRequestError
-from gateway.keys import KeyPolicy
-from gateway.planning import ChatPlan, _prompt_count, estimate_prompt_tokens
+from gateway.generation.planning import ChatPlan, _prompt_count, estimate_prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)

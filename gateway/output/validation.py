@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from gateway.checks import run_checks
-from gateway.registry import RegisteredSchema
+from gateway.output.checks import run_checks
+from gateway.output.registry import RegisteredSchema
 
 # The characters the repair's scanner stops at: everything between them is copied as is,
 # so the scan is one pass over the text (the old regex rescanned an unterminated string
@@ -216,7 +216,7 @@ def check_output(
         if schema is not None:
             document = exact_document(document, text)
             validate_document(document, schema, text)
-            if schema.checks:  # checks beyond JSON Schema (gateway/checks.py)
+            if schema.checks:  # checks beyond JSON Schema (gateway/output/checks.py)
                 raise_first_finding(document, schema, text)
         elif not isinstance(document, dict):  # json_object: OpenAI's JSON mode is an object
             raise CheckFailure(reason="the answer is JSON but not a JSON object", pointer="",

@@ -2,7 +2,7 @@
 
 vLLM 0.32 compiles a request's grammar in its engine, after the request was accepted.
 When xgrammar fails there (a `pattern` repeat above 128 was one: see
-`gateway.engine_rules`; others may remain), vLLM finishes the request with
+`gateway.output.engine_rules`; others may remain), vLLM finishes the request with
 finish_reason "error" and answers a bare `500 Internal server error` (inside a 200 stream
 for a stream). Passed on as a 5xx, the `openai` client would send it twice more and the
 GPU worker compile it three times. So, on a request that carried a schema's grammar, it is
@@ -17,8 +17,8 @@ import hashlib
 import logging
 
 from gateway.errors import GatewayError, SchemaNotCompiledError, UpstreamRequestFailedError
-from gateway.metrics import Metrics
-from gateway.planning import ChatPlan, Mode
+from gateway.generation.planning import ChatPlan, Mode
+from gateway.observe.prometheus import Metrics
 
 log = logging.getLogger("gateway.engine")
 

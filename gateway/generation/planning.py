@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from gateway.adhoc import AdhocSchemas, PendingAdhoc
-from gateway.auth import schema_not_allowed
+from gateway.access.auth import schema_not_allowed
 from gateway.errors import InvalidRequestError
-from gateway.policies import DEFAULT_POLICY, Policy, policy_named
-from gateway.registry import RegisteredSchema, SchemaRegistry
+from gateway.output.adhoc import AdhocSchemas, PendingAdhoc
+from gateway.output.policies import DEFAULT_POLICY, Policy, policy_named
+from gateway.output.registry import RegisteredSchema, SchemaRegistry
 from gateway.settings import Settings
 from gateway.upstream.dialects import Dialect
 

@@ -1,5 +1,6 @@
 """A streamed answer from vLLM, relayed: what both generation routes do around their relay
-(`gateway.streaming`): open vLLM's stream, and settle the request however the stream ends."""
+(`gateway.generation.streaming`): open vLLM's stream, and settle the request however the
+stream ends."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Any
 from starlette.requests import Request
 
 from gateway import observe
-from gateway.asgi import SSEResponse, until_disconnect
-from gateway.engine_failures import schema_error_for
 from gateway.errors import GatewayError
-from gateway.planning import ChatPlan
-from gateway.routes.admission import Prepared
+from gateway.generation.admission import Prepared
+from gateway.generation.engine_failures import schema_error_for
+from gateway.generation.planning import ChatPlan
+from gateway.generation.streaming import StreamState, stream_tokens
+from gateway.server.asgi import SSEResponse, until_disconnect
 from gateway.services import Services
-from gateway.streaming import StreamState, stream_tokens
 
 Relay = Callable[[AsyncIterator[bytes], StreamState], AsyncIterator[bytes]]
 

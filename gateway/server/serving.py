@@ -1,6 +1,6 @@
 """How the gateway is served: uvicorn's options, and which HTTP protocol.
 
-`GatewayHttpProtocol` (gateway/server.py) subclasses uvicorn's internal httptools protocol,
+`GatewayHttpProtocol` (gateway/server/protocol.py) subclasses uvicorn's internal httptools protocol,
 so it runs only on the uvicorn series the tests ran (`TESTED_UVICORN`, pinned in
 pyproject.toml); on any other the server falls back to uvicorn's stock protocol with a
 warning, so an upgrade cannot break the server silently.
@@ -13,10 +13,10 @@ from typing import Any
 
 import uvicorn
 
-from gateway.server import GatewayHttpProtocol
+from gateway.server.protocol import GatewayHttpProtocol
 from gateway.settings import Settings
 
-log = logging.getLogger("gateway.server")
+log = logging.getLogger("gateway.server.protocol")
 
 # The uvicorn series `GatewayHttpProtocol` was written and tested against: [low, high).
 # pyproject.toml pins the same range (tests/test_server_limits.py checks they agree).

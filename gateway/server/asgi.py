@@ -34,7 +34,7 @@ SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
 
 class DisconnectSignal:
     """One per client connection, in the scope's extensions (key DISCONNECT_EXTENSION) when
-    the server is the gateway's own protocol (gateway.server): it calls back when the
+    the server is the gateway's own protocol (gateway.server.protocol): it calls back when the
     connection is lost, so noticing a disconnect costs a callback, not a task per request."""
 
     __slots__ = ("_callbacks", "lost")

@@ -5,7 +5,7 @@ JSON Schema) or a directory of `*.json` files. Per schema: errors, for what vLLM
 (a 400 for every request) or fail to compile (a 500) if sent as written; warnings, for
 keywords xgrammar would not enforce while decoding. Exit 1 when any schema has an error, 0
 otherwise (warnings listed), 2 when a PATH does not exist. The rules are
-`gateway.engine_rules`, the same the registry applies at startup and the gateway at request
+`gateway.output.engine_rules`, the same the registry applies at startup and the gateway at request
 time for ad-hoc schemas.
 """
 
@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.engine_rules import analyse
-from gateway.engine_vllm import vllm_refuses
 from gateway.errors import InvalidSchemaError
-from gateway.registry import check_json_schema
+from gateway.output.engine_rules import analyse
+from gateway.output.engine_vllm import vllm_refuses
+from gateway.output.registry import check_json_schema
 
 
 def add_schemas_command(subparsers: argparse._SubParsersAction) -> None:

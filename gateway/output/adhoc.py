@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import InvalidSchemaError
-from gateway.registry import RegisteredSchema, adhoc_schema
+from gateway.output.registry import RegisteredSchema, adhoc_schema
 from gateway.settings import OutputPolicy, Settings
 
 _PARAM = "response_format.json_schema.schema"

@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from gateway.devmodels.chatml import DEFAULT_SYSTEM
+from gateway.dev.models.chatml import DEFAULT_SYSTEM
 
 VERBS = [
     ("parse", "dict[str, Any]"), ("validate", "bool"), ("load", "list[dict[str, Any]]"),

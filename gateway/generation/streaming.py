@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
-from gateway.planning import ChatPlan, Mode, estimate_prompt_tokens
-from gateway.shapes import (
+from gateway.generation.planning import ChatPlan, Mode, estimate_prompt_tokens
+from gateway.generation.shapes import (
     SSE_DONE,
     chat_chunk,
     choices_of,
@@ -35,9 +35,9 @@ from gateway.shapes import (
     text_of,
     usage_of,
 )
-from gateway.tools import as_tool_call_chunk
+from gateway.generation.tools import as_tool_call_chunk
+from gateway.output.validation import CheckFailure, Outcome, StreamingEscaper, check_output
 from gateway.upstream.client import normalise_error
-from gateway.validation import CheckFailure, Outcome, StreamingEscaper, check_output
 
 
 @dataclass
@@ -100,7 +100,7 @@ async def relay_chat(
     upstream_error: Callable[[GatewayError], GatewayError] = lambda error: error,
 ) -> AsyncIterator[bytes]:
     """`upstream_error` turns an error vLLM sent into the one the client gets (a grammar
-    vLLM failed to compile is the schema's fault: `gateway.engine_failures`)."""
+    vLLM failed to compile is the schema's fault: `gateway.generation.engine_failures`)."""
     escaper = StreamingEscaper() if plan.checked and plan.policy.repairs else None
     # Held back until the answer is checked: (has choices, the event), written here so that
     # one vLLM's values make unwritable ends the stream with an error event.

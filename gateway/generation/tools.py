@@ -12,11 +12,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from gateway.adhoc import PendingAdhoc
 from gateway.errors import InvalidRequestError
-from gateway.planning import ADHOC_NAME_RE, ChatPlan, Mode, require_one_choice
-from gateway.policies import policy_named
-from gateway.registry import SchemaRegistry
+from gateway.generation.planning import ADHOC_NAME_RE, ChatPlan, Mode, require_one_choice
+from gateway.output.adhoc import PendingAdhoc
+from gateway.output.policies import policy_named
+from gateway.output.registry import SchemaRegistry
 from gateway.settings import Settings
 
 _EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
@@ -66,7 +66,7 @@ def plan_tool_call(plan: ChatPlan, registry: SchemaRegistry, settings: Settings)
         plan.schema = registry.resolve(name)
         plan.policy = policy_named(settings.output_policy or plan.schema.output_policy)
         plan.warnings.extend(plan.schema.unenforced)
-    else:  # compiled once the key is authorized and admitted (gateway.adhoc)
+    else:  # compiled once the key is authorized and admitted (gateway.output.adhoc)
         plan.pending = PendingAdhoc(name, parameters or _EMPTY_OBJECT)
         plan.policy = policy_named(settings.output_policy or settings.adhoc_output_policy)
     plan.mode = Mode.TOOL

@@ -23,16 +23,16 @@ from typing import Any, cast
 import jsonschema_rs
 import orjson
 
-from gateway.checks import CheckSpecError, CompiledCheck, compile_checks
-from gateway.engine_rules import EngineView, analyse
 from gateway.errors import InvalidSchemaError, SchemaNotFoundError
-from gateway.policies import DEFAULT_POLICY, POLICIES
+from gateway.output.checks import CheckSpecError, CompiledCheck, compile_checks
+from gateway.output.engine_rules import EngineView, analyse
+from gateway.output.policies import DEFAULT_POLICY, POLICIES
 from gateway.settings import OutputPolicy
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
 
-log = logging.getLogger("gateway.registry")
+log = logging.getLogger("gateway.output.registry")
 
 class SchemaFileError(Exception):
     """A schema file is unusable; the message starts with the file's path."""
@@ -52,7 +52,7 @@ class RegisteredSchema:
     # What xgrammar is given, when it is not `schema` itself: an ad-hoc schema without the
     # keywords vLLM refuses to compile (`grammar_schema`). Answers are checked against `schema`.
     grammar: Mapping[str, Any] | None = None
-    # Checks beyond JSON Schema (gateway/checks.py), run after it passed; from the file.
+    # Checks beyond JSON Schema (gateway/output/checks.py), run after it passed; from the file.
     checks: tuple[CompiledCheck, ...] = ()
     # The constraint's exact text sent to vLLM (it caches grammars by that text).
     schema_json: bytes = field(init=False, repr=False, compare=False)
@@ -94,7 +94,7 @@ def _fast_validator(schema: Mapping[str, Any]) -> jsonschema_rs.Draft202012Valid
 
 def unenforced_keywords(schema: Any) -> list[str]:
     """Where `schema` relies on something xgrammar lets through unchecked, or gets in another
-    form, as `path: keyword` (the rules and their sources: `gateway.engine_rules`)."""
+    form, as `path: keyword` (the rules and their sources: `gateway.output.engine_rules`)."""
     return analyse(schema).warnings
 
 

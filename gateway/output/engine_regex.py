@@ -1,5 +1,5 @@
 """Regular expressions read the way xgrammar 0.2.8's RegexConverter reads them, to find
-and split the repeat counts its compiler cannot take (see `gateway.engine_rules`).
+and split the repeat counts its compiler cannot take (see `gateway.output.engine_rules`).
 
 xgrammar's RepetitionRangeExpander (cpp/grammar_functor.cc, `kUnzipThreshold = 128`) unrolls
 `{m,n}` only when n <= 128 (or m <= 128 with no upper bound); larger counts fail

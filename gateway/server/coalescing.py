@@ -1,4 +1,4 @@
-"""Write coalescing for the server's transport (see gateway/server.py, change 1)."""
+"""Write coalescing for the server's transport (see gateway/server/protocol.py, change 1)."""
 
 from __future__ import annotations
 
