@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.access.keys import KeyPolicy, KeyStore
-from gateway.openapi_doc import DOCUMENT_PATH
+from gateway.openapi_doc.headers import DOCUMENT_PATH
 from tests.conftest import unit_settings
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.gateway_server import running_gateway

@@ -23,7 +23,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gateway.dev import stack
+from gateway.dev import banner, stack
 from gateway.dev.vllm_process import free_port
 from tests.conftest import REPO
 
@@ -123,21 +123,21 @@ def alive_in_groups(groups: set[int]) -> list[int]:
 
 
 def test_curl_command_is_one_pasteable_line() -> None:
-    line = stack.curl_command("http://127.0.0.1:8080/v1")
+    line = banner.curl_command("http://127.0.0.1:8080/v1")
     assert "\n" not in line
     argv = shlex.split(line)
     assert argv[:3] == ["curl", "-sS", "http://127.0.0.1:8080/v1/chat/completions"]
     body = json.loads(argv[argv.index("-d") + 1])
     assert body["model"] == "schema/function_ir"
-    assert f"Authorization: Bearer {stack.DEV_API_KEY}" in argv
+    assert f"Authorization: Bearer {banner.DEV_API_KEY}" in argv
     # The worked example in the prompt must itself be valid IR, or it teaches the wrong shape.
     spec = json.loads((REPO / "schemas" / "function_ir.v1.json").read_text())
     jsonschema.Draft202012Validator(spec["schema"]).validate(
-        json.loads(stack.EXAMPLE_SHOT_ANSWER))
+        json.loads(banner.EXAMPLE_SHOT_ANSWER))
 
 
 def test_openai_snippet_is_valid_python() -> None:
-    snippet = stack.openai_snippet("http://127.0.0.1:8080/v1")
+    snippet = banner.openai_snippet("http://127.0.0.1:8080/v1")
     compile(snippet, "<snippet>", "exec")
     assert 'base_url="http://127.0.0.1:8080/v1"' in snippet
 

@@ -21,7 +21,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from gateway import errors as gateway_errors
-from gateway.openapi_doc import DOCUMENT_PATH, build_document, check, main, render
+from gateway.openapi_doc.cli import build_document, check, main, render
+from gateway.openapi_doc.headers import DOCUMENT_PATH
 from tests.fake_upstream import FakeUpstream, Reply
 from tests.ir_samples import BAD_NAME, VALID
 

@@ -17,8 +17,8 @@ import pytest
 import uvicorn
 
 from gateway.server import protocol as server
-from gateway.server.asgi import DISCONNECT_EXTENSION
 from gateway.server import serving
+from gateway.server.asgi import DISCONNECT_EXTENSION
 from gateway.settings import Settings
 from tests.conftest import REPO, unit_settings
 from tests.fake_upstream import FakeUpstream, Reply, SlowStream

@@ -10,7 +10,15 @@ import logging
 from dataclasses import dataclass
 
 from gateway import observe
-from gateway.access.records import KeyPolicy, KeyRecord, KeyState, check_key, parse_key, precise_now
+from gateway.access.records import (
+    KeyPolicy,
+    KeyRecord,
+    KeyState,
+    check_key,
+    log_active_keys,
+    parse_key,
+    precise_now,
+)
 from gateway.access.store import KeyBackend, KeyLookup, as_backend, build_key_backend
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.settings import Settings
@@ -122,12 +130,3 @@ def build_authenticator(settings: Settings) -> Authenticator:
 def backend_records(backend: KeyBackend) -> list[KeyRecord]:
     store = getattr(backend, "store", None)
     return store.list() if store is not None else []
-
-
-def log_active_keys(where: str, records: list[KeyRecord]) -> None:
-    now = precise_now()
-    active = sum(not record.revoked and not record.expired(now) for record in records)
-    if active == 0:
-        logger.warning("%s has no active keys: every request will get 401", where)
-    else:
-        logger.info("auth enabled: %d active keys in %s", active, where)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import string
@@ -223,3 +224,15 @@ def rotate_record(record: KeyRecord, grace_s: float) -> tuple[KeyRecord, str]:
         "rotated_at": now,
     })
     return rotated, plaintext
+
+# The key store's own logger name, as before the function moved here.
+logger = logging.getLogger("gateway.access.auth")
+
+
+def log_active_keys(where: str, records: list[KeyRecord]) -> None:
+    now = precise_now()
+    active = sum(not record.revoked and not record.expired(now) for record in records)
+    if active == 0:
+        logger.warning("%s has no active keys: every request will get 401", where)
+    else:
+        logger.info("auth enabled: %d active keys in %s", active, where)

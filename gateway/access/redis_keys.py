@@ -31,6 +31,7 @@ from gateway.access.records import (
     KeyStoreError,
     generate_key,
     hash_secret,
+    log_active_keys,
     revoke_record,
     rotate_record,
     utc_now,
@@ -79,7 +80,6 @@ class RedisKeyStore:
             await self.reload()
         except _ERRORS as exc:
             raise KeyStoreError(f"key store {self.describe}: Redis unreachable: {exc}") from None
-        from gateway.access.auth import log_active_keys  # auth imports this module's interface
 
         log_active_keys(self.describe, self.cached())
         if self._task is None:

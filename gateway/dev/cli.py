@@ -10,10 +10,7 @@ import argparse
 import os
 from typing import Any
 
-DEFAULT_PORT = 8080
-# SmolLM2 boots in about 1 min on an idle 2-core box (eager mode), several times that on a busy
-# one, and a few minutes more without --enforce-eager (torch.compile on every boot).
-DEFAULT_VLLM_TIMEOUT_S = 900.0
+from gateway.dev.options import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
 
 DESCRIPTION = """\
 Start a local vLLM (CPU build, from .venv-vllm) and the gateway in front of it, with auth OFF.
@@ -59,7 +56,8 @@ def add_dev_command(commands: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.dev.stack import DevOptions, run_dev
+    from gateway.dev.options import DevOptions
+    from gateway.dev.stack import run_dev
     from gateway.observe.tracing import dev_tracing
 
     vllm_args = [*args.vllm_arg, *dev_tracing(args.otlp_traces_endpoint, os.environ)]

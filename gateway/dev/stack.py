@@ -13,11 +13,9 @@ and every exit path runs through one `finally` that stops vLLM's whole process g
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
-import shlex
 import shutil
 import signal
 import socket
@@ -25,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -34,7 +31,8 @@ import uvicorn
 from pydantic import ValidationError
 
 from gateway.app import GatewayApp, create_app
-from gateway.dev.cli import DEFAULT_PORT, DEFAULT_VLLM_TIMEOUT_S
+from gateway.dev.banner import banner
+from gateway.dev.options import DevOptions, ModelChoice
 from gateway.dev.vllm_process import (
     REPO,
     VllmServer,
@@ -50,28 +48,6 @@ TINY_BUILDER = "gateway.dev.models.tiny"
 SMOLLM_BUILDER = "gateway.dev.models.smollm"
 TINY_SERVED_NAME = "tiny-qwen2"
 SMOLLM_SERVED_NAME = "smollm2-135m-instruct"
-# Auth is off, so the gateway never looks at it; clients (the openai SDK) still insist on one.
-DEV_API_KEY = "dev-not-checked"
-# The example request. A 135M model needs one worked example to fill the IR usefully: tried on
-# SmolLM2-135M-Instruct, a bare request (or an instruction-only system prompt) loops on repeated
-# parameters until max_tokens, while one example turn gives short, sensible IR. Temperature 0
-# keeps the first impression reproducible.
-EXAMPLE_SHOT_USER = "A function that turns a blog title into a URL slug."
-EXAMPLE_SHOT_ANSWER = json.dumps({
-    "intent": {"summary": "Turn a title into a URL slug.",
-               "rationale": "Blog URLs need lowercase ASCII words joined by hyphens."},
-    "signature": {"name": "slugify", "parameters": [{"name": "title", "type_hint": "str"}],
-                  "returns": "str"},
-}, separators=(",", ":"))
-EXAMPLE_USER = "A function that parses an ISO 8601 date string and returns a datetime."
-EXAMPLE_MESSAGES: list[dict[str, str]] = [
-    {"role": "system", "content": "You describe Python functions as JSON."},
-    {"role": "user", "content": EXAMPLE_SHOT_USER},
-    {"role": "assistant", "content": EXAMPLE_SHOT_ANSWER},
-    {"role": "user", "content": EXAMPLE_USER},
-]
-
-
 class DevStackError(RuntimeError):
     """A failure to report in one line (plus the vLLM log tail) and exit non-zero."""
 
@@ -82,29 +58,6 @@ class _StopRequested(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-@dataclass
-class DevOptions:
-    model: str | None = None
-    tiny: bool = False
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    vllm_port: int | None = None
-    served_model_name: str | None = None
-    vllm_timeout_s: float = DEFAULT_VLLM_TIMEOUT_S
-    max_model_len: int | None = None
-    # Appended to `vllm_flags.server_args(...)`; an escape hatch (e.g. `--enforce-eager`),
-    # not a second flag definition.
-    vllm_args: tuple[str, ...] = ()
-
-
-@dataclass
-class ModelChoice:
-    model: str  # a local directory or a hub id, passed to vLLM as is
-    served_name: str
-    description: str
-    from_hub: bool = False
 
 
 def cache_root() -> Path:
@@ -242,74 +195,6 @@ class BootProgress:
 def _terminal_width() -> int:
     # shutil's version falls back to 80 when the size is unknown or 0 (e.g. under `script`).
     return shutil.get_terminal_size((80, 24)).columns
-
-
-# --------------------------------------------------------------------------- banner
-
-
-def example_request() -> dict[str, object]:
-    return {"model": "schema/function_ir", "temperature": 0, "messages": EXAMPLE_MESSAGES}
-
-
-def curl_command(base_url: str) -> str:
-    """One line, so it pastes into any shell and a test can `shlex.split` it."""
-    body = json.dumps(example_request(), separators=(",", ":"))
-    return " ".join([
-        "curl", "-sS", shlex.quote(f"{base_url}/chat/completions"),
-        "-H", shlex.quote("Content-Type: application/json"),
-        "-H", shlex.quote(f"Authorization: Bearer {DEV_API_KEY}"),
-        "-d", shlex.quote(body),
-    ])
-
-
-def openai_snippet(base_url: str) -> str:
-    # json.dumps of str-only dicts is also a valid Python literal.
-    messages = [f"        {json.dumps(m)}," for m in EXAMPLE_MESSAGES]
-    return "\n".join([
-        "from openai import OpenAI",
-        "",
-        f'client = OpenAI(base_url="{base_url}", api_key="{DEV_API_KEY}")',
-        "completion = client.chat.completions.create(",
-        '    model="schema/function_ir",',
-        "    temperature=0,",
-        "    messages=[",
-        *messages,
-        "    ],",
-        ")",
-        "print(completion.choices[0].message.content)  # JSON valid for function_ir",
-    ])
-
-
-def banner(*, base_url: str, choice: ModelChoice, vllm: VllmServer, log_path: Path,
-           schemas: list[str]) -> str:
-    rule = "=" * 78
-    return "\n".join([
-        "",
-        rule,
-        "  ir-gateway dev stack is ready",
-        rule,
-        "  !!! AUTH IS OFF: API keys are NOT checked and there are no rate limits.",
-        "  !!! Local development only; do not expose this port to a network.",
-        "",
-        f"  Base URL:  {base_url}",
-        f"  API key:   {DEV_API_KEY}   (any key works: auth is off)",
-        f"  Model:     {choice.served_name}  ({choice.description})",
-        f"  Schemas:   {', '.join(f'schema/{name}' for name in schemas)}  "
-        f"(GET {base_url}/schemas)",
-        f"  vLLM:      {vllm.url}  (log: {log_path})",
-        "",
-        "  Try it (curl):",
-        "",
-        curl_command(base_url),
-        "",
-        "  Try it (Python, `pip install openai`):",
-        "",
-        openai_snippet(base_url),
-        "",
-        "  Ctrl-C stops the gateway and vLLM.",
-        rule,
-        "",
-    ])
 
 
 # --------------------------------------------------------------------------- run

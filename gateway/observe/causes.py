@@ -58,3 +58,11 @@ def error_outcome(error: BaseException) -> str:
             return "error"
         return "rejected"  # the request itself was wrong (400, 401, 403, 404, 413)
     return "error"
+
+
+def error_code(error: BaseException | None) -> str | None:
+    if isinstance(error, GatewayError):
+        return error.code
+    if isinstance(error, ClientDisconnectedError):
+        return "client_disconnected"
+    return None if error is None else "internal_error"

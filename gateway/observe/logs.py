@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from gateway.observe.causes import error_code
+
 if TYPE_CHECKING:
     from gateway.observe.observer import Observation, Observer
     from gateway.settings import Settings
@@ -82,7 +84,6 @@ def _clip(text: str, limit: int) -> tuple[str, bool]:
 
 def request_record(obs: Observation, status: int, outcome: str, total_s: float,
                    usage: dict[str, Any] | None, observer: Observer) -> dict[str, Any]:
-    from gateway.observe.observer import error_code  # the observer imports this module
 
     plan = obs.plan
     schema = plan.schema.ref if plan is not None and plan.schema is not None else None

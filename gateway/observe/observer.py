@@ -17,7 +17,6 @@ from gateway.observe.causes import error_outcome, refusal_reasons, upstream_caus
 from gateway.observe.logs import request_record
 from gateway.observe.metrics import RequestMetrics
 from gateway.observe.tracing import Tracing, build_tracing
-from gateway.server.asgi import ClientDisconnectedError
 
 if TYPE_CHECKING:
     from gateway.generation.planning import ChatPlan
@@ -153,11 +152,3 @@ class Observer:
 
     async def aclose(self) -> None:
         await self.tracing.aclose()
-
-
-def error_code(error: BaseException | None) -> str | None:
-    if isinstance(error, GatewayError):
-        return error.code
-    if isinstance(error, ClientDisconnectedError):
-        return "client_disconnected"
-    return None if error is None else "internal_error"

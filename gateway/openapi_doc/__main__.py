@@ -1,5 +1,5 @@
 import sys
 
-from gateway.openapi_doc.document import main
+from gateway.openapi_doc.cli import main
 
 sys.exit(main())
