@@ -28,7 +28,7 @@ vLLM) and 4xx errors without waking it:
   in-process limits unless Redis is configured.
 
 With `IRGW_DEPLOY_GPU_SNAPSHOT=1`, the class `VllmSnapshotServer` replaces `vllm_server`: vLLM
-starts from a Modal memory + GPU snapshot (deploy/vllm_snapshot.py; README, "Cold starts").
+starts from a Modal memory + GPU snapshot (deploy/vllm_snapshot.py; docs/deploy.md, "Cold starts").
 
 Importing this module builds Modal objects only; it makes no network call (tests check that).
 Module-level code also runs inside both containers, so it must not touch local files.
@@ -107,7 +107,7 @@ GATEWAY_REQUIREMENTS = (
     "opentelemetry-exporter-otlp-proto-http>=1.30",
 )
 
-# -- Modal resources (names are the operator's contract; see the README, "Deploy to Modal")
+# -- Modal resources (names are the operator's contract; see docs/deploy.md, "Modal")
 VLLM_SECRET_NAME = "ir-gateway-vllm"  # VLLM_API_KEY
 GATEWAY_SECRET_NAME = "ir-gateway"  # IRGW_KEYS_JSON, optional IRGW_* (IRGW_REDIS_URL, ...)
 PROXY_AUTH_SECRET_NAME = "ir-gateway-proxy-auth"  # PROXY_AUTH_TOKEN_ID, PROXY_AUTH_TOKEN_SECRET
@@ -154,7 +154,7 @@ GATEWAY_MAX_CONTAINERS = _env_int(MAX_CONTAINERS_ENV, 1)
 # 1 keeps a GPU warm around the clock (no cold starts, ~24 x the hourly price a day).
 VLLM_MIN_CONTAINERS = _env_int("IRGW_DEPLOY_VLLM_MIN_CONTAINERS", 0)
 # 1: vLLM starts from a Modal memory + GPU snapshot taken with the model loaded and asleep
-# (`VllmSnapshotServer`). Off by default; the README's "Cold starts from a snapshot" says why.
+# (`VllmSnapshotServer`). Off by default; docs/deploy.md's "Cold starts from a snapshot" says why.
 GPU_SNAPSHOT_ENV = "IRGW_DEPLOY_GPU_SNAPSHOT"
 GPU_SNAPSHOT = _env_int(GPU_SNAPSHOT_ENV, 0) == 1
 # What every container must see to rebuild the same objects when it imports this module.
