@@ -10,13 +10,11 @@ import re
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from gateway.access.records import (
-    BudgetPeriod,
     KeyNotFoundError,
     KeyPolicy,
-    Scope,
     precise_now,
 )
 from gateway.access.store import KeyBackend
@@ -40,24 +38,12 @@ def parse_duration(text: str | int | float) -> float:
     return seconds
 
 
-class KeyRequest(BaseModel):
+class KeyRequest(KeyPolicy):
     """A key to create: its name, policy, and optional lifetime."""
 
-    model_config = ConfigDict(extra="forbid")
-
     name: str = Field(min_length=1, max_length=200)
-    schemas: list[str] | str = "*"
-    allow_adhoc: bool = False
-    allow_policy_override: bool = False
-    max_tokens: int | None = Field(default=None, ge=1)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    concurrency: int | None = Field(default=None, ge=1)
-    budget_tokens: int | None = Field(default=None, ge=1)
-    budget_period: BudgetPeriod = "day"
-    scopes: list[Scope] = Field(default_factory=list)
-    cache: bool = False
-    cache_seeded: bool = False
+    # Also "a,b" as one string, as the CLI's --schemas takes it.
+    schemas: list[str] | str = "*"  # type: ignore[assignment]
     expires_in: str | int | None = Field(
         default=None, description="Lifetime: `30d`, `12h`, `90m` or seconds; none: never.")
 
@@ -79,12 +65,8 @@ class KeyRequest(BaseModel):
         schemas: list[str] | str = self.schemas
         if isinstance(schemas, str) and schemas != "*":
             schemas = [name.strip() for name in schemas.split(",") if name.strip()]
-        return KeyPolicy(schemas=schemas, allow_adhoc=self.allow_adhoc,  # type: ignore[arg-type]
-                         allow_policy_override=self.allow_policy_override,
-                         max_tokens=self.max_tokens, rpm=self.rpm, tpm=self.tpm,
-                         concurrency=self.concurrency, budget_tokens=self.budget_tokens,
-                         budget_period=self.budget_period, scopes=self.scopes,
-                         cache=self.cache, cache_seeded=self.cache_seeded)
+        fields = self.model_dump(exclude={"name", "expires_in", "schemas"})
+        return KeyPolicy(schemas=schemas, **fields)  # type: ignore[arg-type]
 
     def expires_at(self, now: datetime) -> datetime | None:
         if self.expires_in is None:
