@@ -49,14 +49,17 @@ RATE = load.BUDGET_RATE
 
 
 def _env(**settings: str) -> dict[str, str]:
-    # A high in-flight cap: a gateway that falls behind shows it in latency, not 503s.
+    # A high in-flight cap: a gateway that falls behind shows it in latency, not 503s. No
+    # canary: the fake vLLM does not constrain, and a failed canary holds /readyz at 503.
     return gateway.gateway_env(IRGW_LOG_LEVEL="warning", IRGW_AUTH_ENABLED="true",
-                       IRGW_MAX_INFLIGHT="256", IRGW_QUEUE_SIZE="256", **settings)
+                               IRGW_CANARY="off", IRGW_MAX_INFLIGHT="256",
+                               IRGW_QUEUE_SIZE="256", **settings)
 
 
 def _usage(redis_url: str, env: dict[str, str]) -> str:
-    done = subprocess.run([*gateway.gateway_argv(), "usage", "--backend", "redis", "--redis-url",
-                           redis_url], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run([*gateway.gateway_argv(), "usage", "--backend", "redis",
+                           "--redis-url", redis_url],
+                          capture_output=True, text=True, timeout=60, env=env)
     return done.stdout
 
 
