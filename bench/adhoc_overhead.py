@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime as dt
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -38,20 +37,27 @@ from typing import Any
 
 import orjson
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import overhead as ob  # the overhead benchmark's fake, gateway and client
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.common import payloads  # noqa: E402
+from bench.common.fake_vllm import start_fake  # noqa: E402
+from bench.common.load import new_session  # noqa: E402
+from bench.common.machine import cpu_model, git_rev  # noqa: E402
+from bench.common.procs import HOST, Children, exit_on_signals  # noqa: E402
+from bench.common.stats import mean, median  # noqa: E402
+from bench.overhead_run import start_overhead_gateway  # noqa: E402
 
-RESULTS_MD = ob.RESULTS / "adhoc_overhead.md"
+RESULTS_MD = REPO / "bench" / "results" / "adhoc_overhead.md"
 TARGET_RATIO = 1.5
 
 
 def adhoc_body(title: str | None) -> bytes:
-    schema = json.loads(ob.SCHEMA_FILE.read_text())["schema"]
+    schema = json.loads(payloads.SCHEMA_FILE.read_text())["schema"]
     if title is not None:
         schema = {"title": title, **schema}
     return orjson.dumps({
-        "model": ob.UPSTREAM_MODEL,
-        "messages": [{"role": "user", "content": ob.USER_CONTENT}],
+        "model": payloads.UPSTREAM_MODEL,
+        "messages": [{"role": "user", "content": payloads.USER_CONTENT}],
         "response_format": {"type": "json_schema",
                             "json_schema": {"name": "FunctionIR", "schema": schema,
                                             "strict": True}},
@@ -73,18 +79,18 @@ async def sequential(session: Any, url: str, body: Callable[[int], bytes], check
 
 
 async def run(rounds: int, per_round: int, fake_port: int, gw_port: int) -> dict[str, list[float]]:
-    gateway = f"http://{ob.HOST}:{gw_port}{ob.CHAT_PATH}"
-    direct = f"http://{ob.HOST}:{fake_port}{ob.CHAT_PATH}"
-    named_body, direct_body, repeat_body = ob.gateway_body(), ob.direct_body(), adhoc_body(None)
+    gateway = f"http://{HOST}:{gw_port}{payloads.CHAT_PATH}"
+    direct = f"http://{HOST}:{fake_port}{payloads.CHAT_PATH}"
+    named, to_fake, repeat = payloads.gateway_body(), payloads.direct_body(), adhoc_body(None)
     fresh = iter(range(10**9))
     cases: dict[str, tuple[str, Callable[[int], bytes], bool]] = {
-        "direct": (direct, lambda i: direct_body, False),
-        "named": (gateway, lambda i: named_body, True),
-        "ad-hoc repeat": (gateway, lambda i: repeat_body, True),
+        "direct": (direct, lambda i: to_fake, False),
+        "named": (gateway, lambda i: named, True),
+        "ad-hoc repeat": (gateway, lambda i: repeat, True),
         "ad-hoc first-time": (gateway, lambda i: adhoc_body(f"T{next(fresh)}"), True),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}
-    session = ob.new_session()
+    session = new_session()
     try:
         for url, body, checked in cases.values():  # warm-up, not counted
             await sequential(session, url, body, checked, 200, [])
@@ -99,17 +105,17 @@ async def run(rounds: int, per_round: int, fake_port: int, gw_port: int) -> dict
 
 
 def report(samples: dict[str, list[float]], wall_s: float, quick: bool) -> str:
-    base_p50 = statistics.median(samples["direct"])
-    base_mean = statistics.fmean(samples["direct"])
-    added = {name: (statistics.median(s) - base_p50, statistics.fmean(s) - base_mean)
+    base_p50 = median(samples["direct"])
+    base_mean = mean(samples["direct"])
+    added = {name: (median(s) - base_p50, mean(s) - base_mean)
              for name, s in samples.items()}
     named_p50 = added["named"][0]
     lines = [
         "# Ad-hoc schema overhead (bench/adhoc_overhead.py)",
         "",
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, git {ob.git_rev()}, "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, git {git_rev()}, "
         f"{'quick' if quick else 'full'} run, {wall_s:.0f} s; sequential requests, "
-        f"interleaved rounds; {ob.cpu_model()}",
+        f"interleaved rounds; {cpu_model()}",
         "",
         "| case | requests | p50 ms | mean ms | added p50 ms | added mean ms | x named (p50) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -118,8 +124,8 @@ def report(samples: dict[str, list[float]], wall_s: float, quick: bool) -> str:
         p50_added, mean_added = added[name]
         ratio = "" if name == "direct" else f"{p50_added / named_p50:.2f}" if named_p50 > 0 \
             else "n/a"
-        lines.append(f"| {name} | {len(s)} | {statistics.median(s):.3f} | "
-                     f"{statistics.fmean(s):.3f} | "
+        lines.append(f"| {name} | {len(s)} | {median(s):.3f} | "
+                     f"{mean(s):.3f} | "
                      f"{'' if name == 'direct' else f'{p50_added:+.3f}'} | "
                      f"{'' if name == 'direct' else f'{mean_added:+.3f}'} | {ratio} |")
     repeat_ratio = added["ad-hoc repeat"][0] / named_p50 if named_p50 > 0 else float("inf")
@@ -133,23 +139,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small samples")
     args = parser.parse_args()
+    exit_on_signals()
     rounds, per_round = (2, 200) if args.quick else (6, 1000)
 
     import uvloop
 
     started = time.monotonic()
-    children: list[ob.Child] = []
-    with tempfile.TemporaryDirectory(prefix="irgw-adhoc-") as tmp:
-        try:
-            fake, fake_port = ob.start_fake()
-            children.append(fake)
-            gw, gw_port = ob.start_gateway(fake_port, Path(tmp), None)
-            children.append(gw)
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                samples = runner.run(run(rounds, per_round, fake_port, gw_port))
-        finally:
-            for child in reversed(children):
-                child.close()
+    with tempfile.TemporaryDirectory(prefix="irgw-adhoc-") as tmp, Children() as children:
+        _, fake_port = children.add(start_fake())
+        _, gw_port = children.add(start_overhead_gateway(fake_port, Path(tmp), None))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            samples = runner.run(run(rounds, per_round, fake_port, gw_port))
     md = report(samples, time.monotonic() - started, args.quick)
     print(md)
     if not args.quick:

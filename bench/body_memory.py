@@ -5,8 +5,8 @@ Usage::
     .venv/bin/python bench/body_memory.py            # writes bench/results/body_memory.md
     .venv/bin/python bench/body_memory.py --label before --no-write
 
-A gateway process (`ir-gateway serve`, auth off) in front of the test suite's fake vLLM
-(in this process). For each scenario: the gateway's RSS after a warm-up, its peak while
+A gateway process (`ir-gateway serve`, auth off) in front of the bench's fake vLLM
+(bench/common/fake_vllm.py). For each scenario: the gateway's RSS after a warm-up, its peak while
 eight clients send their bodies at once (VmRSS sampled every 10 ms, and VmHWM), and its
 RSS a second after the answers (glibc keeps freed memory: the gateway runs with
 PYTHONMALLOC=malloc,
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import sys
 import tempfile
 import time
@@ -28,15 +27,14 @@ from pathlib import Path
 
 import orjson
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
+REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(BENCH))
-import overhead  # noqa: E402  (its child-process helpers)
+from bench.common.fake_vllm import start_fake  # noqa: E402
+from bench.common.gateway import gateway_env, start_gateway  # noqa: E402
+from bench.common.machine import git_rev  # noqa: E402
+from bench.common.procs import HOST, exit_on_signals, proc_status_kb  # noqa: E402
 
-from tests.fake_upstream import FakeUpstream, Reply  # noqa: E402
-
-RESULTS_MD = BENCH / "results" / "body_memory.md"
+RESULTS_MD = REPO / "bench" / "results" / "body_memory.md"
 CLIENTS = 8
 MIB = 1024 * 1024
 
@@ -54,38 +52,16 @@ def body_of(size: int, shape: str = "text") -> bytes:
     return orjson.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": words}]})
 
 
-def start_gateway(upstream_url: str, workdir: Path, env_extra: dict[str, str],
-                  tree: Path | None) -> tuple[overhead.Child, int]:
-    port = overhead.free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
-    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "false",
-                "IRGW_CANARY": "off", **env_extra})  # the fake vLLM does not constrain
-    gateway = overhead.gateway_argv()
-    if tree is not None:  # another source tree's gateway (an A/B), in this venv
-        env["PYTHONPATH"] = str(tree)
-        gateway = [sys.executable, "-P", "-m", "gateway"]  # -P: not this tree from the cwd
-    argv = [*gateway, "serve", "--upstream", upstream_url,
-            "--host", overhead.HOST, "--port", str(port)]
-    child = overhead.Child("gateway", argv, env=env, log=workdir / "gateway.log")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited: {child.log_tail()}")
-        with contextlib.suppress(OSError):
-            if overhead.http_get(f"http://{overhead.HOST}:{port}/healthz")[0] == 200:
-                return child, port
-        time.sleep(0.1)
-    child.close()
-    raise RuntimeError(f"gateway not ready: {child.log_tail()}")
-
-
 async def scenario(name: str, upstream_url: str, workdir: Path, env_extra: dict[str, str],
                    size: int, shape: str, tree: Path | None,
                    clients: int) -> dict[str, object]:
     import aiohttp
 
-    child, port = start_gateway(upstream_url, workdir, env_extra, tree)
-    url = f"http://{overhead.HOST}:{port}/v1/chat/completions"
+    env = gateway_env(tree=tree, IRGW_LOG_LEVEL="warning", IRGW_AUTH_ENABLED="false",
+                      IRGW_CANARY="off", **env_extra)  # the fake vLLM does not constrain
+    child, port = start_gateway("gateway", upstream_url, workdir, env, tree=tree,
+                                ready=("/healthz",))
+    url = f"http://{HOST}:{port}/v1/chat/completions"
     body = body_of(size, shape)
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
@@ -120,7 +96,7 @@ async def scenario(name: str, upstream_url: str, workdir: Path, env_extra: dict[
             await sampler
             await asyncio.sleep(1.0)
             after = child.rss_kb()
-            hwm = overhead.proc_status_kb(child.pid, "VmHWM")
+            hwm = proc_status_kb(child.pid, "VmHWM")
     finally:
         child.close()
     return {"name": name, "size": size, "before": before, "peak": peak, "hwm": hwm,
@@ -137,12 +113,15 @@ async def run(label: str, tree: Path | None) -> list[dict[str, object]]:
             ("1.9 MB tiny values, defaults", {}, fits, "tiny"),
             ("1.9 MB tiny values, defaults, 16 clients", {}, fits, "tiny")]
     rows = []
-    async with FakeUpstream(default=Reply(content='{"ok": true}')) as fake:
+    fake, fake_port = start_fake()
+    try:
         with tempfile.TemporaryDirectory(prefix="irgw-bodymem-") as tmp:
             for name, env, size, shape in plan:
                 clients = 16 if "16 clients" in name else CLIENTS
-                rows.append(await scenario(name, fake.url, Path(tmp), env, size, shape, tree,
-                                           clients))
+                rows.append(await scenario(name, f"http://{HOST}:{fake_port}", Path(tmp), env,
+                                           size, shape, tree, clients))
+    finally:
+        fake.close()
     for row in rows:
         row["label"] = label
     return rows
@@ -171,6 +150,7 @@ def main() -> None:
     parser.add_argument("--label", default="this tree")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    exit_on_signals()
     rows = []
     if args.before is not None:
         rows += asyncio.run(run(args.before_label, args.before.resolve()))
@@ -181,7 +161,7 @@ def main() -> None:
         RESULTS_MD.write_text(
             "# Gateway memory under large request bodies (bench/body_memory.py)\n\n"
             f"{CLIENTS} clients at once, one chat message each; {time.strftime('%Y-%m-%d')}, "
-            f"git {overhead.git_rev()}.\n\n{table}\n")
+            f"git {git_rev()}.\n\n{table}\n")
         print(f"written: {RESULTS_MD}")
 
 

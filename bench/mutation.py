@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from bench.common.procs import exit_on_signals, stop_group  # noqa: E402
+
 WORK = REPO / "bench" / ".mutation"
 RESULTS = REPO / "bench" / "results" / "mutation.md"
 
@@ -181,18 +183,15 @@ def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
     process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *(names or [])],
                                cwd=work,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finished = False
     try:
         process.wait(timeout=budget_s)
         finished = process.returncode == 0
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)  # its own session: mutmut and its children
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        finished = False
-    log.close()
+        pass
+    finally:
+        stop_group(process)  # its own session: mutmut and its children, also on a signal
+        log.close()
     return time.monotonic() - started, finished
 
 
@@ -298,6 +297,7 @@ def main() -> int:
                         "repository's tests, run the survivors again, then go on with the "
                         "mutants not yet checked")
     args = parser.parse_args()
+    exit_on_signals()
     if args.recheck:
         args.resume = True
     modules = args.modules or list(MODULES)

@@ -32,83 +32,42 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from bench.overhead import (  # noqa: E402
-    CHAT_PATH,
-    HOST,
-    START_TIMEOUT_S,
-    Child,
-    Meter,
-    Phase,
-    RssSampler,
-    Target,
-    free_port,
-    gateway_argv,
-    gateway_body,
-    http_get,
-    new_session,
-    open_loop,
-    percentile,
-    start_fake,
-)
+from bench.common import gateway, load  # noqa: E402
+from bench.common.fake_vllm import start_fake  # noqa: E402
+from bench.common.payloads import CHAT_PATH, gateway_body  # noqa: E402
+from bench.common.procs import HOST, Children, exit_on_signals  # noqa: E402
+from bench.common.stats import percentile  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 RESULTS_MD = REPO / "bench" / "results" / "shared_service.md"
-RATE = 200
+RATE = load.BUDGET_RATE
 
 
 def _env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
-    # A high in-flight cap: a gateway that falls behind shows it in latency, not 503s.
-    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "true",
-                "IRGW_MAX_INFLIGHT": "256", "IRGW_QUEUE_SIZE": "256", **settings})
-    return env
-
-
-def _key(env: dict[str, str], *extra: str) -> str:
-    argv = [*gateway_argv(), "keys", "create", "--name", "bench", "--rpm", "10000000",
-            "--tpm", "1000000000", *extra]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=True,
-                          env=env)
-    return done.stdout.strip()
+    # A high in-flight cap: a gateway that falls behind shows it in latency, not 503s. No
+    # canary: the fake vLLM does not constrain, and a failed canary holds /readyz at 503.
+    return gateway.gateway_env(IRGW_LOG_LEVEL="warning", IRGW_AUTH_ENABLED="true",
+                               IRGW_CANARY="off", IRGW_MAX_INFLIGHT="256",
+                               IRGW_QUEUE_SIZE="256", **settings)
 
 
 def _usage(redis_url: str, env: dict[str, str]) -> str:
-    done = subprocess.run([*gateway_argv(), "usage", "--backend", "redis", "--redis-url",
-                           redis_url], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run([*gateway.gateway_argv(), "usage", "--backend", "redis",
+                           "--redis-url", redis_url],
+                          capture_output=True, text=True, timeout=60, env=env)
     return done.stdout
-
-
-def _start(name: str, upstream_port: int, env: dict[str, str], workdir: Path) -> tuple[Child, int]:
-    port = free_port()
-    argv = [*gateway_argv(), "serve", "--upstream", f"http://{HOST}:{upstream_port}",
-            "--host", HOST, "--port", str(port)]
-    child = Child(name, argv, env=env, log=workdir / f"{name}.log")
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {child.log_tail()}")
-        try:
-            if http_get(f"http://{HOST}:{port}/readyz")[0] == 200:
-                return child, port
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            child.close()
-            raise RuntimeError(f"{name} not ready: {child.log_tail()}")
-        time.sleep(0.1)
 
 
 async def run(rounds: int, round_s: float, warmup_s: float) -> str:
     redis = RedisServer()
     redis.start()
-    fake, fake_port = start_fake()
-    children: list[Child] = [fake]
+    children = Children()
+    fake, fake_port = children.add(start_fake())
     try:
         with tempfile.TemporaryDirectory(prefix="irgw-shared-bench-") as tmp:
             workdir = Path(tmp)
@@ -119,50 +78,50 @@ async def run(rounds: int, round_s: float, warmup_s: float) -> str:
             all_env = {**keys_env, "IRGW_RATELIMIT_BACKEND": "redis"}
             limits_env = {**file_env, "IRGW_RATELIMIT_BACKEND": "redis",
                           "IRGW_REDIS_URL": redis.url}
-            keys_file_key = _key({**file_env}, "--keys-file", str(workdir / "keys.json"))
+            keys_file_key = gateway.create_key("--keys-file", str(workdir / "keys.json"),
+                                       env=file_env)
             keys = {
                 "file": keys_file_key,
-                "redis-keys+usage": _key(keys_env, "--backend", "redis"),
+                "redis-keys+usage": gateway.create_key("--backend", "redis", env=keys_env),
                 "file+redis-limits": keys_file_key,
-                "redis-all+budget": _key(all_env, "--backend", "redis",
-                                         "--budget-tokens", "1000000000"),
+                "redis-all+budget": gateway.create_key("--backend", "redis", "--budget-tokens",
+                                               "1000000000", env=all_env),
             }
             envs = {"file": file_env, "redis-keys+usage": keys_env,
                     "file+redis-limits": limits_env, "redis-all+budget": all_env}
-            targets: list[Target] = []
+            targets: list[load.Target] = []
             for name, env in envs.items():
-                child, port = _start(name, fake_port, env, workdir)
-                children.append(child)
-                targets.append(Target(name, f"http://{HOST}:{port}{CHAT_PATH}", gateway_body(),
-                                      {"content-type": "application/json",
-                                       "authorization": f"Bearer {keys[name]}"},
-                                      True, child.pid))
-            sampler = RssSampler({t.name: t.pid for t in targets},
-                                 max_s=(rounds * round_s + warmup_s) * len(targets) * 3 + 60)
+                child, port = children.add(gateway.start_gateway(
+                    name, f"http://{HOST}:{fake_port}", workdir, env, ready=("/readyz",)))
+                headers = {"content-type": "application/json",
+                           "authorization": f"Bearer {keys[name]}"}
+                targets.append(load.Target(name, f"http://{HOST}:{port}{CHAT_PATH}",
+                                           gateway_body(), headers, True, child.pid))
+            sampler = load.RssSampler({t.name: t.pid for t in targets},
+                                      max_s=(rounds * round_s + warmup_s) * len(targets) * 3 + 60)
             sampler.start()
-            phases: dict[str, list[Phase]] = {t.name: [] for t in targets}
-            async with new_session() as session:
+            phases: dict[str, list[load.Phase]] = {t.name: [] for t in targets}
+            async with load.new_session() as session:
                 for target in targets:
-                    meter = Meter(target, fake, [])
-                    await open_loop(session, target, RATE, warmup_s, meter, sampler, "warmup")
+                    meter = load.Meter(target, fake, [])
+                    await load.open_loop(session, target, RATE, warmup_s, meter, sampler, "warmup")
                 for index in range(rounds):
                     order = targets if index % 2 == 0 else list(reversed(targets))
                     for target in order:
-                        meter = Meter(target, fake, [])
-                        phases[target.name].append(await open_loop(
+                        meter = load.Meter(target, fake, [])
+                        phases[target.name].append(await load.open_loop(
                             session, target, RATE, round_s, meter, sampler, f"round {index}"))
             await sampler.stop()
-            for child in children[1:]:  # stopped first: each flushes its usage as it stops
+            for child in children.started[1:]:  # stopped first: each flushes its usage
                 child.close()
             usage = await asyncio.to_thread(_usage, redis.url, keys_env)
             return report(phases, rounds, round_s, usage)
     finally:
-        for child in reversed(children):
-            child.close()
+        children.close()
         redis.stop()
 
 
-def report(phases: dict[str, list[Phase]], rounds: int, round_s: float, usage: str) -> str:
+def report(phases: dict[str, list[load.Phase]], rounds: int, round_s: float, usage: str) -> str:
     base = [ms for phase in phases["file"] for ms in phase.latencies_ms]
     base_p50, base_p99 = percentile(base, 50), percentile(base, 99)
     lines = [
@@ -200,6 +159,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    exit_on_signals()
     rounds, round_s, warmup_s = (1, 3.0, 1.0) if args.quick else (3, 8.0, 3.0)
     text = asyncio.run(run(rounds, round_s, warmup_s))
     if not args.quick:

@@ -26,7 +26,6 @@ import os
 import random
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from overhead import _die_with_parent, free_port, gateway_argv, git_rev, http_get  # noqa: E402
-from soak_clients import KINDS, Ctx, Key, Tally, chat_body, client  # noqa: E402
-from soak_http import Conn, NoAnswer, request_bytes  # noqa: E402
-from soak_report import Snapshot, metrics_counts, render, snapshot  # noqa: E402
-
+from bench.common.gateway import gateway_argv, gateway_env  # noqa: E402
+from bench.common.machine import git_rev  # noqa: E402
+from bench.common.procs import Child, exit_on_signals, free_port, wait_http  # noqa: E402
+from bench.soak_clients import KINDS, Ctx, Key, Tally, chat_body, client  # noqa: E402
+from bench.soak_http import Conn, NoAnswer, request_bytes  # noqa: E402
+from bench.soak_report import Snapshot, metrics_counts, render, snapshot  # noqa: E402
 from gateway.access.keys import KeyPolicy, KeyStore  # noqa: E402
 from gateway.dev.vllm_flags import CPU_DEFAULT_MAX_MODEL_LEN  # noqa: E402
 from gateway.dev.vllm_process import VllmServer, build_dev_model  # noqa: E402
@@ -68,7 +68,7 @@ class Stack:
         self.workdir = workdir
         self.redis: RedisServer | None = None
         self.vllm: VllmServer | None = None
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway: Child | None = None
         self.gateway_port = 0
         self.gateway_log = workdir / "gateway.log"
         self.gateway_env: dict[str, str] = {}
@@ -95,7 +95,6 @@ class Stack:
     def start_gateway(self, keys_file: Path, extra_env: dict[str, str]) -> None:
         assert self.redis is not None and self.vllm is not None
         self.gateway_port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
         self.gateway_env = {
             "IRGW_UPSTREAM_URL": self.vllm.url, "IRGW_UPSTREAM_MODEL": SERVED_MODEL,
             "IRGW_AUTH_ENABLED": "true", "IRGW_KEYS_FILE": str(keys_file),
@@ -103,30 +102,13 @@ class Stack:
             **GATEWAY_ENV, **extra_env,
             "IRGW_HOST": "127.0.0.1", "IRGW_PORT": str(self.gateway_port),  # loopback only
         }
-        log = self.gateway_log.open("ab")
-        self.gateway = subprocess.Popen(
-            [*gateway_argv(), "serve"], env={**env, **self.gateway_env},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent)
-        log.close()  # the child has its own copy
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.gateway.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.gateway_log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                if http_get(f"http://127.0.0.1:{self.gateway_port}/healthz")[0] == 200:
-                    return
-            time.sleep(0.2)
-        raise RuntimeError("gateway did not answer /healthz within 60 s")
+        self.gateway = Child("gateway", [*gateway_argv(), "serve"],
+                             env=gateway_env(**self.gateway_env), log=self.gateway_log)
+        wait_http(self.gateway, self.gateway_port, timeout_s=60, every_s=0.2)
 
     def close(self) -> None:
-        if self.gateway is not None and self.gateway.poll() is None:
-            self.gateway.terminate()
-            try:
-                self.gateway.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.gateway.kill()
-                self.gateway.wait(timeout=10)
+        if self.gateway is not None:
+            self.gateway.close(grace_s=30)
         for part in (self.vllm, self.redis):
             if part is not None:
                 with contextlib.suppress(Exception):
@@ -306,7 +288,7 @@ async def soak(stack: Stack, args: argparse.Namespace, keys: list[Key],
     print(f"[{time.monotonic() - t0:6.1f} s] clients done; settling", flush=True)
     await warm_up(ctx, warm_key, args.warm)
     await settle(stack, args.settle)
-    alive = stack.gateway.poll() is None
+    alive = stack.gateway.alive()
     after = snapshot(pid, stack.gateway_port, ports) if alive else Snapshot.gone()
     metrics_after = metrics_counts((await probe(stack.gateway_port, "/metrics"))[1])
     return {"tally": ctx.tally, "before": before, "load_phase_s": ctx.tally.load_ends - t0,
@@ -354,17 +336,10 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main() -> int:
     args = parse_args()
     extra_env = dict(item.split("=", 1) for item in args.gateway_env)
-    # SIGINT too: a shell starts a background job with SIGINT ignored, and Python then
-    # installs no handler of its own.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _interrupt)
+    exit_on_signals()
     started = datetime.now(UTC)
     workdir = Path(tempfile.mkdtemp(prefix="irgw-soak-"))
     stack = Stack(workdir)

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from soak_http import Conn, NoAnswer, Reply, request_bytes
+
+from bench.soak_http import Conn, NoAnswer, Reply, request_bytes
 
 CHAT = "/v1/chat/completions"
 SCHEMAS = ("function_ir", "module_ir", "test_plan_ir")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from overhead import proc_status_kb
-from soak_clients import Key, Tally
+from bench.common.procs import proc_status_kb
+from bench.common.stats import median, nearest_rank
+from bench.soak_clients import Key, Tally
 
 TOLERANCE = 0.10  # RSS and fds after the run settles: within 10 % of before
 _METRIC_RE = re.compile(rb'^irgw_requests_total\{([^}]*)\} ([0-9.e+]+)$')
@@ -103,11 +103,6 @@ def _change(before: float, after: float) -> tuple[str, bool]:
         return "n/a", False
     ratio = (after - before) / before
     return f"{ratio:+.1%}", abs(ratio) <= TOLERANCE
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
 
 
 def _log_summary(text: str) -> list[str]:
@@ -220,13 +215,14 @@ def render(result: dict[str, Any], *, args: argparse.Namespace, keys: list[Key],
     for kind in sorted(set(before.kinds) | set(after.kinds)):
         out.append(f"| - {kind} | {before.kinds[kind]} | {after.kinds[kind]} | |")
     lags = result["lags"]
+    probes = tally.healthz_ms
     out += [
         "",
-        f"- `/healthz` while loaded: median {_pct(tally.healthz_ms, 0.5):.0f} ms, p99 "
-        f"{_pct(tally.healthz_ms, 0.99):.0f} ms, max {max(tally.healthz_ms, default=0):.0f} ms "
-        f"({len(tally.healthz_ms)} probes); this process's own loop ran late by up to "
+        f"- `/healthz` while loaded: median {nearest_rank(probes, 50, empty=0.0):.0f} ms, p99 "
+        f"{nearest_rank(probes, 99, empty=0.0):.0f} ms, max {max(probes, default=0):.0f} ms "
+        f"({len(probes)} probes); this process's own loop ran late by up to "
         f"{max(lags, default=0) * 1000:.0f} ms (median "
-        f"{statistics.median(lags) * 1000 if lags else 0:.1f} ms)",
+        f"{median(lags) * 1000 if lags else 0:.1f} ms)",
     ]
     m_before, m_after = result["metrics"]
     delta = m_after - m_before

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import os
 import platform
-import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -29,17 +28,14 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.common.procs import exit_on_signals  # noqa: E402
+from bench.common.stats import median, nearest_rank  # noqa: E402
 from gateway.dev.vllm_process import VllmServer, build_dev_model  # noqa: E402
 from gateway.output.registry import SchemaRegistry  # noqa: E402
 from gateway.settings import Settings  # noqa: E402
 from tests.gateway_server import running_gateway  # noqa: E402
 
 PROMPT = "Describe a function that parses an ISO date string into a date."
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_round(url: str, body: dict[str, Any], n: int, concurrency: int,
@@ -71,12 +67,13 @@ async def run_round(url: str, body: dict[str, Any], n: int, concurrency: int,
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=60)
     parser.add_argument("--concurrency", default="1,8")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    exit_on_signals()
 
     model = build_dev_model(trained=True)
     vllm = VllmServer(model, served_model_name="tiny-qwen2",
@@ -116,8 +113,8 @@ async def main() -> None:
                     wall = sum(r[2] for r in rounds)
                     failures = sum(r[3] for r in rounds)
                     rows.append((concurrency, name, len(latencies),
-                                 statistics.median(latencies) * 1000,
-                                 percentile(latencies, 0.95) * 1000,
+                                 median(latencies) * 1000,
+                                 nearest_rank(latencies, 95) * 1000,
                                  tokens / wall, tokens / max(1, len(latencies)), failures))
     finally:
         vllm.stop()

@@ -103,9 +103,9 @@ class GatewayApp(FastAPI):
 
     A POST to a generation route (a `RawRoute`: it reads its own body and builds its own
     response) goes straight from ASGI to its endpoint, skipping Starlette's middleware
-    stack and route matching: about 70 µs per request on the benchmark machine, on the
-    path the overhead budget is about. Errors map to responses through the same handlers
-    as everywhere else. Everything else, and the OpenAPI document, is plain FastAPI.
+    stack and route matching, on the path the overhead budget is about (the saving:
+    bench/README.md, "Figures the code cites"). Errors map to responses through the same
+    handlers as everywhere else. Everything else, and the OpenAPI document, is plain FastAPI.
     """
 
     def __init__(self, services: Services, **kwargs: Any) -> None:

@@ -93,8 +93,8 @@ class AdhocSchemas:
 
     async def compile_off_loop(self, pending: PendingAdhoc) -> RegisteredSchema:
         """`compile`, a cache miss compiled in a worker thread: within the caps a compile
-        is still seconds of Python (a oneOf of 2,400 members: ~3 s), which on the event
-        loop stalled every other request. The caps and the cache are checked here first."""
+        is still seconds of Python (bench/README.md, "Figures the code cites"), which on the
+        event loop stalled every other request. The caps and the cache are checked here first."""
         key = self._key(pending)
         return self._cached(key) or await asyncio.to_thread(self._build, key, pending)
 

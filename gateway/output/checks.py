@@ -107,7 +107,8 @@ def check_python_type(value: Any) -> str | None:
 @functools.lru_cache(maxsize=_TYPE_CACHE_ENTRIES)
 def _parsed_type_problem(value: str) -> str | None:
     # Cached: the same hints (`list[str]`, `dict[str, Any]`) come back on most requests,
-    # and a parse costs ~10-30 µs. Bounded by entries, each at most the length bound.
+    # and a parse is not free (bench/README.md, "Figures the code cites"). Bounded by
+    # entries, each at most the length bound.
     if not value.strip():
         return "empty type expression"
     try:

@@ -1,7 +1,7 @@
 """The memory all request bodies together may hold (IRGW_MAX_BODY_BYTES_IN_FLIGHT).
 
-A parsed body takes several times its size in Python objects (a long string about as much
-again; a body of tiny JSON values up to ~25x), for as long as its request runs, so the
+A parsed body takes several times its size in Python objects, a body of tiny JSON values
+the most (bench/results/body_memory.md), for as long as its request runs, so the
 bytes of the bodies of all requests in progress are counted against one budget. A request
 whose body does not fit gets a 503 with `retry-after` (the openai client retries it): the
 gateway is busy, the request itself is fine.

@@ -4,7 +4,7 @@ At a few hundred requests per second the gateway idles for milliseconds between 
 and on a shared VM an idle CPU comes back with its caches and TLBs emptied by whatever
 else ran there. A request then pays a page-table walk for each 4 KiB page of Python
 objects it touches; on 2 MiB pages the same objects need a few dozen TLB entries instead
-of hundreds (measured: 80-130 µs less per request after 5 ms idle; README, Benchmarks).
+of hundreds (the gain: bench/README.md, "What brought the median down").
 
 CPython's own allocator takes memory in 1 MiB arenas, which the kernel never backs with
 huge pages, so the serving process allocates Python objects with glibc's malloc
@@ -114,11 +114,12 @@ def tune_gc_for_serving() -> None:
 class MemoryTrimmer:
     """Hands the heap a large request body left behind back to the kernel.
 
-    A parsed body takes many times its size (tiny JSON values: 25-30x); once freed, glibc
-    keeps those pages (more so with `PYTHONMALLOC=malloc`, above), so a burst of large bodies
-    left RSS up for good (the soak: +93 %). `malloc_trim(0)` returns them: it runs in a
-    worker thread (ctypes drops the GIL), after a request whose body was at least
-    `min_bytes`, at most once per `min_interval_s`. Not glibc: does nothing."""
+    A parsed body takes many times its size (bench/results/body_memory.md); once freed,
+    glibc keeps those pages (more so with `PYTHONMALLOC=malloc`, above), so a burst of large
+    bodies left RSS up for good (bench/README.md, "Figures the code cites").
+    `malloc_trim(0)` returns them: it runs in a worker thread (ctypes drops the GIL), after a
+    request whose body was at least `min_bytes`, at most once per `min_interval_s`. Not
+    glibc: does nothing."""
 
     def __init__(self, min_bytes: int = 1 << 20, min_interval_s: float = 1.0) -> None:
         self.min_bytes = min_bytes

@@ -1,12 +1,12 @@
 """HTTP/1.1 to the one upstream: a keep-alive pool of asyncio protocols, parsed by httptools.
 
 Why not aiohttp's ClientSession (the first choice, by bench/upstream_client.py): sampled
-under load, it was about 45% of the gateway's CPU per request, the largest single cost, and
-a proxy with no logic at all built on it already added +0.96 ms at 200 req/s, nearly the
-whole 1 ms budget. The same proxy on this transport adds about +0.7 ms, and the client side
-costs about a third of aiohttp's CPU per request (bench/results/). The hop it serves is
-narrow, and that is what keeps this small: one origin, HTTP/1.1, request bodies already in
-memory, answers by content-length, chunked or close-delimited. No redirects, cookies,
+under load, it was the gateway's largest single cost per request, and a proxy with no logic
+at all built on it already took most of the 1 ms budget; on this transport the same proxy
+adds less and the client side costs a fraction of aiohttp's CPU per request (figures:
+bench/README.md, "Figures the code cites"; bench/results/upstream_client.md). The hop it
+serves is narrow, and that is what keeps this small: one origin, HTTP/1.1, request bodies
+already in memory, answers by content-length, chunked or close-delimited. No redirects, cookies,
 proxies or compression: none of them belongs on a gateway→vLLM hop, and each would be a way
 for one caller's state to reach another's. Parsing is httptools (llhttp, the parser of
 uvicorn and Node.js); this module only frames requests and keeps connections.
