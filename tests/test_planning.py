@@ -5,6 +5,7 @@ check the same through a running gateway; tools' forced calls are in test_tools.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -426,6 +427,36 @@ def test_a_stream_always_asks_vllm_for_usage(registry: SchemaRegistry) -> None:
     assert upstream_chat_body(kept, DIALECT, "up", None)["stream_options"] == {
         "continuous_usage_stats": True, "include_usage": True}
     assert "stream_options" not in upstream_chat_body(chat(registry), DIALECT, "up", None)
+
+
+def forced_tool_plan(registry: SchemaRegistry, **body: Any) -> ChatPlan:
+    """The plan for a forced tool call, however planning is wired: by `plan_chat` alone,
+    or by `plan_chat` then `tools.plan_tool_call` (issue 18 folds the second into the first)."""
+    plan = chat(registry, **body)
+    tools = importlib.import_module("gateway.generation.tools")
+    if plan.mode is Mode.PASSTHROUGH and hasattr(tools, "plan_tool_call"):
+        tools.plan_tool_call(plan, registry, SETTINGS)
+    return plan
+
+
+async def test_a_forced_tool_is_sent_as_a_schema_without_the_tools(
+        registry: SchemaRegistry) -> None:
+    # vLLM refuses a forced tool_choice without a tool parser: the gateway sends the tool's
+    # parameters as the constraint, and nothing of the tools
+    weather = {"type": "function", "function": {"name": "weather", "parameters": PERSON}}
+    other = {"type": "function", "function": {"name": "other"}}
+    plan = forced_tool_plan(registry, tools=[other, weather], parallel_tool_calls=False,
+                            tool_choice={"type": "function", "function": {"name": "weather"}})
+    assert plan.mode is Mode.TOOL and plan.checked and plan.tool_name == "weather"
+    await plan.compile_pending(AdhocSchemas.from_settings(SETTINGS))
+    body = sent(upstream_chat_body(plan, DIALECT, "up", 20))
+    assert not {"tools", "tool_choice", "parallel_tool_calls"} & set(body)
+    assert body["response_format"]["json_schema"] == {"name": "weather", "schema": PERSON,
+                                                      "strict": True}
+    assert body["max_tokens"] == 20 and body["messages"] == MESSAGES
+    # tools left to vLLM's choice are sent as they came
+    auto = chat(registry, tools=[weather], tool_choice="auto")
+    assert sent(upstream_chat_body(auto, DIALECT, "up", None))["tools"] == [weather]
 
 
 # -- the prompt's reservation
