@@ -22,6 +22,7 @@ from gateway.access.auth import (
 )
 from gateway.access.keys import KeyStore
 from gateway.access.records import KeyPolicy, KeyStoreError, parse_key
+from gateway.access.store import build_key_backend
 from gateway.errors import AuthenticationError, PermissionDeniedError
 from gateway.settings import Settings
 
@@ -223,6 +224,17 @@ def test_settings_that_would_be_unsafe_do_not_start(tmp_path: Path) -> None:
     corrupt.write_text('{"version": 1, "keys": [{"id": "short"}]}')
     with pytest.raises(KeyStoreError, match=r"corrupt\.json"):
         build_authenticator(Settings(auth_enabled=True, keys_file=corrupt))
+
+
+async def test_the_keys_cli_may_start_a_keys_file_the_server_may_not(tmp_path: Path) -> None:
+    # `keys create` on a fresh machine makes the file; a server never starts without one
+    settings = Settings(auth_enabled=True, keys_file=tmp_path / "keys.json")
+    with pytest.raises(KeyStoreError, match=r"keys\.json"):
+        build_key_backend(settings)
+    backend = build_key_backend(settings, create=True)
+    record, key = await backend.create("first")
+    assert [r.id for r in await backend.list()] == [record.id]
+    assert build_authenticator(settings).authenticate(f"Bearer {key}").key_id == record.id
 
 
 def test_the_redis_store_needs_its_url() -> None:
