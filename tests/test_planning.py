@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from gateway.errors import (
 from gateway.generation.planning import (
     ChatPlan,
     Mode,
-    Visible,
     estimate_prompt_tokens,
     plan_chat,
     plan_completion,
@@ -52,6 +52,7 @@ FILES: list[dict[str, Any]] = [
 MESSAGES = [{"role": "user", "content": "hi"}]
 SETTINGS = Settings(auth_enabled=False)
 DIALECT = dialect_for("0.32.0")
+Visible = Callable[[str], bool] | None  # the names a key's scope allows; None: all
 
 
 @pytest.fixture(scope="module")
