@@ -49,3 +49,24 @@ def test_json_object_on_completions() -> None:
 def test_releases_it_does_not_know_are_refused(version: str) -> None:
     with pytest.raises(UnsupportedVersionError):
         dialect_for(version)
+
+
+@pytest.mark.parametrize("version", ["0.10.0", "0.11.0", "0.32.0"])
+def test_vllm_is_sent_the_grammar_form_not_what_it_refuses(version: str) -> None:
+    # vLLM 0.32 refuses to compile `uniqueItems` (a 400 for the whole request): the grammar
+    # drops it, the gateway still checks the answer against the client's schema.
+    client = {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}
+    schema = adhoc_schema("tagged", client, "repair")
+    dialect = dialect_for(version)
+    for constraint in (dialect.chat_constraint(schema), dialect.completions_constraint(schema)):
+        text = orjson.dumps(constraint)
+        assert b"uniqueItems" not in text and b'"tags"' in text
+    assert schema.schema == client  # what answers are checked against
+
+
+@pytest.mark.parametrize(("name", "sent"), [("a" * 80, "a" * 64), ("f\u00fcr.v2", "f_r_v2")])
+def test_the_schemas_name_is_sent_as_openai_allows_it(name: str, sent: str) -> None:
+    # OpenAI's rule for json_schema.name: 1-64 characters of a-z, A-Z, 0-9, '_' and '-'
+    constraint = dialect_for("0.32.0").chat_constraint(adhoc_schema(name, SCHEMA, "repair"))
+    assert constraint["response_format"]["json_schema"]["name"] == sent
