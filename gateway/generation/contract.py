@@ -106,8 +106,8 @@ class Field:
         """The field's schema in the document: enforced + documented, null allowed when
         the gateway reads it as unset."""
         merged = {**self.enforced, **self.documented}
-        if not self.null_is_unset or self.required:
-            return merged
+        if not self.enforced or not self.null_is_unset or self.required:
+            return merged  # (what vLLM alone checks is documented as OpenAI has it)
         notes = {k: v for k, v in merged.items() if k in _ANNOTATIONS}
         shape = {k: v for k, v in merged.items() if k not in _ANNOTATIONS}
         return {**notes, "anyOf": [shape, {"type": "null"}]}
