@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/request_contract.py   # ~20 s, writes bench/results/request_contract.md
+    .venv/bin/python bench/request_contract.py   # ~10 s, writes bench/results/request_contract.md
 
 Issue 18 asks for one definition of the request contract, typed (pydantic or msgspec) if
 that costs nothing measurable on the hot path. This times, per request body, in this
@@ -286,6 +286,8 @@ def main() -> None:
         "| what runs | typical chat body (µs) | 200 KB body, 100 messages (µs) |",
         "|---|---:|---:|",
         *(f"| {name} | {typical:.2f} | {large:.2f} |" for name, typical, large in rows),
+        "",
+        "What was chosen and why: docs/architecture.md, *The request contract*.",
         "",
     ]
     text = "\n".join(lines)

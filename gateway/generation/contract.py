@@ -5,8 +5,8 @@ it answers when a value breaks it, and what the document adds (descriptions, and
 vLLM checks itself). `planning.py` and `budget.py` check bodies with these rows, and
 `openapi_doc/requests.py` builds the request schemas of the OpenAPI document from them, so
 the two cannot drift (`tests/test_contract.py`). The checks are plain Python derived from
-the fragment, not a typed model: a model costs 5-30x more per body and would re-read the
-body the gateway passes on untouched (bench/results/request_contract.md).
+the fragment, not a pydantic/msgspec model: one that could also write the document costs
+measurably more per body (bench/results/request_contract.md; docs/architecture.md says why).
 """
 
 from __future__ import annotations
