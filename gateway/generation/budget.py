@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.access.keys import KeyPolicy
 from gateway.errors import InvalidRequestError
+from gateway.generation import contract
 from gateway.generation.planning import ChatPlan, _prompt_count, estimate_prompt_tokens
 
 
@@ -29,18 +30,9 @@ class Budget:
         return self.prompt_tokens + self.sequences * (self.max_tokens or 0)
 
 
-def _count(body: dict[str, Any], key: str) -> int:
-    value = body.get(key)
-    if value is None:
-        return 1
-    if type(value) is not int or value < 1:
-        raise InvalidRequestError(f"'{key}' must be a positive integer", param=key)
-    return value
-
-
 def sequences_of(body: dict[str, Any]) -> int:
     """How many answers vLLM generates for this body (never fewer than 1)."""
-    choices = max(_count(body, "n"), _count(body, "best_of"))
+    choices = max(contract.N.read(body) or 1, contract.BEST_OF.read(body) or 1)
     prompts = _prompt_count(body["prompt"]) if "messages" not in body and "prompt" in body else 1
     return choices * max(1, prompts)
 

@@ -10,7 +10,6 @@ Everything the gateway does not need to understand is passed to vLLM as it came.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,15 +19,15 @@ import orjson
 
 from gateway.access.auth import schema_not_allowed
 from gateway.errors import InvalidRequestError
+from gateway.generation import contract
+from gateway.generation.contract import ADHOC_NAME_RE as ADHOC_NAME_RE  # for tools.py
+from gateway.generation.contract import SCHEMA_MODEL_PREFIX as SCHEMA_MODEL_PREFIX
 from gateway.output.adhoc import AdhocSchemas, PendingAdhoc
 from gateway.output.policies import DEFAULT_POLICY, Policy, policy_named
 from gateway.output.registry import RegisteredSchema, SchemaRegistry
 from gateway.settings import Settings
 from gateway.upstream.dialects import Dialect
 
-SCHEMA_MODEL_PREFIX = "schema/"
-# OpenAI's rule for json_schema.name; it also keeps the name safe in a response header.
-ADHOC_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Which registered schema names the caller may use (its key's scope); None: all.
 Visible = Callable[[str], bool] | None
 
@@ -76,39 +75,21 @@ class ChatPlan:
         self.warnings.extend(self.schema.unenforced)
 
 
-def _require_dict(value: Any, param: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequestError(f"'{param}' must be an object", param=param)
-    return value
-
-
-def _positive_int(body: dict[str, Any], key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise InvalidRequestError(f"'{key}' must be a positive integer", param=key)
-    return value
-
-
 def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings,
               visible: Visible = None) -> ChatPlan:
     """A `/v1/chat/completions` body."""
-    body = _require_dict(body, "body")
-    model = _require_model(body)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError("'messages' must be a non-empty array", param="messages")
+    body = contract.BODY.validate(body)
+    model: str = contract.MODEL.read(body)
+    contract.MESSAGES.read(body)
     return _plan(body, model, registry, settings, visible)
 
 
 def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings,
                     visible: Visible = None) -> ChatPlan:
     """A `/v1/completions` body: the same schema naming, a `prompt` instead of messages."""
-    body = _require_dict(body, "body")
-    model = _require_model(body)
-    if "prompt" not in body:
-        raise InvalidRequestError("'prompt' is required", param="prompt")
+    body = contract.BODY.validate(body)
+    model: str = contract.MODEL.read(body)
+    contract.PROMPT.read(body)
     plan = _plan(body, model, registry, settings, visible)
     if plan.checked and _prompt_count(body["prompt"]) > 1:
         # vLLM answers each prompt of a list; a checked answer is one answer.
@@ -121,13 +102,6 @@ def _prompt_count(prompt: Any) -> int:
     if not isinstance(prompt, list) or all(type(p) is int for p in prompt):
         return 1  # a string, or the token ids of one prompt
     return len(prompt)
-
-
-def _require_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("'model' is required and must be a string", param="model")
-    return model
 
 
 def _resolve(registry: SchemaRegistry, ref: str, param: str,
@@ -143,18 +117,16 @@ def _resolve(registry: SchemaRegistry, ref: str, param: str,
 
 def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
           settings: Settings, visible: Visible) -> ChatPlan:
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequestError("'stream' must be a boolean", param="stream")
+    stream: bool = contract.STREAM.read(body) or False
     stream_options = body.get("stream_options")
     if stream_options is not None:
         if not stream:
-            raise InvalidRequestError(
-                "'stream_options' is only allowed when 'stream' is true", param="stream_options"
-            )
-        _require_dict(stream_options, "stream_options")
+            raise contract.STREAM_OPTIONS_NEED_STREAM.error()
+        contract.STREAM_OPTIONS.validate(stream_options)
     include_usage = bool(stream_options and stream_options.get("include_usage"))
-    max_tokens = _positive_int(body, "max_completion_tokens") or _positive_int(body, "max_tokens")
+    # max_tokens is not checked when max_completion_tokens is set: vLLM reads only one.
+    max_tokens = (contract.MAX_COMPLETION_TOKENS.read(body)
+                  or contract.MAX_TOKENS.read(body))
 
     alias_schema: RegisteredSchema | None = None
     model_alias: str | None = None
@@ -164,10 +136,9 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
 
     plan = ChatPlan(body=body, mode=Mode.PASSTHROUGH, model_alias=model_alias, stream=stream,
                     include_usage=include_usage, max_tokens=max_tokens)
-    response_format = body.get("response_format")
+    response_format = contract.RESPONSE_FORMAT.read(body)
     if response_format is not None:
-        _plan_response_format(plan, _require_dict(response_format, "response_format"),
-                              registry, visible)
+        _plan_response_format(plan, response_format, registry, visible)
     if alias_schema is not None:
         if plan.schema_ref is not None and plan.schema is not alias_schema:
             raise InvalidRequestError(
@@ -196,39 +167,23 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
 
 def require_one_choice(body: dict[str, Any]) -> None:
     """A checked answer is one answer: `n` unset, null or 1 (not `true`, not `1.0`)."""
-    n = body.get("n")
-    if n is not None and (type(n) is not int or n != 1):
-        raise InvalidRequestError("'n' must be 1 for structured output", param="n")
+    contract.ONE_CHOICE.read(body)
 
 
 def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
                           registry: SchemaRegistry, visible: Visible) -> None:
-    kind = response_format.get("type")
+    kind = contract.RESPONSE_FORMAT_TYPE.read(response_format)
     if kind == "text":
         return
     if kind == "json_object":
         plan.mode = Mode.JSON_OBJECT
         return
-    if kind != "json_schema":
-        raise InvalidRequestError(
-            "response_format.type must be one of 'text', 'json_object', 'json_schema'",
-            param="response_format.type",
-        )
-    spec = _require_dict(response_format.get("json_schema"), "response_format.json_schema")
-    name = spec.get("name")
+    spec = contract.JSON_SCHEMA.read(response_format)
     if "schema" in spec:
-        if name is not None and not (isinstance(name, str) and ADHOC_NAME_RE.fullmatch(name)):
-            raise InvalidRequestError(
-                "response_format.json_schema.name must be 1-64 characters of a-z, A-Z, 0-9, "
-                "'_' and '-' (as OpenAI requires)", param="response_format.json_schema.name",
-            )
+        name = contract.ADHOC_NAME.read(spec)
         plan.pending = PendingAdhoc(name or "adhoc", spec["schema"])
     else:
-        if not isinstance(name, str) or not name:
-            raise InvalidRequestError(
-                "response_format.json_schema needs a 'name' of a registered schema, or a "
-                "'schema'", param="response_format.json_schema.name",
-            )
+        name = contract.REGISTERED_NAME.read(spec)
         plan.schema = _resolve(registry, name, "response_format.json_schema.name", visible)
     plan.mode = Mode.SCHEMA
 

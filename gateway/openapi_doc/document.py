@@ -37,11 +37,12 @@ from gateway.openapi_doc.operations import (
     _PATH_PARAMETER_EXAMPLES,
     _response_components,
 )
+from gateway.openapi_doc.requests import REQUEST_SCHEMAS
 from gateway.openapi_doc.schemas import _COMPONENT_SCHEMAS as _API_SCHEMAS
 
 _OPERATIONS = {**_API_OPERATIONS, **ADMIN_OPERATIONS}
 _PATH_PARAMETER_DESCRIPTIONS = {**_API_PARAMETER_DESCRIPTIONS, **ADMIN_PARAMETER_DESCRIPTIONS}
-_COMPONENT_SCHEMAS = {**_API_SCHEMAS, **ADMIN_SCHEMAS}
+_COMPONENT_SCHEMAS = {**REQUEST_SCHEMAS, **_API_SCHEMAS, **ADMIN_SCHEMAS}
 
 _METHOD_ORDER = ("get", "head", "post", "put", "patch", "delete", "options", "trace")
 
