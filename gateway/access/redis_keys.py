@@ -14,7 +14,6 @@ made meanwhile waits for Redis to come back) and says so in its log, once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -37,6 +36,7 @@ from gateway.access.records import (
     utc_now,
 )
 from gateway.access.redisconn import redis_client
+from gateway.background import Periodic
 
 logger = logging.getLogger(__name__)
 _ERRORS = (RedisError, OSError, asyncio.TimeoutError)
@@ -56,9 +56,10 @@ class RedisKeyStore:
         self._owns_client = owns_client
         self._records: dict[str, KeyRecord] = {}
         self._version: bytes | None = None
-        self._task: asyncio.Task[None] | None = None
         self._problem: str | None = None
         self.describe = f"Redis hash {self._hash}"
+        self._follower = Periodic(f"key store follower ({self.describe})", self._follow_once,
+                                  refresh_s)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: object) -> RedisKeyStore:
@@ -82,8 +83,7 @@ class RedisKeyStore:
             raise KeyStoreError(f"key store {self.describe}: Redis unreachable: {exc}") from None
 
         log_active_keys(self.describe, self.cached())
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._follower.start()
 
     async def reload(self) -> bool:
         """Reload if the version moved; True if it did."""
@@ -104,29 +104,23 @@ class RedisKeyStore:
         self._records, self._version = records, version
         return True
 
-    async def _follow(self) -> None:
-        while True:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                if await self.reload():
-                    logger.info("keys reloaded from %s: %d keys", self.describe,
-                                len(self._records))
-                if self._problem is not None:
-                    logger.warning("key store %s answers again", self.describe)
-                    self._problem = None
-            except _ERRORS as exc:
-                problem = f"{type(exc).__name__}"
-                if problem != self._problem:  # once per outage, not every interval
-                    self._problem = problem
-                    logger.error("key store %s unreachable (%r); still using the %d keys "
-                                 "loaded before", self.describe, exc, len(self._records))
+    async def _follow_once(self) -> None:
+        try:
+            if await self.reload():
+                logger.info("keys reloaded from %s: %d keys", self.describe,
+                            len(self._records))
+            if self._problem is not None:
+                logger.warning("key store %s answers again", self.describe)
+                self._problem = None
+        except _ERRORS as exc:
+            problem = f"{type(exc).__name__}"
+            if problem != self._problem:  # once per outage, not every interval
+                self._problem = problem
+                logger.error("key store %s unreachable (%r); still using the %d keys "
+                             "loaded before", self.describe, exc, len(self._records))
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._follower.stop()
         if self._owns_client:
             await self._client.aclose()
 

@@ -10,12 +10,13 @@ again with the next one, up to `max_pending_rows` rows (then the oldest are drop
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from typing import Any, Protocol
+
+from gateway.background import Periodic
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class UsageRecorder:
         self.flush_s = flush_s
         self.max_pending_rows = max_pending_rows
         self._pending: dict[Row, Counts] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Periodic("usage flusher", self._flush_step, self.flush_s)
         self._lock = asyncio.Lock()
         self._failing = False
 
@@ -74,13 +75,10 @@ class UsageRecorder:
                      "counts of %s", self.max_pending_rows, self.sink.describe, oldest)
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._flush_forever())
+        self._flusher.start()
 
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            await self.flush()
+    async def _flush_step(self) -> None:
+        await self.flush()
 
     async def flush(self) -> bool:
         """Write what is pending; False (and kept for the next flush) if the sink failed."""
@@ -114,11 +112,7 @@ class UsageRecorder:
 
     async def aclose(self) -> None:
         """Stop flushing periodically, then flush what is left (shutdown)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         started = time.monotonic()
         if not await self.flush():
             logger.error("usage: %d rows could not be written at shutdown and are lost",

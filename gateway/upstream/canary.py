@@ -18,13 +18,13 @@ scaled-to-zero GPU). Before vLLM accepts connections it has no verdict: that per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from gateway.background import Periodic
 from gateway.errors import GatewayError, UpstreamStatusError
 from gateway.observe.prometheus import Metrics
 from gateway.output.registry import RegisteredSchema
@@ -82,36 +82,31 @@ class Canary:
         self._interval_s = settings.canary_interval_s
         self._result: CanaryResult | None = None
         self._lock = asyncio.Lock()  # one canary at a time, however many probes ask
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("irgw-canary", self._run_once, self._interval_s, step_first=True)
 
     @property
     def last(self) -> CanaryResult | None:
         return self._result
 
     def start(self) -> None:
-        if self.enabled and self._settings.ready_probe == "always" and self._task is None:
-            self._task = asyncio.create_task(self._loop(), name="irgw-canary")
+        if self.enabled and self._settings.ready_probe == "always":
+            self._loop.start()
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
-    async def _loop(self) -> None:
-        while True:
-            result = await self.refresh()
-            fresh_for = (self._interval_s if result.verdict is Verdict.CONSTRAINING
-                         else min(self._interval_s, _RECHECK_S))
-            await asyncio.sleep(fresh_for)
+    async def _run_once(self) -> float:
+        """One run; the delay until the next."""
+        result = await self.refresh()
+        return (self._interval_s if result.verdict is Verdict.CONSTRAINING
+                else min(self._interval_s, _RECHECK_S))
 
     def _fresh(self, upstream_version: str | None) -> CanaryResult | None:
         result = self._result
         if result is None or (upstream_version is not None
                               and result.upstream_version != upstream_version):
             return None  # another release answers now: its spelling must be proved again
-        if self._task is not None and not self._task.done():
+        if self._loop.running:
             # The loop keeps it fresh: a readiness probe (often given a second) never waits
             # for a run the loop is about to make anyway.
             return result
