@@ -56,8 +56,8 @@ async def relayed(call: Call) -> SSEResponse:
         if plan.schema is not None and state.outcome in _CHECKED_OUTCOMES:
             services.metrics.output_checked(plan.schema.metric_label, state.outcome)
 
-    # Checked at the end: the status line went out before the answer was whole.
-    answer_headers = {**headers, "x-irgw-output": "checked-at-end"} if plan.checked else {
-        **headers}
+    answer_headers = {**headers}
+    if plan.checked:  # the status line goes out before the answer is whole
+        answer_headers["x-irgw-output"] = "checked-at-end"
     return SSEResponse(call.route.relay(call, events, state), headers=answer_headers,
                        on_close=on_close)

@@ -24,11 +24,12 @@ def services_of(request: Request) -> Services:
 class RawRoute(APIRoute):
     """A route whose endpoint takes the Request and returns a Response itself.
 
-    FastAPI's usual handler solves dependencies and validates/serialises the return value
-    on every call; the generation routes parse their own bodies (to pass unknown fields
-    through to vLLM) and build their own responses, so that machinery only costs time on
-    the hot path (FastAPI's documented extension point: a custom APIRoute class). The
-    route stays an APIRoute, so the OpenAPI document still lists it.
+    FastAPI's usual handler solves dependencies and validates/serialises the return value;
+    the generation routes parse their own bodies (to pass unknown fields through to vLLM)
+    and build their own responses (FastAPI's documented extension point: a custom APIRoute
+    class). Their POSTs are answered from `create_app`'s direct-route table before FastAPI
+    sees them; the route stays an APIRoute so that the OpenAPI document lists it and other
+    methods get their 405.
     """
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
