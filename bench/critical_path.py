@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime as dt
 import functools
 import gc
@@ -34,6 +33,7 @@ sys.path.insert(0, str(REPO))
 import uvloop  # noqa: E402
 
 import gateway.generation.checking as checking  # noqa: E402
+import gateway.generation.pipeline as pipeline  # noqa: E402
 import gateway.routes.chat as chat  # noqa: E402
 import gateway.upstream.client as client  # noqa: E402
 import gateway.upstream.transport as transport  # noqa: E402
@@ -96,14 +96,19 @@ def _mark_async(owner: Any, name: str) -> None:
 
 
 def instrument() -> None:
-    for name in ("plan_chat", "upstream_chat_body", "JSONResponse"):
-        _mark_sync(chat, name)
+    _mark_sync(pipeline, "JSONResponse")
     _mark_sync(checking, "check_output")
-    shapes = types.SimpleNamespace(chat_completion=chat.CHAT.shape)
-    _mark_sync(shapes, "chat_completion")
-    chat.CHAT = dataclasses.replace(chat.CHAT, shape=shapes.chat_completion)
+    # The route's parts, wrapped in place: the pipeline's endpoint holds this very Route.
+    parts = types.SimpleNamespace(plan_chat=chat.CHAT.plan,
+                                  upstream_chat_body=chat.CHAT.upstream_body,
+                                  chat_completion=chat.CHAT.shape)
+    for name in vars(parts):
+        _mark_sync(parts, name)
+    for field, name in (("plan", "plan_chat"), ("upstream_body", "upstream_chat_body"),
+                        ("shape", "chat_completion")):
+        object.__setattr__(chat.CHAT, field, getattr(parts, name))
     for name in ("read_json", "prepare"):
-        _mark_async(chat, name)
+        _mark_async(pipeline, name)
     _mark_async(transport.Pool, "request")
     _mark_async(transport.Response, "read")
     _mark_sync(client, "_decode")

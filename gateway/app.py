@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,12 +23,13 @@ from gateway.errors import (
     MethodNotAllowedError,
     NotFoundError,
 )
+from gateway.generation.pipeline import Endpoint
 from gateway.observe.observer import Observation
 from gateway.openapi_doc.document import document_of
 from gateway.routes import admin, chat, completions, health, models, schemas
-from gateway.routes.common import RawRoute, request_id
 from gateway.server.asgi import ClientDisconnectedError, JSONResponse
 from gateway.server.body_budget import BODY_BYTES_HELD
+from gateway.server.reading import request_id
 from gateway.server.runtime import MemoryTrimmer
 from gateway.services import Services
 from gateway.settings import Settings
@@ -95,35 +96,25 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
                                                  code="internal_error"))
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
 class GatewayApp(FastAPI):
     """FastAPI, plus a direct path for the generation routes, and request metrics.
 
-    A POST to a generation route (a `RawRoute`: it reads its own body and builds its own
-    response) goes straight from ASGI to its endpoint, skipping Starlette's middleware
-    stack and route matching, on the path the overhead budget is about (the saving:
-    bench/README.md, "Figures the code cites"). Errors map to responses through the same
-    handlers as everywhere else. Everything else, and the OpenAPI document, is plain FastAPI.
+    A POST to a path of `direct` (the generation routes: they read their own body and build
+    their own response) goes straight from ASGI to its endpoint, skipping Starlette's
+    middleware stack and route matching: the overhead budget is about that path
+    (bench/results/overhead.md). Errors map to responses through the same handlers as
+    everywhere else. Everything else, and the OpenAPI document, is plain FastAPI.
     """
 
-    def __init__(self, services: Services, **kwargs: Any) -> None:
+    def __init__(self, services: Services, direct: Mapping[str, Endpoint],
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # A plain attribute, not `self.state.services`: Starlette's State finds its items
         # through __getattr__, i.e. after a failed lookup that formats an AttributeError,
         # twice per request on the hot path.
         self.services = services
-        self._direct: dict[str, Endpoint] = {}
+        self._direct = dict(direct)
         self.trimmer = MemoryTrimmer()
-
-    def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
-        super().include_router(router, **kwargs)
-        if not kwargs.get("prefix"):
-            for route in router.routes:
-                if isinstance(route, RawRoute) and route.methods == {"POST"} \
-                        and "{" not in route.path:
-                    self._direct[route.path] = route.endpoint
 
     @property
     def direct_routes(self) -> frozenset[str]:
@@ -197,6 +188,9 @@ def create_app(settings: Settings) -> GatewayApp:
 
     app = GatewayApp(
         services,
+        # The routes answered straight from ASGI (see GatewayApp); each is also included
+        # below, for the OpenAPI document and the 405 of its other methods.
+        direct={chat.CHAT.path: chat.endpoint, completions.COMPLETIONS.path: completions.endpoint},
         title="ir-gateway",
         version=__version__,
         description="OpenAI-compatible structured-output gateway for vLLM: named, versioned "

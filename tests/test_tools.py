@@ -11,7 +11,7 @@ import pytest
 
 from gateway.errors import InvalidRequestError
 from gateway.generation.planning import ChatPlan, Mode, plan_chat
-from gateway.generation.tools import as_tool_call_chunk, as_tool_call_response, plan_tool_call
+from gateway.generation.tools import as_tool_call_chunk, as_tool_call_response
 from gateway.output.registry import SchemaRegistry
 from gateway.settings import Settings
 from tests.conftest import REPO
@@ -32,9 +32,7 @@ def planned(tool_choice: Any, tools: Any, settings: Settings = SETTINGS,
             **extra: Any) -> ChatPlan:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
             "tools": tools, "tool_choice": tool_choice, **extra}
-    plan = plan_chat(body, REGISTRY, settings)
-    plan_tool_call(plan, REGISTRY, settings)
-    return plan
+    return plan_chat(body, REGISTRY, settings)
 
 
 def refused(tool_choice: Any, tools: Any, **extra: Any) -> InvalidRequestError:

@@ -22,8 +22,8 @@ from gateway.generation.budget import token_budget
 from gateway.generation.planning import ChatPlan, estimate_prompt_tokens
 from gateway.output.policies import POLICIES
 from gateway.ratelimit.base import Admission
-from gateway.routes.common import header, request_id
 from gateway.server.asgi import ClientDisconnectedError
+from gateway.server.reading import header, request_id
 from gateway.services import Services
 from gateway.upstream.dialects import Dialect
 

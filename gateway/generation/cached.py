@@ -9,8 +9,8 @@ from starlette.responses import Response
 from gateway.access.auth import Principal
 from gateway.access.cache import CACHE_KEY, fresh_copy
 from gateway.generation.planning import ChatPlan
-from gateway.routes.common import request_id
 from gateway.server.asgi import JSONResponse
+from gateway.server.reading import request_id
 from gateway.services import Services
 
 

@@ -1,19 +1,13 @@
 """One non-streamed answer from vLLM, checked under the output policy: the loop both
-generation routes share, so that chat and legacy completions keep the same guarantee
-(repair, retry, re-ask, typed errors, the counted outcome, bookkeeping after the answer).
-They differ only in where vLLM is called, where the generated text sits in the answer and
-how a re-ask is spelt: a `Route` says that."""
+generation routes share (repair, retry, re-ask, typed errors, the counted outcome), so that
+chat and legacy completions keep the same guarantee. Where vLLM is called, where the text
+sits and how a re-ask is spelt come from the call's `Route`."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway import observe
 from gateway.errors import (
@@ -23,25 +17,13 @@ from gateway.errors import (
     UpstreamError,
     UpstreamStatusError,
 )
-from gateway.generation.admission import Prepared
+from gateway.generation.context import Call
 from gateway.generation.engine_failures import schema_error_for
+from gateway.generation.failures import failure_to_error
 from gateway.generation.planning import ChatPlan, Mode
-from gateway.generation.shapes import unwritable
-from gateway.output.validation import CheckedOutput, CheckFailure, check_output
+from gateway.output.validation import CheckFailure, check_output
 from gateway.server.asgi import ClientDisconnectedError, until_disconnect
 from gateway.services import Services
-
-
-@dataclass(frozen=True)
-class Route:
-    path: str  # vLLM's endpoint
-    label: str  # the `route` label of its metrics
-    shape: Callable[[dict[str, Any], str], dict[str, Any]]  # vLLM's answer -> OpenAI's
-    text: Callable[[dict[str, Any]], Any]  # a choice's generated text
-    accept: Callable[[ChatPlan, dict[str, Any], CheckedOutput], None]  # the checked text back
-    # The body of a re-ask: the first body with the failed answer and the findings as a
-    # follow-up; None where that cannot be spelt (a prompt of token ids: asked again as is).
-    reask: Callable[[dict[str, Any], str, str], dict[str, Any] | None]
 
 
 def findings_text(failure: CheckFailure) -> str:
@@ -67,18 +49,6 @@ class Completed:
     upstream_s: float  # from the first call to the accepted answer
 
 
-def failure_to_error(failure: CheckFailure, attempts: int, tokens: int = 0) -> GatewayError:
-    error_class = OutputTruncatedError if failure.truncated else OutputValidationError
-    message = (
-        f"the model's answer does not conform to the schema: {failure.describe()}"
-        if not failure.truncated
-        else f"{failure.reason}; raise max_tokens or use a schema with tighter bounds"
-    )
-    error = error_class(message, extra={**failure.error_extra(), "attempts": attempts})
-    error.tokens = tokens
-    return error
-
-
 def _failure_outcome(error: GatewayError) -> str:
     if isinstance(error, OutputTruncatedError):
         return "truncated"
@@ -91,15 +61,14 @@ def count_failed_check(services: Services, plan: ChatPlan, error: GatewayError) 
         services.metrics.output_checked(plan.schema.metric_label, outcome)
 
 
-async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[str, Any],
-                   model: str, rid: str,
-                   reserve_retry: Callable[[dict[str, Any] | None], Awaitable[bool]] | None
-                   = None) -> Completed:
+async def complete(call: Call) -> Completed:
     """vLLM's answer in OpenAI's shape, its text checked (and repaired) when the plan says
     so; asked for again under a policy that asks again (`retry`: the same body; `reask`:
     with the failed answer and the findings), each attempt's tokens reserved before it runs
-    (`reserve_retry`; no room: no retry). Raises the typed error when the policy runs
-    out; a truncated answer is never retried (the same request would be cut again)."""
+    (`Prepared.reserve_retry`; no room: no retry). Raises the typed error when the policy
+    runs out; a truncated answer is never retried (the same request would be cut again)."""
+    route, services, plan, body = call.route, call.services, call.plan, call.body
+    model, rid, reserve_retry = call.model, call.prepared.request_id, call.prepared.reserve_retry
     policy = plan.policy
     attempts = 1 + (services.settings.max_retries if policy.asks_again else 0)
     tokens = 0
@@ -160,8 +129,7 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
                 raise failure_to_error(failure, attempt, tokens) from None
             sent = (route.reask(body, failure.raw_output, findings_text(failure))
                     if policy.with_findings else None) or body
-            if reserve_retry is not None and not await reserve_retry(
-                    sent if sent is not body else None):
+            if not await reserve_retry(sent if sent is not body else None):
                 error = failure_to_error(failure, attempt, tokens)
                 error.message += ("; not retried: this API key's tokens per minute have no "
                                   "room for another attempt now")
@@ -176,18 +144,15 @@ async def complete(route: Route, services: Services, plan: ChatPlan, body: dict[
     raise AssertionError("unreachable")
 
 
-async def answer(route: Route, request: Request, services: Services, plan: ChatPlan,
-                 body: dict[str, Any], model: str, prepared: Prepared) -> Completed:
+async def answer(call: Call) -> Completed:
     """`complete` while the client waits for it. When it ends without an answer (a typed
     error, the client gone) the reservation is settled before this raises; after an
-    answer, `settlement` does it once the answer is on its way."""
+    answer, the pipeline's `settlement` does it once the answer is on its way."""
+    services, prepared = call.services, call.prepared
     tokens: int | None = None
     answered = False
     try:
-        completed = await until_disconnect(
-            request, complete(route, services, plan, body, model, prepared.request_id,
-                              prepared.reserve_retry)
-        )
+        completed = await until_disconnect(call.request, complete(call))
         answered = True
         observe.completed(completed)
         return completed
@@ -198,52 +163,9 @@ async def answer(route: Route, request: Request, services: Services, plan: ChatP
     except GatewayError as error:
         tokens = prepared.tokens_on_failure(error)
         error.headers.update(prepared.headers)
-        count_failed_check(services, plan, error)
+        count_failed_check(services, call.plan, error)
         prepared.count_usage(services, _failure_outcome(error), None, tokens)
         raise
     finally:
         if not answered:
             await prepared.admission.finish(tokens)
-
-
-async def respond(prepared: Prepared, completed: Completed,
-                  build: Callable[[], Response]) -> Response:
-    """`build()`: the answer, whose `after_send` settles the request. If it cannot be built
-    (vLLM's answer holds a value nested deeper than the 255 levels orjson writes), the
-    request is settled here (else its slots and reservation were never given back) and
-    the client gets a 502 naming the cause, not a 500."""
-    try:
-        return build()
-    except BaseException as exc:
-        await prepared.admission.finish(completed.tokens)
-        error = unwritable(exc) if isinstance(exc, orjson.JSONEncodeError) else exc
-        if isinstance(error, GatewayError):
-            error.headers.update(prepared.headers)
-        if error is exc:
-            raise
-        raise error from exc
-
-
-def success_headers(plan: ChatPlan, completed: Completed,
-                    headers: dict[str, str]) -> dict[str, str]:
-    if plan.checked:
-        headers["x-irgw-output"] = completed.outcome
-        headers["x-irgw-attempts"] = str(completed.attempts)
-    return headers
-
-
-def settlement(route: Route, services: Services, plan: ChatPlan, prepared: Prepared,
-               completed: Completed) -> Callable[[], Awaitable[None]]:
-    """The request's bookkeeping, for `after_send`: at low load every step runs on cold
-    caches, and the client should not wait for steps whose result it never sees."""
-    async def settle() -> None:
-        await prepared.admission.finish(completed.tokens)
-        prepared.count_usage(services, completed.outcome, completed.response.get("usage"),
-                             completed.tokens)
-        if prepared.cache_key is not None and services.cache is not None:
-            await services.cache.put(prepared.cache_key, completed.response, completed.outcome)
-        services.metrics.upstream_took(route.label, completed.upstream_s)
-        if plan.checked and plan.schema is not None:
-            services.metrics.output_checked(plan.schema.metric_label, completed.outcome)
-
-    return settle

@@ -10,6 +10,7 @@ Everything the gateway does not need to understand is passed to vLLM as it came.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -77,11 +78,13 @@ class ChatPlan:
 
 def plan_chat(body: Any, registry: SchemaRegistry, settings: Settings,
               visible: Visible = None) -> ChatPlan:
-    """A `/v1/chat/completions` body."""
+    """A `/v1/chat/completions` body, a forced tool call included."""
     body = contract.BODY.validate(body)
     model: str = contract.MODEL.read(body)
     contract.MESSAGES.read(body)
-    return _plan(body, model, registry, settings, visible)
+    plan = _plan(body, model, registry, settings, visible)
+    _plan_forced_tool(plan, registry, settings)
+    return plan
 
 
 def plan_completion(body: Any, registry: SchemaRegistry, settings: Settings,
@@ -186,6 +189,64 @@ def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],
         name = contract.REGISTERED_NAME.read(spec)
         plan.schema = _resolve(registry, name, "response_format.json_schema.name", visible)
     plan.mode = Mode.SCHEMA
+
+
+_EMPTY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice in (None, "auto", "none"):
+        return None
+    functions = [t.get("function") for t in tools if isinstance(t, dict)]
+    if not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in functions):
+        raise InvalidRequestError("each tool needs a 'function' with a 'name'", param="tools")
+    if choice == "required":
+        return functions[0] if len(functions) == 1 else None
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        for function in functions:
+            if function["name"] == name:
+                return function
+        raise InvalidRequestError(f"tool_choice names {name!r}, which is not in 'tools'",
+                                  param="tool_choice")
+    raise InvalidRequestError(
+        "tool_choice must be 'none', 'auto', 'required' or a named function",
+        param="tool_choice",
+    )
+
+
+def _plan_forced_tool(plan: ChatPlan, registry: SchemaRegistry, settings: Settings) -> None:
+    """Turn `plan` into a TOOL plan when the request forces exactly one tool: vLLM 0.32
+    refuses a forced `tool_choice` without a tool-call parser, so the gateway serves one
+    forced tool as a schema (the answer's shape: `gateway.generation.tools`)."""
+    function = _forced_tool(plan.body)
+    if function is None:
+        return
+    if plan.mode is not Mode.PASSTHROUGH:
+        raise InvalidRequestError(
+            "a forced tool call and a response_format/schema model cannot be combined; "
+            "use one of them", param="tool_choice",
+        )
+    name: str = function["name"]
+    if not ADHOC_NAME_RE.fullmatch(name):  # it becomes the x-irgw-schema header, too
+        raise InvalidRequestError(
+            "a function's name must be 1-64 characters of a-z, A-Z, 0-9, '_' and '-' (as "
+            "OpenAI requires)", param="tools",
+        )
+    parameters = function.get("parameters")
+    if not parameters and name in registry:
+        plan.schema = registry.resolve(name)
+        plan.policy = policy_named(settings.output_policy or plan.schema.output_policy)
+        plan.warnings.extend(plan.schema.unenforced)
+    else:  # compiled once the key is authorized and admitted (gateway.output.adhoc)
+        plan.pending = PendingAdhoc(name, parameters or _EMPTY_OBJECT)
+        plan.policy = policy_named(settings.output_policy or settings.adhoc_output_policy)
+    plan.mode = Mode.TOOL
+    plan.tool_name = name
+    plan.tool_call_id = f"call_{uuid.uuid4().hex[:24]}"
+    require_one_choice(plan.body)
 
 
 def upstream_chat_body(plan: ChatPlan, dialect: Dialect, model: str,

@@ -16,7 +16,7 @@ never takes a cut-off stream for a whole one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from gateway.generation.engine_failures import schema_error_for
+from gateway.generation.failures import failure_to_error
 from gateway.generation.planning import ChatPlan, Mode, estimate_prompt_tokens
 from gateway.generation.shapes import (
     SSE_DONE,
@@ -36,6 +38,7 @@ from gateway.generation.shapes import (
     usage_of,
 )
 from gateway.generation.tools import as_tool_call_chunk
+from gateway.observe.prometheus import Metrics
 from gateway.output.validation import CheckFailure, Outcome, StreamingEscaper, check_output
 from gateway.upstream.client import normalise_error
 
@@ -91,16 +94,11 @@ async def upstream_objects(events: AsyncIterator[bytes]) -> AsyncIterator[dict[s
     raise UpstreamError("the upstream stream ended without [DONE]")
 
 
-async def relay_chat(
-    events: AsyncIterator[bytes],
-    plan: ChatPlan,
-    model: str,
-    state: StreamState,
-    failure_to_error: Callable[[CheckFailure, int], GatewayError],
-    upstream_error: Callable[[GatewayError], GatewayError] = lambda error: error,
-) -> AsyncIterator[bytes]:
-    """`upstream_error` turns an error vLLM sent into the one the client gets (a grammar
-    vLLM failed to compile is the schema's fault: `gateway.generation.engine_failures`)."""
+async def relay_chat(events: AsyncIterator[bytes], plan: ChatPlan, model: str,
+                     state: StreamState, metrics: Metrics) -> AsyncIterator[bytes]:
+    """A chat stream, checked as it goes when the plan says so. An error vLLM sent ends it
+    as the client's error (a grammar vLLM failed to compile is the schema's fault, counted
+    in `metrics`: `gateway.generation.engine_failures`)."""
     escaper = StreamingEscaper() if plan.checked and plan.policy.repairs else None
     # Held back until the answer is checked: (has choices, the event), written here so that
     # one vLLM's values make unwritable ends the stream with an error event.
@@ -140,7 +138,7 @@ async def relay_chat(
     except GatewayError as error:
         state.outcome = "error"
         state.abandoned = isinstance(error, UpstreamTimeoutError)
-        yield _error_event(upstream_error(error))
+        yield _error_event(schema_error_for(error, plan, metrics))
         yield SSE_DONE
         return
     state.abandoned = False

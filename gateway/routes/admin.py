@@ -27,8 +27,9 @@ from gateway.errors import (
     OverloadedError,
     PermissionDeniedError,
 )
-from gateway.routes.common import READ_METHODS, header, read_json, services_of
+from gateway.routes.common import READ_METHODS, services_of
 from gateway.server.asgi import JSONResponse
+from gateway.server.reading import header, read_json
 
 router = APIRouter()
 _ID = re.compile(r"^[A-Za-z0-9]{12}$")

@@ -1,46 +1,26 @@
-"""`POST /v1/chat/completions`.
-
-authenticate → resolve the schema → authorize → limit → compile an ad-hoc schema → call
-upstream → validate → respond. A named schema is resolved before the limiter runs so that a
-request refused for its schema (404, 403) consumes no quota; resolving touches nothing
-shared. An ad-hoc schema is only noted then, and compiled once the key is admitted.
-"""
+"""`POST /v1/chat/completions`: the generation pipeline (`gateway.generation.pipeline`) with
+chat's parts. A stream is relayed as vLLM sends it and checked as it goes; a checked answer
+can come from the response cache."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.requests import Request
-from starlette.responses import Response
 
-from gateway.generation.admission import prepare
-from gateway.generation.cached import from_cache
-from gateway.generation.checking import (
-    Route,
-    answer,
-    failure_to_error,
-    respond,
-    settlement,
-    success_headers,
-)
-from gateway.generation.engine_failures import schema_error_for
-from gateway.generation.planning import (
-    ChatPlan,
-    Mode,
-    plan_chat,
-    upstream_chat_body,
-)
-from gateway.generation.relaying import relayed
+from gateway.generation.context import Call, Route
+from gateway.generation.pipeline import endpoint as pipeline_endpoint
+from gateway.generation.planning import ChatPlan, Mode, plan_chat, upstream_chat_body
 from gateway.generation.shapes import chat_completion
 from gateway.generation.streaming import StreamState, relay_chat
-from gateway.generation.tools import as_tool_call_response, plan_tool_call
+from gateway.generation.tools import as_tool_call_response
 from gateway.output.validation import CheckedOutput
-from gateway.routes.common import RawRoute, header, read_json, services_of
-from gateway.server.asgi import JSONResponse
-from gateway.services import Services
+from gateway.routes.common import RawRoute
 
-router = APIRouter(route_class=RawRoute)
+
+def _text(choice: dict[str, Any]) -> Any:
+    return choice["message"]["content"]
 
 
 def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> None:
@@ -57,40 +37,17 @@ def _reask(body: dict[str, Any], failed: str, findings: str) -> dict[str, Any]:
                                  {"role": "user", "content": findings}]}
 
 
-CHAT = Route("/v1/chat/completions", "chat", chat_completion,
-             lambda choice: choice["message"]["content"], _accept, _reask)
+def _relay(call: Call, events: AsyncIterator[bytes],
+           state: StreamState) -> AsyncIterator[bytes]:
+    return relay_chat(events, call.plan, call.model, state, call.services.metrics)
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    services = services_of(request)
-    principal = services.authenticator.authenticate(header(request, b"authorization"))
-    body = await read_json(request, services.settings.max_request_bytes, services.body_budget,
-                           services.settings.request_body_timeout_s)
-    plan = plan_chat(body, services.registry, services.settings, principal.policy.allows_schema)
-    plan_tool_call(plan, services.registry, services.settings)
-    if (cached := await from_cache(request, services, principal, plan)) is not None:
-        return cached
-    prepared = await prepare(request, services, principal, plan)
-    model = plan.body["model"]
-    body = upstream_chat_body(plan, prepared.dialect, prepared.upstream_model,
-                              prepared.max_tokens)
-    if plan.stream:
-        return await relayed(
-            request, services, "/v1/chat/completions", plan, body, prepared,
-            lambda events, state: relay_chat(
-                events, plan, model, state, failure_to_error,
-                lambda error: schema_error_for(error, plan, services.metrics)),
-            answer_headers={"x-irgw-output": "checked-at-end"} if plan.checked else {},
-            after=lambda state: _count_checked_stream(services, plan, state),
-        )
+CHAT = Route("/v1/chat/completions", "chat", plan=plan_chat, upstream_body=upstream_chat_body,
+             shape=chat_completion, text=_text, accept=_accept, reask=_reask, relay=_relay,
+             relays_checked=True, cached=True)
+endpoint = pipeline_endpoint(CHAT)
 
-    completed = await answer(CHAT, request, services, plan, body, model, prepared)
-    return await respond(prepared, completed, lambda: JSONResponse(
-        completed.response, headers=success_headers(plan, completed, prepared.headers),
-        after_send=settlement(CHAT, services, plan, prepared, completed)))
-
-
-def _count_checked_stream(services: Services, plan: ChatPlan, state: StreamState) -> None:
-    if plan.schema is not None and state.outcome in ("passed", "repaired", "failed", "truncated"):
-        services.metrics.output_checked(plan.schema.metric_label, state.outcome)
+router = APIRouter(route_class=RawRoute)
+# Listed for the OpenAPI document and for the 405 of other methods; a POST goes straight to
+# `endpoint` (create_app's table of direct routes).
+router.add_api_route(CHAT.path, endpoint, methods=["POST"], name="chat_completions")

@@ -1,5 +1,6 @@
 """`POST /v1/completions` (legacy text completions, what LlamaIndex's `OpenAILike` calls
-unless `is_chat_model=True`).
+unless `is_chat_model=True`): the generation pipeline (`gateway.generation.pipeline`) with
+completions' parts.
 
 A schema is named by `model: "schema/<name>[@v]"` or by `response_format` (as on chat).
 vLLM's completions endpoint never honoured `response_format`, so the constraint goes in
@@ -11,33 +12,30 @@ rely on. An unchecked stream is relayed as vLLM sends it (`streaming.relay_compl
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.requests import Request
-from starlette.responses import Response
 
 from gateway.errors import InvalidRequestError
-from gateway.generation.admission import prepare
-from gateway.generation.checking import Route, answer, respond, settlement, success_headers
-from gateway.generation.planning import ChatPlan, Mode, ask_for_usage, plan_completion
-from gateway.generation.relaying import relayed
-from gateway.generation.shapes import SSE_DONE, choices_of, finish_reason, sse, text_of, usage_of
-from gateway.generation.streaming import relay_completion
+from gateway.generation.context import Call, Route
+from gateway.generation.pipeline import endpoint as pipeline_endpoint
+from gateway.generation.planning import ChatPlan, Mode, Visible, ask_for_usage, plan_completion
+from gateway.generation.shapes import choices_of, finish_reason, text_of, usage_of
+from gateway.generation.streaming import StreamState, relay_completion
+from gateway.output.registry import SchemaRegistry
 from gateway.output.validation import CheckedOutput
-from gateway.routes.common import RawRoute, header, read_json, services_of
-from gateway.server.asgi import SSE_MEDIA_TYPE, BodyResponse, JSONResponse
-from gateway.services import Services
+from gateway.routes.common import RawRoute
+from gateway.settings import Settings
 from gateway.upstream.dialects import Dialect
 
-router = APIRouter(route_class=RawRoute)
 _VLLM_CONSTRAINT_FIELDS = ("structured_outputs", "guided_json", "guided_regex",
                            "guided_choice", "guided_grammar", "guided_decoding_backend")
 
 
-def _plan(body: Any, services: Services, visible: Callable[[str], bool]) -> ChatPlan:
-    plan = plan_completion(body, services.registry, services.settings, visible)
+def _plan(body: Any, registry: SchemaRegistry, settings: Settings,
+          visible: Visible) -> ChatPlan:
+    plan = plan_completion(body, registry, settings, visible)
     if plan.checked and any(k in body for k in _VLLM_CONSTRAINT_FIELDS):
         raise InvalidRequestError("name the schema once: response_format/schema model, or "
                                   "vLLM's own structured_outputs, not both")
@@ -76,6 +74,10 @@ def _shape(data: dict[str, Any], model: str) -> dict[str, Any]:
     return result
 
 
+def _text(choice: dict[str, Any]) -> Any:
+    return choice["text"]
+
+
 def _accept(plan: ChatPlan, choice: dict[str, Any], checked: CheckedOutput) -> None:
     choice["text"] = checked.text
 
@@ -91,43 +93,17 @@ def _reask(body: dict[str, Any], failed: str, findings: str) -> dict[str, Any] |
     return {**body, "prompt": f"{prompt}{failed}\n\n{findings}\n\n"}
 
 
-COMPLETIONS = Route("/v1/completions", "completions", _shape, lambda choice: choice["text"],
-                    _accept, _reask)
+def _relay(call: Call, events: AsyncIterator[bytes],
+           state: StreamState) -> AsyncIterator[bytes]:
+    return relay_completion(events, call.plan.include_usage, state)
 
 
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    services = services_of(request)
-    principal = services.authenticator.authenticate(header(request, b"authorization"))
-    body = await read_json(request, services.settings.max_request_bytes, services.body_budget,
-                           services.settings.request_body_timeout_s)
-    plan = _plan(body, services, principal.policy.allows_schema)
-    prepared = await prepare(request, services, principal, plan)
-    model = plan.body["model"]
-    body = _upstream_body(plan, prepared.dialect, prepared.upstream_model, prepared.max_tokens)
+COMPLETIONS = Route("/v1/completions", "completions", plan=_plan, upstream_body=_upstream_body,
+                    shape=_shape, text=_text, accept=_accept, reask=_reask, relay=_relay,
+                    relays_checked=False, cached=False)
+endpoint = pipeline_endpoint(COMPLETIONS)
 
-    if plan.stream and not plan.checked:
-        return await relayed(
-            request, services, "/v1/completions", plan, body, prepared,
-            lambda events, state: relay_completion(events, plan.include_usage, state),
-        )
-    completed = await answer(COMPLETIONS, request, services, plan, body, model, prepared)
-    headers = success_headers(plan, completed, prepared.headers)
-    settle = settlement(COMPLETIONS, services, plan, prepared, completed)
-    if plan.stream:
-        return await respond(prepared, completed, lambda: _single_chunk_stream(
-            completed.response, plan.include_usage, headers, settle))
-    return await respond(prepared, completed, lambda: JSONResponse(
-        completed.response, headers=headers, after_send=settle))
-
-
-def _single_chunk_stream(response: dict[str, Any], include_usage: bool,
-                         headers: dict[str, str],
-                         settle: Callable[[], Awaitable[None]]) -> Response:
-    chunk = {k: v for k, v in response.items() if k != "usage"}
-    events = [sse(chunk)]
-    if include_usage and "usage" in response:
-        events.append(sse({**chunk, "choices": [], "usage": response["usage"]}))
-    events.append(SSE_DONE)
-    return BodyResponse(b"".join(events), media_type=SSE_MEDIA_TYPE, headers=headers,
-                        after_send=settle)
+router = APIRouter(route_class=RawRoute)
+# Listed for the OpenAPI document and for the 405 of other methods; a POST goes straight to
+# `endpoint` (create_app's table of direct routes).
+router.add_api_route(COMPLETIONS.path, endpoint, methods=["POST"], name="completions")

@@ -7,8 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import GatewayError, NotFoundError
-from gateway.routes.common import READ_METHODS, header, services_of
+from gateway.routes.common import READ_METHODS, services_of
 from gateway.server.asgi import JSONResponse
+from gateway.server.reading import header
 from gateway.upstream.canary import Verdict
 from gateway.upstream.dialects import UnsupportedVersionError, dialect_for
 

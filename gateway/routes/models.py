@@ -14,8 +14,9 @@ from starlette.responses import Response
 from gateway.access.auth import Principal
 from gateway.errors import ModelNotFoundError
 from gateway.generation.planning import SCHEMA_MODEL_PREFIX
-from gateway.routes.common import READ_METHODS, header, services_of
+from gateway.routes.common import READ_METHODS, services_of
 from gateway.server.asgi import JSONResponse
+from gateway.server.reading import header
 from gateway.services import Services
 
 router = APIRouter()

@@ -9,7 +9,8 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.requests import Request
 
-from gateway.routes.common import READ_METHODS, header, services_of
+from gateway.routes.common import READ_METHODS, services_of
+from gateway.server.reading import header
 
 router = APIRouter()
 
