@@ -36,6 +36,9 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.generation.admission": ("test_limits_e2e.py", "test_adhoc_admission.py",
                                      "test_token_budget_e2e.py"),
     "gateway.generation.cached": ("test_cache.py",),
+    "gateway.generation.pipeline": ("test_chat.py", "test_routes.py", "test_streaming.py"),
+    "gateway.generation.context": ("test_chat.py", "test_routes.py"),
+    "gateway.generation.failures": ("test_chat.py", "test_streaming.py", "test_reask.py"),
     "gateway.generation.checking": ("test_chat.py", "test_reask.py", "test_checks_e2e.py"),
     "gateway.generation.engine_failures": ("test_engine_failures.py",),
     "gateway.generation.relaying": ("test_streaming.py",),
@@ -43,6 +46,7 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.access.cache": ("test_cache.py",),
     "gateway.access.admin_ops": ("test_admin_api.py",),
     "gateway.server.body_budget": ("test_body_budget.py", "test_body_budget_held.py"),
+    "gateway.server.reading": ("test_malformed_bodies.py", "test_server_limits.py"),
     # requests observed: metrics, logs, traces
     "gateway.observe.causes": ("test_observe.py",),
     "gateway.observe.logs": ("test_observe.py",),
