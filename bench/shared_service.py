@@ -65,7 +65,8 @@ RATE = 200
 def _env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IRGW_")}
     # A high in-flight cap: a gateway that falls behind shows it in latency, not 503s.
-    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "true",
+    # The canary off: the fake vLLM does not constrain, so /readyz would never answer 200.
+    env.update({"IRGW_LOG_LEVEL": "warning", "IRGW_AUTH_ENABLED": "true", "IRGW_CANARY": "off",
                 "IRGW_MAX_INFLIGHT": "256", "IRGW_QUEUE_SIZE": "256", **settings})
     return env
 
