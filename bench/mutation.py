@@ -50,6 +50,8 @@ MODULES: dict[str, list[str]] = {
     "gateway/access/auth.py": ["tests/test_keys.py", "tests/test_key_guards.py"],
     "gateway/ratelimit/base.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py"],
     "gateway/ratelimit/memory.py": ["tests/test_ratelimit.py"],
+    "gateway/ratelimit/limiter.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py"],
+    "gateway/ratelimit/fallback.py": ["tests/test_ratelimit.py"],
     "gateway/ratelimit/inflight.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py"],
     "gateway/ratelimit/circuit.py": ["tests/test_ratelimit.py"],
     "gateway/ratelimit/redis.py": ["tests/test_ratelimit.py", "tests/test_ratelimit_scripts.py",

@@ -15,7 +15,7 @@ from gateway.observe.prometheus import Metrics, MetricsListener
 from gateway.output.adhoc import AdhocSchemas
 from gateway.output.registry import SchemaRegistry
 from gateway.ratelimit import build_limiter
-from gateway.ratelimit.base import Limiter
+from gateway.ratelimit.base import AdmissionControl
 from gateway.server.body_budget import BodyBudget
 from gateway.settings import Settings
 from gateway.upstream.canary import Canary
@@ -28,7 +28,7 @@ class Services:
     registry: SchemaRegistry
     upstream: UpstreamClient
     authenticator: Authenticator
-    limiter: Limiter
+    limiter: AdmissionControl
     metrics: Metrics
     body_budget: BodyBudget
     adhoc: AdhocSchemas

@@ -1,4 +1,4 @@
-"""Rate limits on both backends, against a real Redis (killed and restarted for outages)."""
+"""Rate limits on every quota store, against a real Redis (killed and restarted for outages)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,14 @@ class FakeClock:
 
 
 class Backend:
-    """Makes limiters of one kind that share state, as instances of one deployment do."""
+    """Makes limiters of one kind that share state, as instances of one deployment do.
+    `redis_down`: the Redis backend with Redis unreachable, so its fallback (this process's
+    memory, on `kind` "memory"'s clock) decides."""
 
-    def __init__(self, kind: str, url: str | None) -> None:
+    def __init__(self, kind: str, url: str | None, *, redis_down: bool = False) -> None:
         self.kind = kind
         self.url = url
+        self.redis_down = redis_down
         self.prefix = f"test:{uuid.uuid4().hex[:8]}:"
         self.clock = FakeClock()
         self._made: list[Limiter] = []
@@ -51,7 +54,10 @@ class Backend:
         kwargs.setdefault("max_inflight", 1000)
         kwargs.setdefault("queue_size", 0)
         limiter: Limiter
-        if self.kind == "memory":
+        if self.redis_down:
+            dead = f"unix:///nonexistent/{uuid.uuid4().hex}.sock"
+            limiter = RedisLimiter.from_url(dead, clock=self.clock, **kwargs)
+        elif self.kind == "memory":
             limiter = MemoryLimiter(clock=self.clock, **kwargs)
         else:
             assert self.url is not None
@@ -77,10 +83,13 @@ class Backend:
             await limiter.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-down"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
+    """Every quota store: `MemoryQuotas`; `FallbackQuotas` over `RedisQuotas`; and the same
+    with Redis unreachable, where its `MemoryQuotas` fallback decides."""
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    made = Backend(request.param, url)
+    kind = "memory" if request.param == "redis-down" else request.param
+    made = Backend(kind, url, redis_down=request.param == "redis-down")
     try:
         yield made
     finally:

@@ -29,7 +29,7 @@ from gateway.access.records import BudgetPeriod
 from gateway.access.redisconn import redis_client
 from gateway.errors import OverloadedError, RateLimitError
 from gateway.ratelimit import scripts
-from gateway.ratelimit.base import Admission, Limiter
+from gateway.ratelimit.base import Admission, AdmissionControl
 from gateway.ratelimit.circuit import Circuit, ThrottledLog
 from gateway.settings import Settings
 
@@ -157,7 +157,7 @@ def _ops(counter: str) -> str:
 class BudgetedLimiter:
     """`inner`'s limits, plus the key's token budget (if it has one)."""
 
-    def __init__(self, inner: Limiter, store: BudgetStore, *, prefix: str = "irgw:budget:",
+    def __init__(self, inner: AdmissionControl, store: BudgetStore, *, prefix: str = "irgw:budget:",
                  failure_policy: Literal["open", "closed"] = "open",
                  probe_interval_s: float = 1.0) -> None:
         self.inner = inner
@@ -266,7 +266,7 @@ class BudgetedLimiter:
         await self.store.aclose()
 
 
-def with_budgets(limiter: Limiter, settings: Settings) -> BudgetedLimiter:
+def with_budgets(limiter: AdmissionControl, settings: Settings) -> BudgetedLimiter:
     """The limiter with token budgets, kept where the rate limits are (one backend)."""
     store: BudgetStore
     if settings.ratelimit_backend == "redis" and settings.redis_url:

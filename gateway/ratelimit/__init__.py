@@ -1,9 +1,11 @@
-"""Per-key rate limits and the in-flight cap; `build_limiter` picks the backend."""
+"""Per-key rate limits and the in-flight cap: one `Limiter` over a quota store
+(`QuotaStore`: memory, Redis, Redis falling back to memory); `build_limiter` picks it."""
 
 from __future__ import annotations
 
-from gateway.ratelimit.base import Admission, Limiter, go_duration
-from gateway.ratelimit.memory import MemoryLimiter
+from gateway.ratelimit.base import Admission, AdmissionControl, QuotaStore, go_duration
+from gateway.ratelimit.limiter import Limiter
+from gateway.ratelimit.memory import MemoryLimiter, MemoryQuotas
 from gateway.settings import Settings
 
 
@@ -25,4 +27,13 @@ def build_limiter(settings: Settings) -> Limiter:
     )
 
 
-__all__ = ["Admission", "Limiter", "MemoryLimiter", "build_limiter", "go_duration"]
+__all__ = [
+    "Admission",
+    "AdmissionControl",
+    "Limiter",
+    "MemoryLimiter",
+    "MemoryQuotas",
+    "QuotaStore",
+    "build_limiter",
+    "go_duration",
+]

@@ -1,4 +1,4 @@
-"""The limiter interface, and what both backends share: verdicts, headers, errors.
+"""The limiter's interfaces, and what every quota store shares: verdicts, headers, errors.
 
 Limits are token buckets refilled continuously (the same arithmetic as GCRA): a bucket
 holds at most the per-minute limit, so a key with `rpm=50` can burst 50 requests and
@@ -97,7 +97,10 @@ class Admission:
         self._releases.append(release)
 
 
-class Limiter(Protocol):
+class AdmissionControl(Protocol):
+    """What a route asks of the limits: `Limiter` (ratelimit/limiter.py), or a wrapper of one
+    (access/budgets.BudgetedLimiter)."""
+
     async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         """Admit, or raise `RateLimitError` (429: a key limit), `OverloadedError` (503: the
         in-flight cap, or Redis down with the `closed` policy) or `InvalidRequestError`
@@ -113,6 +116,22 @@ class Limiter(Protocol):
         """Count one request against the key's requests per minute only (no tokens, no
         concurrency or in-flight slot): a read that costs little but is not free. Raises
         `RateLimitError` when out; returns the `x-ratelimit-*` headers."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class QuotaStore(Protocol):
+    """Where a key's RPM, TPM and concurrency are kept: the one thing a limiter backend is
+    (`MemoryQuotas`, `RedisQuotas`, `FallbackQuotas`). The `Limiter` runs the guards and the
+    in-flight gate around it."""
+
+    async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
+        """Check every limit the key has and commit all of them or none: an `Admission`
+        whose settle, cancel, reserve and release act on what it took (headers from
+        `ratelimit_headers`), or `RateLimitError` from `rate_limit_error`. Only called for a
+        key with limits and with tokens that fit its TPM (`check_fits`); a read comes as
+        `reads_only(principal)` with 0 tokens."""
         ...
 
     async def aclose(self) -> None: ...

@@ -47,6 +47,10 @@ class Circuit:
         self._probing = False
 
     @property
+    def probe_interval_s(self) -> float:
+        return self._interval_s
+
+    @property
     def down(self) -> bool:
         return self.down_since is not None
 

@@ -1,4 +1,4 @@
-"""In-process limits: exact for one gateway instance, and the Redis backend's fallback.
+"""In-process limits: exact for one gateway instance, and the Redis store's fallback.
 
 Every decision runs without an `await` between check and commit, so on one event loop
 it is atomic without locks.
@@ -16,18 +16,17 @@ from gateway.ratelimit.base import (
     Admission,
     Verdict,
     bucket_view,
-    check_fits,
     rate_limit_error,
     ratelimit_headers,
-    reads_only,
 )
 from gateway.ratelimit.inflight import InflightGate
+from gateway.ratelimit.limiter import Limiter
 
 Clock = Callable[[], float]
 
 
 class MemoryQuotas:
-    """Per-key RPM, TPM and concurrency in this process (no global in-flight cap)."""
+    """Per-key RPM, TPM and concurrency in this process: a `QuotaStore`."""
 
     def __init__(self, clock: Clock = time.monotonic) -> None:
         self._clock = clock
@@ -38,11 +37,8 @@ class MemoryQuotas:
     def in_flight(self, key: str) -> int:
         return self._in_flight.get(key, 0)
 
-    def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
+    async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
         policy = principal.policy
-        if not policy.has_rate_limits:
-            return Admission({})
-        check_fits(principal, estimated_tokens)
         key = principal.key_id or principal.name
         now = self._clock()
         refused: set[str] = set()
@@ -145,8 +141,11 @@ class MemoryQuotas:
         level = min(float(limit), self._level(bucket, limit, now) + delta)
         self._store(bucket, limit, level, now)
 
+    async def aclose(self) -> None:
+        return None
 
-class MemoryLimiter:
+
+class MemoryLimiter(Limiter):
     """The `memory` backend: per-key limits and the in-flight cap, all in this process."""
 
     def __init__(
@@ -158,15 +157,4 @@ class MemoryLimiter:
         clock: Clock = time.monotonic,
     ) -> None:
         self.quotas = MemoryQuotas(clock)
-        self.gate = InflightGate(max_inflight, queue_size, queue_timeout_s)
-
-    async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
-        admission = self.quotas.admit(principal, estimated_tokens)
-        return await self.gate.enter(admission)
-
-    async def admit_read(self, principal: Principal) -> dict[str, str]:
-        reader = reads_only(principal)
-        return {} if reader is None else self.quotas.admit(reader, 0).headers
-
-    async def aclose(self) -> None:
-        return None
+        super().__init__(self.quotas, InflightGate(max_inflight, queue_size, queue_timeout_s))

@@ -5,20 +5,18 @@ and its commit, and the scripts read Redis's own `TIME` so instance clocks don't
 Concurrency slots are sorted-set members scored by lease expiry: this process renews its
 leases while requests run, and a crashed instance's slots expire after `lease_s`.
 
-If Redis does not answer, `failure_policy` decides: `open` falls back to per-instance
-limits (a key can then get up to N times its limit across N instances), `closed` answers
-503. Redis is probed again every `probe_interval_s`, so recovery needs no restart.
+The `redis` backend puts these behind `FallbackQuotas` (ratelimit/fallback.py): if Redis does
+not answer, `failure_policy` decides between per-instance limits and a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -27,22 +25,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.access.auth import Principal
-from gateway.errors import OverloadedError, RateLimitError
 from gateway.ratelimit import scripts
 from gateway.ratelimit.base import (
     Admission,
     Verdict,
     bucket_view,
-    check_fits,
     rate_limit_error,
     ratelimit_headers,
-    reads_only,
 )
 from gateway.ratelimit.circuit import Circuit, ThrottledLog
+from gateway.ratelimit.fallback import FailurePolicy, FallbackQuotas
 from gateway.ratelimit.inflight import InflightGate
+from gateway.ratelimit.limiter import Limiter
 from gateway.ratelimit.memory import MemoryQuotas
 
-FailurePolicy = Literal["open", "closed"]
 _BACKEND_ERRORS = (RedisError, OSError, asyncio.TimeoutError)
 
 _REFUSALS = ((1, "requests"), (2, "tokens"), (4, "concurrency"))
@@ -52,8 +48,9 @@ _KEEP_US = 20_000_000
 
 
 class RedisQuotas:
-    """Per-key RPM, TPM and concurrency in Redis. Backend errors propagate from `admit`;
-    settling, releasing and lease renewal swallow them (they run in `finally` blocks)."""
+    """Per-key RPM, TPM and concurrency in Redis: a `QuotaStore`. Backend errors propagate
+    from `admit`; settling, releasing and lease renewal swallow them (they run in `finally`
+    blocks)."""
 
     def __init__(
         self,
@@ -62,8 +59,10 @@ class RedisQuotas:
         *,
         prefix: str = "irgw:rl:",
         lease_s: float = 30.0,
+        owns_client: bool = False,
     ) -> None:
         self._client = client
+        self._owns_client = owns_client
         self.circuit = circuit
         self._prefix = prefix
         self._lease_us = int(lease_s * 1_000_000)
@@ -209,10 +208,13 @@ class RedisQuotas:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._owns_client:
+            await self._client.aclose()
 
 
-class RedisLimiter:
-    """The `redis` backend: shared per-key limits, per-instance in-flight cap."""
+class RedisLimiter(Limiter):
+    """The `redis` backend: shared per-key limits (this instance's own while Redis is down,
+    under the `open` policy), per-instance in-flight cap."""
 
     def __init__(
         self,
@@ -229,14 +231,13 @@ class RedisLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.circuit = Circuit(probe_interval_s, clock)
-        self.quotas = RedisQuotas(client, self.circuit, prefix=prefix, lease_s=lease_s)
+        self.quotas = RedisQuotas(client, self.circuit, prefix=prefix, lease_s=lease_s,
+                                  owns_client=owns_client)
         self.fallback = MemoryQuotas(clock)
-        self.gate = InflightGate(max_inflight, queue_size, queue_timeout_s)
         self.failure_policy = failure_policy
-        self._client = client
-        self._owns_client = owns_client
-        self._probe_interval_s = probe_interval_s
-        self._log = ThrottledLog(clock=clock)
+        store = FallbackQuotas(self.quotas, self.fallback, self.circuit, failures=_BACKEND_ERRORS,
+                               failure_policy=failure_policy, clock=clock)
+        super().__init__(store, InflightGate(max_inflight, queue_size, queue_timeout_s))
 
     @classmethod
     def from_url(
@@ -272,51 +273,3 @@ class RedisLimiter:
     @property
     def backend_down(self) -> bool:
         return self.circuit.down
-
-    async def admit(self, principal: Principal, estimated_tokens: int) -> Admission:
-        admission = await self._admit_quotas(principal, estimated_tokens)
-        return await self.gate.enter(admission)
-
-    async def _admit_quotas(self, principal: Principal, estimated_tokens: int) -> Admission:
-        if not principal.policy.has_rate_limits:
-            return Admission({})  # nothing to enforce, so no reason to touch Redis
-        check_fits(principal, estimated_tokens)
-        if not self.circuit.try_call():
-            return self._degraded(principal, estimated_tokens)
-        ok: bool | None = None
-        try:
-            admission = await self.quotas.admit(principal, estimated_tokens)
-            ok = True
-            return admission
-        except RateLimitError:
-            ok = True  # Redis answered; the key is over its limit
-            raise
-        except _BACKEND_ERRORS as exc:
-            ok = False
-            self._log.warning(
-                "rate-limit backend unreachable (%r); failure policy %r: %s",
-                exc,
-                self.failure_policy,
-                "per-instance limits" if self.failure_policy == "open" else "answering 503",
-            )
-        finally:
-            self.circuit.record(ok)
-        return self._degraded(principal, estimated_tokens)
-
-    async def admit_read(self, principal: Principal) -> dict[str, str]:
-        reader = reads_only(principal)
-        return {} if reader is None else (await self._admit_quotas(reader, 0)).headers
-
-    def _degraded(self, principal: Principal, estimated_tokens: int) -> Admission:
-        if self.failure_policy == "closed":
-            raise OverloadedError(
-                "Rate limits cannot be checked right now; try again shortly.",
-                code="ratelimit_backend_unavailable",
-                headers={"retry-after": str(max(1, math.ceil(self._probe_interval_s)))},
-            )
-        return self.fallback.admit(principal, estimated_tokens)
-
-    async def aclose(self) -> None:
-        await self.quotas.aclose()
-        if self._owns_client:
-            await self._client.aclose()
