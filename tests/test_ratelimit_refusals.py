@@ -84,6 +84,7 @@ async def test_reset_headers_say_when_each_bucket_is_full_again() -> None:
     assert error.headers["x-ratelimit-remaining-tokens"] == "1000"
     assert error.headers["x-ratelimit-reset-tokens"] == "0s"
     assert error.headers["x-ratelimit-reset-requests"] == "24s"
+    assert error.headers["retry-after-ms"] == "24000"  # 0.4 of a request at 1/min
 
 
 async def test_a_request_over_the_keys_tpm_is_a_400_with_the_figures() -> None:
@@ -172,3 +173,49 @@ async def test_a_key_without_rpm_reads_freely() -> None:
     for _ in range(5):
         assert await limits.admit_read(who) == {}
     await held.release()
+
+
+async def test_a_cancelled_request_gives_back_exactly_one_request() -> None:
+    limits = limiter()
+    who = key(rpm=3)
+    await limits.admit(who, 1)
+    cancelled = await limits.admit(who, 1)
+    await cancelled.cancel()  # never reached vLLM
+    again = await limits.admit(who, 1)
+    assert again.headers["x-ratelimit-remaining-requests"] == "1"
+
+
+async def test_requests_cancelled_after_their_buckets_refilled_give_back_nothing_more() -> None:
+    clock = Clock()
+    limits = limiter(clock)
+    who = key(rpm=10, tpm=1000)
+    first, second = await limits.admit(who, 100), await limits.admit(who, 100)
+    clock.now += 60  # both buckets full again meanwhile
+    await first.cancel()
+    await second.cancel()
+    after = await limits.admit(who, 1000)
+    assert after.headers["x-ratelimit-remaining-requests"] == "9"
+    assert after.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_a_retry_may_take_exactly_what_is_left() -> None:
+    limits = limiter()
+    who = key(tpm=1000)
+    admission = await limits.admit(who, 400)
+    assert await admission.reserve(600)
+    await refusal(limits, who, 1)
+    await admission.finish(1000)
+
+
+async def test_a_key_may_hold_exactly_its_concurrency_after_releases() -> None:
+    limits = limiter()
+    who = key(concurrency=2)
+    first, second = await limits.admit(who, 1), await limits.admit(who, 1)
+    await first.release()  # one still held
+    third = await limits.admit(who, 1)
+    error = await refusal(limits, who)
+    assert refusal_reasons(error) == ("concurrency",)
+    await second.release()
+    await third.release()
+    for admission in [await limits.admit(who, 1), await limits.admit(who, 1)]:
+        await admission.release()
