@@ -49,7 +49,6 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.ratelimit.fallback": ("test_ratelimit.py", "test_retry_after.py"),
     "gateway.server.reading": ("test_malformed_bodies.py", "test_server_limits.py"),
     # requests observed: metrics, logs, traces
-    "gateway.observe.causes": ("test_observe.py",),
     "gateway.observe.logs": ("test_observe.py",),
     "gateway.observe.metrics": ("test_observe.py", "test_dashboard_prometheus.py"),
     "gateway.observe.observer": ("test_observe.py", "test_tracing.py"),
@@ -67,8 +66,6 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.dev.options": ("test_dev_stack.py",),
     "gateway.dev.reaper": ("test_dev_stack_signals.py",),
     # the limiter's parts, through both limiters
-    "gateway.ratelimit.circuit": ("test_ratelimit.py", "test_retry_after.py"),
-    "gateway.ratelimit.inflight": ("test_ratelimit.py", "test_server_limits.py"),
 }
 
 EXEMPT: dict[str, str] = {
