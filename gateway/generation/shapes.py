@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamError
+from gateway.server.asgi import SSE_END
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
@@ -192,4 +193,4 @@ def unwritable(exc: Exception) -> UpstreamError:
     return UpstreamError(f"the upstream sent an answer that cannot be written back: {exc}")
 
 
-SSE_DONE = b"data: [DONE]\n\n"
+SSE_DONE = SSE_END  # the response holds it back until the request is settled

@@ -101,6 +101,10 @@ async def until_disconnect(request: Request, work: Coroutine[Any, Any, T]) -> T:
             watcher.cancel()
 
 
+# The event that ends an OpenAI stream.
+SSE_END = b"data: [DONE]\n\n"
+
+
 class SSEResponse(Response):
     """Server-sent events, relayed as produced, with a cleanup that always runs.
 
@@ -118,14 +122,33 @@ class SSEResponse(Response):
         self.status_code = 200
         self.background = None
         self.on_close = on_close
+        self._closed = False
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **headers})
 
     async def _stream(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
+        last: bytes | None = None
         async for chunk in self.body_iterator:
+            if last is not None:
+                await send({"type": "http.response.body", "body": last, "more_body": True})
+                last = None
+            if chunk.endswith(SSE_END):
+                last = chunk  # held until the stream is settled: see `_close`
+                continue
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if last is not None:
+            # The request is over before the client reads its end: a client that sends its
+            # next request at once must find its key's concurrency slot free.
+            await self._close()
+            await send({"type": "http.response.body", "body": last, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with anyio.CancelScope(shield=True):  # a client leaving now must not cut it short
+                await self.on_close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -144,7 +167,7 @@ class SSEResponse(Response):
                 aclose = getattr(self.body_iterator, "aclose", None)
                 if aclose is not None:
                     await aclose()
-                await self.on_close()
+                await self._close()
 
 
 class BodyResponse(Response):
