@@ -314,3 +314,106 @@ def test_unique_takes_values_as_written_hashable_or_not() -> None:
     unique = compile_checks([{"check": "unique", "at": "/xs/*"}], schema)[0]
     assert unique.run({"xs": [1, True, "1", [1], {"a": 1}]}) == []
     assert [f.pointer for f in unique.run({"xs": [[1], {"a": 1}, [1]]})] == ["/xs/2"]
+
+
+# -- the limits and corners a schema author or a client meets (found by mutation testing)
+
+
+@pytest.mark.parametrize(("hint", "why"), [
+    ("class", "not a Python type expression"),  # a keyword is no name, dotted or not
+    ("os.class", "not a Python type expression"),
+    ("int | 1", "the constant 1"),  # either side of a `|` is checked
+    ("1 | int", "the constant 1"),
+    ("Callable[[int, 1.5], bool]", "the constant 1.5"),  # the items of a bracketed list
+    ("Literal[-1.5]", "UnaryOp"),  # only a negative integer literal
+    ("Literal[+1]", "UnaryOp"),
+    ("Literal[-x]", "UnaryOp"),
+    ("-1", "UnaryOp"),  # and only inside brackets
+    ("tuple[*f()]", "Starred"),
+    ("*Ts", "not a Python type expression"),
+    ("list[f()]", "a call"),  # the items of a subscript, one by one
+    ("dict[str, f()]", "a call"),
+    ("{x for x in y}", "a comprehension"),
+    ("{x: 1 for x in y}", "a comprehension"),
+    ("(x for x in y)", "a comprehension"),
+])
+def test_type_expressions_fail_in_every_position(hint: str, why: str) -> None:
+    assert why in (check_python_type(hint) or "")
+
+
+def test_a_type_expression_may_use_the_whole_length_bound() -> None:
+    bound = checks.MAX_TYPE_EXPRESSION_CHARS
+    assert bound == 200  # the README's limit ("anything over 200 characters fails")
+    at_bound = "list[" + "a" * (bound - 6) + "]"
+    assert len(at_bound) == bound and check_python_type(at_bound) is None
+    over = "list[" + "a" * (bound - 5) + "]"
+    assert f"longer than {bound} characters" in (check_python_type(over) or "")
+
+
+def test_pointers_with_escaped_names_find_the_field_and_name_it_escaped() -> None:
+    # RFC 6901: `~1` is a `/` in a property name, `~0` a `~`; a finding's pointer is escaped
+    # the same way, so a client can follow it into the answer.
+    schema = {"type": "object", "properties": {"a/b": {"type": "string"},
+                                               "m~n": {"type": "string"}}}
+    compiled = compile_checks([{"check": "python_identifier", "at": ["/a~1b", "/m~0n"]}], schema)
+    found = compiled[0].run({"a/b": "1x", "m~n": "class"})
+    assert [(f.pointer, f.at) for f in found] == [("/a~1b", "/a~1b"), ("/m~0n", "/m~0n")]
+    assert compiled[0].run({"a/b": "ok", "m~n": "fine"}) == []
+
+
+def nested_schema(depth: int) -> tuple[dict[str, Any], str]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema, "/x" * depth
+
+
+def test_a_pointer_may_be_sixteen_levels_deep_not_more() -> None:
+    schema, at = nested_schema(16)
+    compile_checks([{"check": "python_identifier", "at": at}], schema)
+    schema, at = nested_schema(17)
+    with pytest.raises(CheckSpecError, match="deeper than 16 levels"):
+        compile_checks([{"check": "python_identifier", "at": at}], schema)
+
+
+def test_a_schema_may_name_sixty_four_checks_not_more() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    one = {"check": "python_identifier", "at": "/name"}
+    assert len(compile_checks([one] * 64, schema)) == 64
+    with pytest.raises(CheckSpecError, match="at most 64"):
+        compile_checks([one] * 65, schema)
+
+
+def test_an_unknown_check_is_refused_naming_the_known_ones() -> None:
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    with pytest.raises(CheckSpecError) as error:
+        compile_checks([{"check": "identifier", "at": "/name"}], schema)
+    assert str(error.value) == (
+        "checks[0]: unknown check 'identifier' (known: dotted_module_name, python_identifier, "
+        "python_type, test_function_name, unique)")
+
+
+def test_the_target_of_a_check_is_read_through_refs_and_untyped_is_a_string() -> None:
+    defs = {"n": {"type": "integer"}, "s": {"type": "string"}, "any": {}}
+    schema = {"type": "object", "$defs": defs, "properties": {
+        "n": {"$ref": "#/$defs/n"}, "s": {"$ref": "#/$defs/s"}, "free": {"$ref": "#/$defs/any"},
+        "far": {"$ref": "https://example.com/s.json"}}}
+    # A $ref that ends the pointer is followed too: an integer is no place for a name check.
+    with pytest.raises(CheckSpecError, match="is of type 'integer'"):
+        compile_checks([{"check": "python_identifier", "at": "/n"}], schema)
+    compiled = compile_checks([{"check": "python_identifier", "at": ["/s", "/free"]}], schema)
+    assert [f.pointer for f in compiled[0].run({"s": "1", "free": "def"})] == ["/s", "/free"]
+    with pytest.raises(CheckSpecError, match="only local \\$refs"):
+        compile_checks([{"check": "python_identifier", "at": "/far"}], schema)
+
+
+def test_one_finding_is_named_alone_and_more_are_counted() -> None:
+    # What a client reads in the 422's message: the first finding, then how many more.
+    only = check_function_ir(document(name="def"))
+    assert only is not None and only.reason == "'def' is a Python keyword, not usable as a name"
+    three = check_function_ir(document(name="def", returns="1 +", parameters=[
+        {"name": "class", "type_hint": "int"}]))
+    assert three is not None and three.pointer == "/signature/name"
+    assert three.reason == ("'def' is a Python keyword, not usable as a name "
+                            "(and 2 more findings)")
+    assert three.constraint == "check python_identifier at /signature/name"
