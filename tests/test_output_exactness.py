@@ -183,10 +183,27 @@ async def test_an_answer_with_two_choices_is_an_upstream_error(
 
 
 def test_an_integer_too_long_to_read_exactly_is_a_check_failure_not_a_500() -> None:
-    # Python reads at most 4300 digits; past that the answer cannot be checked and fails.
+    # Python reads at most 4300 digits, but orjson already refuses a number past a double's
+    # range (its parse fails first): the answer fails, never a 500. The exact re-read's own
+    # failure is the next test.
     schema = adhoc_schema("t", {"type": "object"}, "repair")
     answer = '{"n": ' + "7" * 5000 + "}"
     with pytest.raises(CheckFailure) as failure:
         check_output(answer, schema, repair=True)
     assert failure.value.pointer == "" and failure.value.raw_output == answer
     assert failure.value.constraint and failure.value.reason
+
+
+def test_a_long_integer_nested_past_pythons_recursion_limit_is_a_check_failure() -> None:
+    # orjson reads 1,024 levels; the exact re-read (for the 19-digit integer) cannot. The
+    # answer cannot be checked exactly, so it fails, saying why; it is never a pass or a 500.
+    schema = adhoc_schema("t", {"type": "array"}, "repair")
+    answer = "[" * 1_020 + "12345678901234567890" + "]" * 1_020
+    with pytest.raises(CheckFailure) as failure:
+        check_output(answer, schema, repair=True)
+    assert failure.value.reason.startswith(
+        "the answer has a number that cannot be checked exactly: maximum recursion depth")
+    assert failure.value.constraint == "exact integers"
+    assert failure.value.pointer == "" and failure.value.raw_output == answer
+    # The same number less deeply nested is read exactly and passes.
+    check_output("[" * 10 + "12345678901234567890" + "]" * 10, schema, repair=True)

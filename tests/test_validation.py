@@ -275,3 +275,61 @@ def test_raw_output_is_flagged_truncated_only_past_the_limit() -> None:
         extra = CheckFailure("r", "", "c", "x" * size).error_extra()
         assert extra["raw_output_truncated"] is cut
         assert len(extra["raw_output"]) == _MAX_RAW_OUTPUT
+
+
+def failure_of(text: str | None, body: Any = None, *, truncated: bool = False,
+               repair: bool = True) -> CheckFailure:
+    with pytest.raises(CheckFailure) as failure:
+        check_output(text, None if body is None else schema(body), repair=repair,
+                     truncated=truncated)
+    return failure.value
+
+
+def test_a_failure_reads_reason_where_and_constraint() -> None:
+    # The 422's message quotes this: where in the answer only when it is a part of it.
+    inside = failure_of('{"name": "A1"}', NAME)
+    assert str(inside) == (f"{inside.reason} at /name "
+                           "(pattern at schema#/properties/name/pattern)")
+    assert "A1" in inside.reason
+    whole = failure_of('{"name": ', NAME)
+    assert str(whole) == f"{whole.reason} ({whole.constraint})"
+    assert whole.reason.startswith("not valid JSON: ")
+    assert whole.constraint == "RFC 8259 at character 9"
+    not_object = failure_of("[1]")
+    assert (not_object.pointer, not_object.constraint) == ("", "json_object")
+    assert str(not_object) == "the answer is JSON but not a JSON object (json_object)"
+
+
+def test_no_content_is_a_failure_and_a_cut_off_answer_says_so() -> None:
+    empty = failure_of(None, NAME)
+    assert (empty.reason, empty.pointer, empty.constraint, empty.raw_output) == (
+        "the model returned no content", "", "content", "")
+    assert not empty.truncated and failure_of(None, NAME, truncated=True).truncated
+    cut = failure_of('{"name": "ab', NAME, truncated=True)
+    assert cut.truncated and cut.constraint == "max_tokens" and cut.pointer == ""
+    assert cut.reason.startswith("the answer was cut off by max_tokens before the JSON "
+                                 "document was complete (not valid JSON: ")
+    assert cut.raw_output == '{"name": "ab'
+    # A complete answer that fails its schema at a cap keeps its pointer.
+    cut = failure_of('{"name": "A\x01"}', NAME, truncated=True)
+    assert cut.truncated and cut.pointer == "/name"
+    assert cut.raw_output == '{"name": "A\\u0001"}'  # what was checked: the repaired text
+    assert not failure_of('{"name": "A1"}', NAME).truncated
+
+
+def test_a_long_explanation_is_cut_at_its_bound() -> None:
+    from gateway.output.validation import _MAX_REASON
+
+    bound = {"type": "string", "maxLength": 3}
+    for size in range(_MAX_REASON - 40, _MAX_REASON + 5):
+        reason = failure_of(json.dumps("x" * size), bound).reason
+        if reason.endswith("..."):
+            assert len(reason) == _MAX_REASON + 3
+            break
+        assert len(reason) <= _MAX_REASON
+    else:
+        raise AssertionError("no explanation reached the bound")
+    # At exactly the bound, a reason is given whole.
+    whole = [failure_of(json.dumps("x" * size), bound).reason
+             for size in range(_MAX_REASON - 40, _MAX_REASON + 5)]
+    assert any(len(r) == _MAX_REASON and not r.endswith("...") for r in whole)

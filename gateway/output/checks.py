@@ -96,11 +96,11 @@ def check_python_type(value: Any) -> str | None:
     subscripts (tuples, lists, `...`, literals inside them), `|`, None, string literals."""
     if (wrong := _not_a_string(value)) is not None:
         return wrong
+    if len(value) > MAX_TYPE_EXPRESSION_CHARS:  # a dotted name too (as the README says)
+        return f"type expression longer than {MAX_TYPE_EXPRESSION_CHARS} characters"
     if value == "None" or all(p.isidentifier() and not keyword.iskeyword(p)
                               for p in value.split(".")):
         return None  # `int`, `Path`, `datetime.date`: most hints, without a parse
-    if len(value) > MAX_TYPE_EXPRESSION_CHARS:
-        return f"type expression longer than {MAX_TYPE_EXPRESSION_CHARS} characters"
     return _parsed_type_problem(value)
 
 
@@ -145,8 +145,9 @@ def _type_node(node: ast.expr, *, inside_subscript: bool) -> str | None:
                 return wrong
         return None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return (_type_node(node.left, inside_subscript=inside_subscript)
-                or _type_node(node.right, inside_subscript=inside_subscript))
+        # Each side of a union is a type, even inside brackets: `list[int | 1]` raises.
+        return (_type_node(node.left, inside_subscript=False)
+                or _type_node(node.right, inside_subscript=False))
     if inside_subscript:
         if isinstance(node, ast.List | ast.Tuple):  # Callable[[int], str], tuple[()]
             for item in node.elts:

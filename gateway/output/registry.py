@@ -119,7 +119,9 @@ def meta_error(schema: Any) -> str | None:
     """Why `schema` is not a valid Draft 2020-12 schema (`at /pointer: message`), or None.
     jsonschema-rs checks it against the meta-schema, without backtracking regexes."""
     try:
-        jsonschema_rs.meta.validate(schema)
+        # An empty registry: an unknown `$schema` is refused, never fetched (without it,
+        # jsonschema-rs GETs the URL a client wrote).
+        jsonschema_rs.meta.validate(schema, registry=jsonschema_rs.Registry([]))
     except jsonschema_rs.ValidationError as exc:
         pointer = "/" + "/".join(str(p) for p in exc.instance_path)
         return f"at {pointer}: {exc.message[:1000]}"
