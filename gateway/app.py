@@ -115,7 +115,7 @@ class GatewayApp(FastAPI):
         # twice per request on the hot path.
         self.services = services
         self._direct: dict[str, Endpoint] = {}
-        self.trimmer = MemoryTrimmer()
+        self.trimmer = MemoryTrimmer(idle=lambda: services.metrics.inflight == 0)
 
     def include_router(self, router: APIRouter, **kwargs: Any) -> None:  # type: ignore[override]
         super().include_router(router, **kwargs)
