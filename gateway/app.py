@@ -114,7 +114,7 @@ class GatewayApp(FastAPI):
         # twice per request on the hot path.
         self.services = services
         self._direct = dict(direct)
-        self.trimmer = MemoryTrimmer()
+        self.trimmer = MemoryTrimmer(idle=lambda: services.metrics.inflight == 0)
 
     @property
     def direct_routes(self) -> frozenset[str]:

@@ -18,7 +18,11 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.app import create_app
     from gateway.observe.logs import configure_logging, uvicorn_logging
     from gateway.output.registry import SchemaFileError
-    from gateway.server.runtime import restart_on_huge_pages, tune_gc_for_serving
+    from gateway.server.runtime import (
+        keep_heap_growth_off_huge_pages,
+        restart_on_huge_pages,
+        tune_gc_for_serving,
+    )
     from gateway.server.serving import uvicorn_options
     from gateway.settings import Settings
 
@@ -43,6 +47,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ir-gateway: cannot start: {exc}", file=sys.stderr)
         return 2
     tune_gc_for_serving()
+    if settings.huge_pages:
+        keep_heap_growth_off_huge_pages()
     uvicorn.run(app, **uvicorn_options(settings), **uvicorn_logging(settings))
     return 0
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gateway.server.runtime import (
+    MemoryTrimmer,
     glibc_version,
     huge_page_environment,
     thp_mode,
@@ -74,6 +77,13 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().partition("=")[::2] for item in raw if item)
 
 
+def _status(pid: int, field: str) -> str | None:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return line.split()[1]
+    return None
+
+
 def _anon_huge_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("AnonHugePages:"):
@@ -99,6 +109,38 @@ async def test_serve_runs_on_huge_pages_where_the_system_allows(enabled: bool) -
         if expected:
             # The kernel did back the heap with 2 MiB pages (the app, schemas, validators).
             assert _anon_huge_kib(process.pid) >= 2048
+            # ... and backs no more of it so: what a burst grows it by, a trim can return
+            # for good (khugepaged rebuilt partly freed huge pages whole).
+            assert _status(process.pid, "THP_enabled") in ("0", None)  # None: Linux < 5.0
         elif thp_mode() == "madvise":
             # Only what asks for huge pages gets them here, so the 2 MiB pages above are ours.
             assert _anon_huge_kib(process.pid) == 0
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    for _ in range(500):  # a bound against a hang, not a timing check
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+async def test_a_trim_under_load_is_followed_by_one_after_a_collection_once_idle() -> None:
+    """A full collection under load would stall every request in flight: a trim made then
+    skips it, and one more trim, after a collection, follows once nothing is in flight."""
+    busy = True
+    trimmer = MemoryTrimmer(idle=lambda: not busy, delay_s=0.01)
+    trimmer._trim = lambda pad: 0  # what it calls is glibc's; here, its being called
+    trimmer.after_request(trimmer.min_bytes - 1)
+    assert trimmer._timer is None  # a small body: nothing owed
+    trimmer.after_request(trimmer.min_bytes)
+    trimmer.after_request(trimmer.min_bytes)  # ends meanwhile: the same trim serves it
+    await _until(lambda: trimmer.trims == 1)
+    assert trimmer.collections == 0
+    await asyncio.sleep(0.1)
+    assert trimmer.trims == 1  # still busy, nothing new: nothing to do
+    busy = False
+    await _until(lambda: trimmer.trims == 2)
+    assert trimmer.collections == 1
+    await asyncio.sleep(0.1)
+    assert (trimmer.trims, trimmer._timer) == (2, None)  # idle, nothing owed: done

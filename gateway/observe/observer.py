@@ -149,6 +149,12 @@ class Observer:
         if self.json_log:
             record = request_record(obs, status, outcome, total_s, usage, self)
             request_log.info("request", extra={"irgw": record})
+        # Let go of the request's data now. The error's traceback holds `_respond`'s frame,
+        # which holds `obs`: a cycle that only the collector frees (rarely: runtime.py), and
+        # with it every frame of the request and its parsed body. And a connection opened
+        # during the request (to vLLM, to Redis) keeps a copy of the request's context, so
+        # `obs`, for as long as it stays open.
+        obs.error = obs.plan = obs.answer = obs.response = obs.stream_state = None
 
     async def aclose(self) -> None:
         await self.tracing.aclose()

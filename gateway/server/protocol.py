@@ -349,6 +349,11 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 timer.cancel()
         super().connection_lost(exc)
         self.disconnect_signal.fire()
+        if self.cycle is not None:
+            # What arrived of a request that was answered before it was read (a 413, a 503),
+            # or that lost its client: nobody can read it now, and uvicorn's cycle, in a
+            # reference cycle with this protocol, would hold it until the collector runs.
+            self.cycle.body = b""
 
     def send_400_response(self, msg: str) -> None:
         # What cannot be parsed as HTTP gets OpenAI's error shape too (uvicorn: text/plain).

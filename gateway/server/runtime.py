@@ -1,4 +1,5 @@
-"""How the serving process is set up for latency: its heap on huge pages, its collector.
+"""How the serving process is set up for latency: its heap on huge pages, its collector;
+and how it hands back the memory that large request bodies took (`MemoryTrimmer`).
 
 At a few hundred requests per second the gateway idles for milliseconds between requests,
 and on a shared VM an idle CPU comes back with its caches and TLBs emptied by whatever
@@ -10,7 +11,8 @@ CPython's own allocator takes memory in 1 MiB arenas, which the kernel never bac
 huge pages, so the serving process allocates Python objects with glibc's malloc
 (`PYTHONMALLOC=malloc`) and has glibc advise the kernel to back its heap with transparent
 huge pages (`glibc.malloc.hugetlb=1`, glibc >= 2.35). Both are read only when a process
-starts: `serve` re-executes itself once (same PID, same arguments) to get them.
+starts: `serve` re-executes itself once (same PID, same arguments) to get them. Once the
+app is built, the process takes no more huge pages (`keep_heap_growth_off_huge_pages`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import gc
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -111,31 +112,90 @@ def tune_gc_for_serving() -> None:
     gc.set_threshold(_GC_YOUNG_THRESHOLD, 20, 20)
 
 
+_PR_SET_THP_DISABLE = 41  # <linux/prctl.h>
+
+
+def keep_heap_growth_off_huge_pages() -> bool:
+    """Call once the app is built, just before serving, in a process on huge pages: the heap
+    built so far (the app's modules, code and types: what every request touches) stays on
+    its 2 MiB pages; what the heap grows by later (a burst of large bodies) gets 4 KiB ones.
+    True if done.
+
+    A huge page stays resident while any of its 512 small pages is, and the kernel's
+    khugepaged rebuilds a partly freed one whole, zero-filled, while a single small page of
+    it is (`khugepaged/max_ptes_none`, 511 by default). After a burst of large bodies had
+    grown the heap, the few long-lived objects allocated meanwhile, scattered through it,
+    kept the grown part resident: what `malloc_trim` returned came back within a minute
+    (85 MiB before two bursts, 96 MiB after their trim, 115 MiB a minute later; with this,
+    86 MiB and 86 MiB). `PR_SET_THP_DISABLE` stops new huge pages for this process,
+    khugepaged's included; the huge pages it has stay as they are.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+    if not done:
+        logger.warning("could not keep the heap's growth off huge pages: %s",
+                       os.strerror(ctypes.get_errno()))
+    return done
+
+
 class MemoryTrimmer:
-    """Hands the heap a large request body left behind back to the kernel.
+    """Hands the heap that large request bodies left behind back to the kernel.
 
-    A parsed body takes many times its size (bench/results/body_memory.md); once freed,
-    glibc keeps those pages (more so with `PYTHONMALLOC=malloc`, above), so a burst of large
-    bodies left RSS up for good (bench/README.md, "Figures the code cites").
-    `malloc_trim(0)` returns them: it runs in a worker thread (ctypes drops the GIL), after a
-    request whose body was at least `min_bytes`, at most once per `min_interval_s`. Not
-    glibc: does nothing."""
+    A parsed body takes many times its size (bench/results/body_memory.md). Once it is freed,
+    glibc keeps the pages: it shrinks the heap only from its top, and long-lived objects
+    made meanwhile (a connection's) sit above the freed memory. `malloc_trim(0)` returns
+    every free page, wherever it is. It runs in a worker thread (ctypes drops the GIL),
+    `delay_s` after a request whose body was at least `min_bytes` ended, once for all such
+    requests that end meanwhile: at most once per `delay_s`, and never skipped (a rate limit
+    that dropped the trims within a second of the last one left the heap as a burst had
+    grown it). Smaller bodies do not count: the requests that follow reuse what they leave.
 
-    def __init__(self, min_bytes: int = 1 << 20, min_interval_s: float = 1.0) -> None:
+    A trim can return only what is free, and what the request path leaves in reference
+    cycles (uvicorn's connections are) waits for the collector, which runs rarely (above).
+    A full collection under load would stall every request for milliseconds, so it runs
+    only with nothing in flight (`idle()`): a trim made while busy is followed by one more,
+    after a collection, once the gateway is idle (checked every `delay_s`).
+    Not glibc: does nothing."""
+
+    def __init__(self, idle: Callable[[], bool], min_bytes: int = 128 * 1024,
+                 delay_s: float = 1.0) -> None:
+        self.idle = idle
         self.min_bytes = min_bytes
-        self.min_interval_s = min_interval_s
+        self.delay_s = delay_s
         self._trim = _malloc_trim()
-        self._next = 0.0
+        self._owed = False  # a large body ended since the last trim
+        self._busy_trim = False  # the last trim ran under load, without a collection
+        self._timer: asyncio.TimerHandle | None = None
         self.trims = 0
+        self.collections = 0
 
     def after_request(self, body_bytes: int) -> None:
-        if self._trim is None or body_bytes < self.min_bytes:
+        if body_bytes < self.min_bytes or self._trim is None:
             return
-        now = time.monotonic()
-        if now < self._next:
-            return
-        self._next = now + self.min_interval_s
-        asyncio.get_running_loop().run_in_executor(None, self._run)
+        # Later, not now: the request's own objects (its frames, the parsed body) are
+        # freed only after this; and one trim serves the requests that end meanwhile.
+        self._owed = True
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        idle = self.idle()
+        if self._owed or idle:
+            self._owed = False  # a request that ends from now on is owed the next trim
+            if idle:
+                gc.collect()  # on this thread: finalizers may touch the loop
+                self.collections += 1
+            self._busy_trim = not idle
+            loop.run_in_executor(None, self._run)
+        if self._busy_trim:
+            self._timer = loop.call_later(self.delay_s, self._tick)
 
     def _run(self) -> None:
         assert self._trim is not None
