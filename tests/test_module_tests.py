@@ -42,7 +42,6 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.generation.checking": ("test_chat.py", "test_reask.py", "test_checks_e2e.py"),
     "gateway.generation.engine_failures": ("test_engine_failures.py",),
     "gateway.generation.relaying": ("test_streaming.py",),
-    "gateway.generation.streaming": ("test_streaming.py", "test_answer_unwritable.py"),
     "gateway.access.cache": ("test_cache.py",),
     "gateway.access.admin_ops": ("test_admin_api.py",),
     "gateway.server.body_budget": ("test_body_budget.py", "test_body_budget_held.py"),
