@@ -46,10 +46,8 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.access.cache": ("test_cache.py",),
     "gateway.access.admin_ops": ("test_admin_api.py",),
     "gateway.server.body_budget": ("test_body_budget.py", "test_body_budget_held.py"),
-    "gateway.ratelimit.fallback": ("test_ratelimit.py", "test_retry_after.py"),
     "gateway.server.reading": ("test_malformed_bodies.py", "test_server_limits.py"),
     # requests observed: metrics, logs, traces
-    "gateway.observe.causes": ("test_observe.py",),
     "gateway.observe.logs": ("test_observe.py",),
     "gateway.observe.metrics": ("test_observe.py", "test_dashboard_prometheus.py"),
     "gateway.observe.observer": ("test_observe.py", "test_tracing.py"),
@@ -66,9 +64,6 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.dev.cli": ("test_dev_stack.py",),
     "gateway.dev.options": ("test_dev_stack.py",),
     "gateway.dev.reaper": ("test_dev_stack_signals.py",),
-    # the limiter's parts, through both limiters
-    "gateway.ratelimit.circuit": ("test_ratelimit.py", "test_retry_after.py"),
-    "gateway.ratelimit.inflight": ("test_ratelimit.py", "test_server_limits.py"),
 }
 
 EXEMPT: dict[str, str] = {
