@@ -66,7 +66,8 @@ MODULES: dict[str, list[str]] = {
     "gateway/generation/streaming.py": ["tests/test_streaming.py"],
     "gateway/generation/planning.py": ["tests/test_planning.py", "tests/test_tools.py",
                                        "tests/test_chat.py", "tests/test_routes.py"],
-    "gateway/generation/contract.py": ["tests/test_contract.py", "tests/test_planning.py",
+    "gateway/generation/contract.py": ["tests/test_contract_checks.py", "tests/test_contract.py",
+                                       "tests/test_planning.py",
                                        "tests/test_budget.py"],
     "gateway/generation/tools.py": ["tests/test_tools.py", "tests/test_routes.py",
                                     "tests/test_streaming.py"],
@@ -152,7 +153,7 @@ def prepare(module: str, tests: list[str], resume: bool) -> Path:
             "\n[tool.mutmut]\n"
             f"paths_to_mutate = [{json.dumps(module)}]\n"
             f"tests_dir = {json.dumps(tests)}\n"
-            'also_copy = ["schemas/", "gateway/", "tests/"]\n'
+            'also_copy = ["schemas/", "gateway/", "tests/", "openapi/"]\n'
             'pytest_add_cli_args = ["-m", "not integration", "-p", "no:cacheprovider", '
             '"-q", "-x"]\n'
         )
