@@ -75,3 +75,15 @@ def test_an_escape_is_repeated_whole(pattern: str, sent: str) -> None:
 ])
 def test_a_pattern_xgrammar_cannot_read_is_sent_as_it_is(pattern: str) -> None:
     assert split_large_repeats(pattern) == (pattern, [])  # vLLM answers it with a 400
+
+
+@pytest.mark.parametrize(("pattern", "sent"), [
+    ("(?:a{130})", "(?:a{128}a{2})"),  # the group's opening is not an atom to repeat
+    ("(?<n>a{130})", "(?<n>a{128}a{2})"),
+    ("x(?<n>a{130})", "x(?<n>a{128}a{2})"),
+    ("a{256,}", "a{128}a{128,}"),  # no empty `a{0,}` piece: each piece costs rules
+])
+def test_repeats_inside_groups_and_open_ended_ones_split_as_few_pieces(pattern: str,
+                                                                       sent: str) -> None:
+    assert split_large_repeats(pattern) == (sent, [pattern[pattern.index("{"):
+                                                           pattern.index("}") + 1]])
