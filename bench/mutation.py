@@ -55,17 +55,22 @@ MODULES: dict[str, list[str]] = {
     "gateway/ratelimit/memory.py": ["tests/test_ratelimit.py", "tests/test_ratelimit_refusals.py"],
     "gateway/ratelimit/limiter.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py",
                                      "tests/test_ratelimit_refusals.py"],
-    "gateway/ratelimit/fallback.py": ["tests/test_ratelimit.py"],
+    "gateway/ratelimit/fallback.py": ["tests/test_ratelimit_fallback.py",
+                                      "tests/test_ratelimit.py"],
     "gateway/ratelimit/inflight.py": ["tests/test_ratelimit.py", "tests/test_retry_after.py",
                                       "tests/test_ratelimit_refusals.py",
                                       "tests/test_inflight_gate.py"],
     "gateway/ratelimit/circuit.py": ["tests/test_ratelimit.py", "tests/test_ratelimit_circuit.py"],
-    "gateway/ratelimit/redis.py": ["tests/test_ratelimit.py", "tests/test_ratelimit_scripts.py",
+    "gateway/ratelimit/redis.py": ["tests/test_ratelimit_redis_quotas.py",
+                                   "tests/test_ratelimit.py", "tests/test_ratelimit_scripts.py",
                                    "tests/test_retry_after.py"],
     "gateway/generation/streaming.py": ["tests/test_stream_relay.py", "tests/test_streaming.py"],
     "gateway/generation/planning.py": ["tests/test_planning_rules.py", "tests/test_planning.py",
                                        "tests/test_tools.py", "tests/test_chat.py",
                                        "tests/test_routes.py"],
+    "gateway/generation/contract.py": ["tests/test_contract_checks.py", "tests/test_contract.py",
+                                       "tests/test_planning.py",
+                                       "tests/test_budget.py"],
     "gateway/generation/tools.py": ["tests/test_tools.py", "tests/test_routes.py",
                                     "tests/test_streaming.py"],
     "gateway/generation/budget.py": ["tests/test_budget.py", "tests/test_key_guards.py"],
@@ -150,7 +155,7 @@ def prepare(module: str, tests: list[str], resume: bool) -> Path:
             "\n[tool.mutmut]\n"
             f"paths_to_mutate = [{json.dumps(module)}]\n"
             f"tests_dir = {json.dumps(tests)}\n"
-            'also_copy = ["schemas/", "gateway/", "tests/"]\n'
+            'also_copy = ["schemas/", "gateway/", "tests/", "openapi/"]\n'
             'pytest_add_cli_args = ["-m", "not integration", "-p", "no:cacheprovider", '
             '"-q", "-x"]\n'
         )

@@ -3,6 +3,8 @@ whatever a client sends in an ad-hoc schema (the split runs on the event loop)."
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -46,3 +48,42 @@ async def test_an_adhoc_pattern_with_an_unreadable_count_is_answered_not_a_500(
             httpx.AsyncClient(base_url=base.url) as client:
         response = await client.post("/v1/chat/completions", json=adhoc_body(schema))
     assert response.status_code < 500, response.text
+
+
+@pytest.mark.parametrize(("pattern", "sent"), [
+    ("\\d{130}", "\\d{128}\\d{2}"),
+    ("\\x41{130}", "\\x41{128}\\x41{2}"),  # \xHH: one atom of 4 characters
+    ("\\u0041{130}", "\\u0041{128}\\u0041{2}"),  # \uHHHH: 6
+    ("\\u{1F600}{130}", "\\u{1F600}{128}\\u{1F600}{2}"),  # \u{...}: up to its brace
+    ("\\cA{130}", "\\cA{128}\\cA{2}"),  # \cX: 3
+    ("a{2}\\u{1F600}{130}", "a{2}\\u{1F600}{128}\\u{1F600}{2}"),
+    ("a{130}\\d", "a{128}a{2}\\d"),  # an escape that ends the pattern
+    ("x\\.{130}", "x\\.{128}\\.{2}"),
+    ("[\\]a]{130}", "[\\]a]{128}[\\]a]{2}"),  # an escaped `]` does not end the class
+    ("[\\x41-\\x5a]{130}", "[\\x41-\\x5a]{128}[\\x41-\\x5a]{2}"),
+])
+def test_an_escape_is_repeated_whole(pattern: str, sent: str) -> None:
+    assert split_large_repeats(pattern) == (sent, ["{130}"])
+    for text in ("A" * 130, "]" * 130, "1" * 130, "." * 130, "\x01" * 130):
+        if "\\u{" not in pattern and "\\c" not in pattern:  # Python's `re` reads neither
+            assert bool(re.fullmatch(pattern, text)) == bool(re.fullmatch(sent, text))
+
+
+@pytest.mark.parametrize("pattern", [
+    "a\\", "a{130}\\", "\\u{1F600", "[a", "[a\\", "[\\", "(a{130}", "a{130})", "a{130",
+    "(?=a)b{130}", "{130}", "a|{130}",
+])
+def test_a_pattern_xgrammar_cannot_read_is_sent_as_it_is(pattern: str) -> None:
+    assert split_large_repeats(pattern) == (pattern, [])  # vLLM answers it with a 400
+
+
+@pytest.mark.parametrize(("pattern", "sent"), [
+    ("(?:a{130})", "(?:a{128}a{2})"),  # the group's opening is not an atom to repeat
+    ("(?<n>a{130})", "(?<n>a{128}a{2})"),
+    ("x(?<n>a{130})", "x(?<n>a{128}a{2})"),
+    ("a{256,}", "a{128}a{128,}"),  # no empty `a{0,}` piece: each piece costs rules
+])
+def test_repeats_inside_groups_and_open_ended_ones_split_as_few_pieces(pattern: str,
+                                                                       sent: str) -> None:
+    assert split_large_repeats(pattern) == (sent, [pattern[pattern.index("{"):
+                                                           pattern.index("}") + 1]])

@@ -45,7 +45,6 @@ TESTED_THROUGH: dict[str, tuple[str, ...]] = {
     "gateway.access.cache": ("test_cache.py",),
     "gateway.access.admin_ops": ("test_admin_api.py",),
     "gateway.server.body_budget": ("test_body_budget.py", "test_body_budget_held.py"),
-    "gateway.ratelimit.fallback": ("test_ratelimit.py", "test_retry_after.py"),
     "gateway.server.reading": ("test_malformed_bodies.py", "test_server_limits.py"),
     # requests observed: metrics, logs, traces
     "gateway.observe.logs": ("test_observe.py",),
