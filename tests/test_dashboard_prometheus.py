@@ -77,6 +77,10 @@ async def test_every_dashboard_query_returns_data(fake: FakeUpstream, tmp_path: 
     assert missing == [], f"dashboard queries without data: {missing}"
 
 
+class _NotReadyError(Exception):
+    """Prometheus answered 503: it is up but its storage is still starting."""
+
+
 async def _drive_until_all_answer(gateway_url: str, prometheus_url: str, key: str,
                                   fake: FakeUpstream, queries: list[tuple[str, str]]
                                   ) -> list[tuple[str, str]]:
@@ -95,11 +99,13 @@ async def _drive_until_all_answer(gateway_url: str, prometheus_url: str, key: st
                 for title, expr in missing:
                     answer = await http.get(f"{prometheus_url}/api/v1/query",
                                             params={"query": expr})
+                    if answer.status_code == 503:  # its storage not ready yet: ask again
+                        raise _NotReadyError
                     assert answer.status_code == 200, (title, expr, answer.text)
                     if not has_data(answer.json()):
                         still.append((title, expr))
                 missing = still
-            except httpx.TransportError:
+            except (httpx.TransportError, _NotReadyError):
                 pass  # Prometheus still starting
             if not missing:
                 break
