@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,15 @@ class ThrottledLog:
         logger.warning(message, *args)
 
 
+@dataclass
+class _Outage:
+    """The circuit while down: since when, when the next probe may go, whether one is out."""
+
+    since: float
+    retry_at: float
+    probing: bool = False
+
+
 class Circuit:
     """Stops calling a Redis that failed, so a dead (or black-holed) Redis costs one
     timeout per `probe_interval_s` instead of one per request.
@@ -42,9 +52,7 @@ class Circuit:
     def __init__(self, probe_interval_s: float, clock: Callable[[], float]) -> None:
         self._interval_s = probe_interval_s
         self._clock = clock
-        self.down_since: float | None = None
-        self._retry_at = 0.0
-        self._probing = False
+        self._outage: _Outage | None = None  # None: up
 
     @property
     def probe_interval_s(self) -> float:
@@ -52,31 +60,38 @@ class Circuit:
 
     @property
     def down(self) -> bool:
-        return self.down_since is not None
+        return self._outage is not None
+
+    @property
+    def down_since(self) -> float | None:
+        return None if self._outage is None else self._outage.since
 
     def try_call(self) -> bool:
         """May a call go to Redis now? A True while down makes the caller the probe."""
-        if self.down_since is None:
+        outage = self._outage
+        if outage is None:
             return True
-        if self._probing or self._clock() < self._retry_at:
+        if outage.probing or self._clock() < outage.retry_at:
             return False
-        self._probing = True
+        outage.probing = True
         return True
 
     def record(self, ok: bool | None) -> None:
         """After a call: True answered, False failed, None unknown (cancelled)."""
-        self._probing = False
+        outage = self._outage
+        if outage is not None:
+            outage.probing = False
         if ok is None:
             return
         now = self._clock()
         if ok:
-            if self.down_since is not None:
+            if outage is not None:
                 logger.warning(
                     "rate-limit backend answers again after %.1fs; shared limits resumed",
-                    now - self.down_since,
+                    now - outage.since,
                 )
-            self.down_since = None
-            return
-        if self.down_since is None:
-            self.down_since = now
-        self._retry_at = now + self._interval_s
+            self._outage = None
+        elif outage is None:
+            self._outage = _Outage(since=now, retry_at=now + self._interval_s)
+        else:
+            outage.retry_at = now + self._interval_s
