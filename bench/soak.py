@@ -176,6 +176,24 @@ async def warm_up(ctx: Ctx, key: str, n: int) -> None:
     await asyncio.gather(*(one() for _ in range(n)))
 
 
+async def warm_load(ctx: Ctx, key: str, args: argparse.Namespace) -> None:
+    """The soak's own mix of clients for `--warm-load` seconds, on the unlimited key and
+    without faults, so that the baseline is a gateway that has worked: its heap grown to
+    what this load takes, its pools and caches filled. What the run adds to that is what
+    the faults and more of the same load leave behind (the measure of a leak)."""
+    warm = dataclasses.replace(ctx, keys=[Key("warm-up", key, 1, None, None, None, "*")],
+                               tally=Tally())
+    warm.tally.load_ends = time.monotonic() + args.warm_load
+    print(f"warm-up load: {args.clients} clients for {args.warm_load:g} s", flush=True)
+    hold = max(args.request_timeout, args.slow_hold + 5, args.idle_hold) + 30
+    clients = [asyncio.create_task(client(warm, random.Random(-1 - i), args.think))
+               for i in range(args.clients)]
+    _, pending = await asyncio.wait(clients, timeout=args.warm_load + hold)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+
+
 async def settle(stack: Stack, settle_s: float) -> None:
     """Until the gateway has nothing in flight (bounded), then `settle_s` more."""
     deadline = time.monotonic() + 60
@@ -257,6 +275,12 @@ async def soak(stack: Stack, args: argparse.Namespace, keys: list[Key],
              "redis": stack.redis.port if stack.redis else 0}
     await warm_up(ctx, warm_key, args.warm)
     await settle(stack, args.settle)
+    cold = snapshot(pid, stack.gateway_port, ports)
+    print(f"cold: {cold.line()}", flush=True)
+    if args.warm_load > 0:
+        await warm_load(ctx, warm_key, args)
+        await warm_up(ctx, warm_key, args.warm)
+        await settle(stack, args.settle)
     before = snapshot(pid, stack.gateway_port, ports)
     metrics_before = metrics_counts((await probe(stack.gateway_port, "/metrics"))[1])
     print(f"before: {before.line()}; {args.clients} clients for {args.duration:g} s", flush=True)
@@ -291,8 +315,9 @@ async def soak(stack: Stack, args: argparse.Namespace, keys: list[Key],
     alive = stack.gateway.alive()
     after = snapshot(pid, stack.gateway_port, ports) if alive else Snapshot.gone()
     metrics_after = metrics_counts((await probe(stack.gateway_port, "/metrics"))[1])
-    return {"tally": ctx.tally, "before": before, "load_phase_s": ctx.tally.load_ends - t0,
-            "t0": t0, "windows": windows, "after": after, "events": events,
+    return {"tally": ctx.tally, "cold": cold, "before": before,
+            "load_phase_s": ctx.tally.load_ends - t0, "t0": t0, "windows": windows,
+            "after": after, "events": events,
             "load_s": load_s, "lags": lags, "cancelled": len(pending),
             "metrics": (metrics_before, metrics_after), "alive": alive}
 
@@ -325,6 +350,10 @@ def parse_args() -> argparse.Namespace:
                         help="concurrent warm-up requests before each snapshot (64 fills "
                         "the gateway's Redis pool, so a full pool after the run is no "
                         "change)")
+    parser.add_argument("--warm-load", type=float, default=30.0,
+                        help="seconds of the same client mix, on an unlimited key and without "
+                        "faults, before the baseline snapshot (0: none; the report shows the "
+                        "process before it too)")
     parser.add_argument("--settle", type=float, default=8.0,
                         help="seconds of quiet before a snapshot (> the 5 s lingering close)")
     parser.add_argument("--boot-timeout", type=float, default=400.0)

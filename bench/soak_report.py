@@ -207,13 +207,22 @@ def render(result: dict[str, Any], *, args: argparse.Namespace, keys: list[Key],
     out += [f"| {k} | {o} | {n} |" for (k, o), n in sorted(tally.deliberate.items())]
     rss_change, rss_ok = _change(before.rss_kb, after.rss_kb)
     fd_change, fd_ok = _change(before.fds, after.fds)
-    out += ["", "## The gateway process (after a warm-up, and after the run settled)", "",
-            "| | before | after | change |", "|---|---|---|---|",
-            f"| RSS | {before.rss_kb / 1024:.1f} MiB | {after.rss_kb / 1024:.1f} MiB | "
-            f"{rss_change} |",
-            f"| open fds | {before.fds} | {after.fds} | {fd_change} |"]
-    for kind in sorted(set(before.kinds) | set(after.kinds)):
-        out.append(f"| - {kind} | {before.kinds[kind]} | {after.kinds[kind]} | |")
+    cold: Snapshot = result["cold"]
+    out += ["", "## The gateway process", "",
+            "Snapshots after the load settled. *Started*: the fresh process after "
+            f"{args.warm} requests (its pools opened). *Before*: after "
+            + (f"{args.warm_load:g} s of the same client mix on an unlimited key, without faults "
+               "(`--warm-load`): its heap grown to what this load takes. "
+               if args.warm_load > 0 else "nothing more (`--warm-load 0`). ")
+            + "*After*: the run with its faults; the change (within 10 %) is against *before*: "
+            "what the faults and more of the same load left behind.", "",
+            "| | started | before | after | change |", "|---|---|---|---|---|",
+            f"| RSS | {cold.rss_kb / 1024:.1f} MiB | {before.rss_kb / 1024:.1f} MiB | "
+            f"{after.rss_kb / 1024:.1f} MiB | {rss_change} |",
+            f"| open fds | {cold.fds} | {before.fds} | {after.fds} | {fd_change} |"]
+    for kind in sorted(set(cold.kinds) | set(before.kinds) | set(after.kinds)):
+        out.append(f"| - {kind} | {cold.kinds[kind]} | {before.kinds[kind]} | "
+                   f"{after.kinds[kind]} | |")
     lags = result["lags"]
     probes = tally.healthz_ms
     out += [
