@@ -188,6 +188,17 @@ def unchecked(work: Path) -> int:
                for code in json.loads(meta.read_text())["exit_code_by_key"].values())
 
 
+MEMORY_LIMIT = 3 * 1024**3  # address space of mutmut and each mutant's test run
+
+
+def _limit_memory() -> None:
+    """A mutant that loops while it allocates (a loop bound turned around) grew past 4 GB
+    before mutmut's CPU limit stopped it, and drove the shared machine into reclaim. With
+    this cap its allocation fails instead: a MemoryError fails its tests, which kills it."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
                ) -> tuple[float, bool]:
     """mutmut in `work` until done or out of time (only `names`, if given; else those not
@@ -196,7 +207,7 @@ def run_mutmut(work: Path, budget_s: float, names: list[str] | None = None
     started = time.monotonic()
     log = (work / "mutmut.log").open("a")
     process = subprocess.Popen([str(mutmut), "run", "--max-children", "1", *(names or [])],
-                               cwd=work,
+                               cwd=work, preexec_fn=_limit_memory,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finished = False
     try:
