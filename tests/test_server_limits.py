@@ -262,3 +262,39 @@ async def test_the_fallback_protocol_serves(monkeypatch: pytest.MonkeyPatch,
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         writer.close()
     assert head.startswith(b"HTTP/1.1 200")
+
+
+async def test_an_upgrade_request_is_answered_as_http_with_its_body(fake: FakeUpstream) -> None:
+    # `curl --http2 -d ...` on http:// asks for h2c with its POST; a WebSocket client asks
+    # for an upgrade too. The gateway upgrades to neither: each is answered as the HTTP/1.1
+    # request it also is, body included (it was lost: "the request body is empty"), in the
+    # OpenAI error shape (a WebSocket upgrade got uvicorn's bare text/plain 403).
+    async with running_gateway(unit_settings(fake.url)) as gw:
+        body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        for upgrade in (b"h2c", b"websocket"):
+            reader, writer = await _connect(gw.url)
+            head = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: Upgrade, "
+                    b"HTTP2-Settings\r\nupgrade: " + upgrade + b"\r\nhttp2-settings: AAMA\r\n"
+                    b"content-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body))
+            writer.write(head + body[:10].encode())  # the body in two reads
+            await asyncio.sleep(0.05)
+            writer.write(body[10:].encode())
+            answer = await _until_closed(reader)  # the last request on its connection
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            assert fake.requests[-1].json["messages"] == [{"role": "user", "content": "hi"}]
+
+        reader, writer = await _connect(gw.url)
+        writer.write(b"GET /nope HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket"
+                     b"\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     b"sec-websocket-version: 13\r\n\r\n")
+        status, error = _error(await _until_closed(reader))
+        writer.close()
+        assert status == 404 and error["type"] == "invalid_request_error"
+
+        reader, writer = await _connect(gw.url)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+                     b"upgrade: h2c\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+        status, error = _error(await _until_closed(reader))
+        writer.close()
+        assert status == 400 and "Upgrade" in error["message"]

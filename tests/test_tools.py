@@ -138,3 +138,20 @@ def test_a_streamed_answer_becomes_argument_deltas_of_one_call() -> None:
     assert chunk("")["delta"] == {}  # nothing to add: no empty call delta
     assert chunk(None, "stop")["finish_reason"] == "tool_calls"
     assert chunk(None, "length")["finish_reason"] == "length"
+
+
+def test_a_streamed_tool_call_of_vllms_own_is_not_relayed_unchecked() -> None:
+    # The client's arguments are the checked content, and only that: a `tool_calls` (or
+    # legacy `function_call`) delta from upstream would be appended to them by the client
+    # (`{"a":1}` + `,"b":"x"}`), outside the check, under `irgw-output passed`.
+    plan = planned("required", [tool("get_time")])
+    for extra in ({"tool_calls": [{"index": 0, "function": {"arguments": ',"b":"x"}'}}]},
+                  {"function_call": {"name": "x", "arguments": "{}"}}):
+        out = {"choices": [{"index": 0, "delta": dict(extra), "finish_reason": None}]}
+        as_tool_call_chunk(plan, out, first=False)
+        assert out["choices"][0]["delta"] == {}
+        with_content = {"choices": [{"index": 0, "delta": {"content": "1", **extra},
+                                     "finish_reason": None}]}
+        as_tool_call_chunk(plan, with_content, first=False)
+        assert with_content["choices"][0]["delta"] == {
+            "tool_calls": [{"index": 0, "function": {"arguments": "1"}}]}

@@ -333,3 +333,16 @@ def test_a_long_explanation_is_cut_at_its_bound() -> None:
     whole = [failure_of(json.dumps("x" * size), bound).reason
              for size in range(_MAX_REASON - 40, _MAX_REASON + 5)]
     assert any(len(r) == _MAX_REASON and not r.endswith("...") for r in whole)
+
+
+def test_a_top_level_number_cut_by_max_tokens_is_truncated_not_passed() -> None:
+    # "12" of "1234" is valid JSON and a valid integer: only finish_reason tells it was cut.
+    cut = failure_of("12", {"type": "integer"}, truncated=True)
+    assert cut.truncated and cut.constraint == "max_tokens"
+    assert failure_of("-0.5", {"type": "number"}, truncated=True).truncated
+    # Ended by a space, or not a number, or not cut: the answer stands.
+    assert check_output("12 ", schema({"type": "integer"}), repair=True,
+                        truncated=True).document == 12
+    assert check_output("true", schema({"type": "boolean"}), repair=True,
+                        truncated=True).document is True
+    assert check_output("12", schema({"type": "integer"}), repair=True).document == 12

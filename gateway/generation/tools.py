@@ -31,6 +31,10 @@ def as_tool_call_chunk(plan: ChatPlan, chunk: dict[str, Any], *, first: bool) ->
     for choice in chunk["choices"]:
         delta = choice["delta"]
         content = delta.pop("content", None)
+        # The arguments are the checked content, and only that: vLLM was sent no tools, so
+        # a tool call of its own is not one the client asked for, nor checked.
+        delta.pop("tool_calls", None)
+        delta.pop("function_call", None)
         if first or content:
             call: dict[str, Any] = {"index": 0, "function": {"arguments": content or ""}}
             if first:

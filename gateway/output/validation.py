@@ -192,6 +192,13 @@ def raise_first_finding(document: Any, schema: RegisteredSchema, text: str) -> N
         )
 
 
+def _number_may_go_on(document: Any, text: str) -> bool:
+    """A cut answer is invalid JSON, but for one shape: a number at the top level, which
+    is valid at any digit (`12` of `1234`). One followed by a space ended there."""
+    return (isinstance(document, int | float) and not isinstance(document, bool)
+            and text[-1:].isdigit())
+
+
 def check_output(
     text: str | None, schema: RegisteredSchema | None, *, repair: bool, truncated: bool = False
 ) -> CheckedOutput:
@@ -213,6 +220,9 @@ def check_output(
                 raise
             document = parse_strict(fixed)
             text, outcome = fixed, Outcome.REPAIRED
+        if truncated and _number_may_go_on(document, text):
+            raise CheckFailure(reason="a number at the top level, cut where more digits could "
+                               "follow", pointer="", constraint="max_tokens", raw_output=text)
         if schema is not None:
             document = exact_document(document, text)
             validate_document(document, schema, text)

@@ -128,6 +128,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_refused: GatewayError | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._upgrade_left: int | None = None  # an upgrade request's body bytes to come
         # The cycle of the request before the one being read (None on a fresh connection).
         self._cycle_before: RequestResponseCycle | None = None
         coalescing = CoalescingTransport(transport, self.loop)
@@ -179,14 +180,16 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _feed(self, data: bytes | memoryview) -> None:
         # uvicorn's `data_received`, with a refused head answered as what it is (431, 408)
         # rather than as a parse error.
+        if self._upgrade_left is not None:  # the parser is past the last request
+            self._feed_upgrade_body(data)
+            return
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+        except httptools.HttpParserUpgrade as upgrade:
+            # What follows the head is its body, then nothing (above). uvicorn's two
+            # warnings per upgrade request (a log any client could flood) are not written.
+            self._feed_upgrade_body(data[upgrade.args[0]:])
         except httptools.HttpParserError:
             if self._head_refused is not None:
                 self._refuse(self._head_refused)
@@ -207,13 +210,42 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 f"the request has more than {self.max_headers} header fields "
                 "(IRGW_MAX_REQUEST_HEADERS)")
             raise _HeadRefusedError
+        upgrade_body = self._upgrade_body_length() if self.parser.should_upgrade() else None
         self._head_pending = False
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
         super().on_headers_complete()
+        if upgrade_body is not None:
+            # Never upgraded (`ws: none`, no h2c): answered as HTTP/1.1, and the last request
+            # on the connection, whose parser is past it. httptools ends an upgrade request at
+            # its head; its body (`curl --http2 -d`) is read here (`_feed_upgrade_body`).
+            self.cycle.keep_alive = False
+            self._upgrade_left = upgrade_body
+
+    def _upgrade_body_length(self) -> int:
+        lengths = [value for name, value in self.headers if name == b"content-length"]
+        if any(name == b"transfer-encoding" for name, _ in self.headers) or len(lengths) > 1 \
+                or (lengths and not lengths[0].isdigit()):
+            self._head_refused = InvalidRequestError(
+                "a request with an Upgrade header takes a body with one Content-Length, not "
+                "chunked; the gateway does not upgrade (send it without Upgrade: curl "
+                "--http1.1)")
+            raise _HeadRefusedError
+        return int(lengths[0]) if lengths else 0
+
+    def _feed_upgrade_body(self, data: bytes | memoryview) -> None:
+        left = self._upgrade_left or 0
+        if left:
+            piece = bytes(data[:left])
+            self._upgrade_left = left - len(piece)
+            self.on_body(piece)
+            if self._upgrade_left == 0:
+                self.on_message_complete()
 
     def on_message_complete(self) -> None:
+        if self._upgrade_left:  # an upgrade request's body is still to come
+            return
         self._reading = False
         self._head_pending = True
         self._head_bytes = 0

@@ -63,6 +63,9 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host, "port": settings.port, "log_level": settings.log_level,
         "loop": "uvloop", "access_log": False,
         "http": http,
+        # No WebSocket endpoint: an upgrade request is answered as the HTTP request it also
+        # is (a JSON error), not by uvicorn's WebSocket handshake (a bare text/plain 403).
+        "ws": "none",
         # The stock protocol's only cap: a 503 once this many connections or requests are
         # open (counted at each request's head, not at accept).
         "limit_concurrency": settings.max_connections if isinstance(http, str) else None,
