@@ -537,3 +537,26 @@ def test_a_checks_field_refusal_says_what_is_expected(spec: Any, message: str) -
     with pytest.raises(CheckSpecError) as error:
         compile_checks(spec, REGISTRY.resolve("function_ir@1").schema)
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(("hint", "why"), [
+    # A forward reference is code to `typing.get_type_hints`, which evaluates it: what is
+    # inside the quotes is held to the same rules (the shell command below ran).
+    ("'__import__(\"os\").system(\"echo x\")'", "a call"),
+    ("'exec(input())'", "a call"),
+    ("''", "empty"),
+    ("list['']", "empty"),
+    ("dict[str, 'print(1)']", "a call"),
+    ("Annotated['x()', 'doc']", "a call"),
+    ("Optional['1']", "the constant 1"),
+])
+def test_a_quoted_type_must_hold_a_type_expression(hint: str, why: str) -> None:
+    assert why in (check_python_type(hint) or "")
+
+
+@pytest.mark.parametrize("hint", ["'list[int]'", "Optional['Node']", "dict[str, 'list[int]']",
+                                  "Literal['exec(x)', '']", "typing.Literal['a b']",
+                                  "Annotated[int, 'any text: (x)']"])
+def test_strings_that_are_values_or_good_forward_references_pass(hint: str) -> None:
+    # A Literal's strings and Annotated's metadata are values, never evaluated.
+    assert check_python_type(hint) is None

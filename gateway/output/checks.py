@@ -125,14 +125,19 @@ def _dotted(node: ast.expr) -> bool:
     return isinstance(node, ast.Name)
 
 
-def _type_node(node: ast.expr, *, inside_subscript: bool) -> str | None:
-    """What makes `node` no type expression, or None. Recursion depth is bounded by the
-    length bound: each level costs at least one character."""
+def _type_node(node: ast.expr, *, inside_subscript: bool, value: bool = False) -> str | None:
+    """What makes `node` no type expression, or None. `value`: an item of `Literal[...]`
+    or `Annotated[...]`'s metadata, where a string is text. Recursion depth is bounded by
+    the length bound: each level costs at least one character."""
     if isinstance(node, ast.Name | ast.Attribute):
         return None if _dotted(node) else f"{ast.unparse(node)!r} is not a dotted name"
     if isinstance(node, ast.Constant):
-        if node.value is None or isinstance(node.value, str):
+        if node.value is None or (value and isinstance(node.value, str)):
             return None
+        if isinstance(node.value, str):
+            # A forward reference, which `typing.get_type_hints` evaluates as code: what is
+            # inside the quotes must be a type expression too (`"__import__('os')..."`).
+            return _parsed_type_problem(node.value)
         if inside_subscript and (node.value is Ellipsis or isinstance(node.value, bool | int)):
             return None  # Callable[..., T], tuple[int, ...], Literal[1, True]
         return f"the constant {node.value!r} is not a type"
@@ -140,8 +145,10 @@ def _type_node(node: ast.expr, *, inside_subscript: bool) -> str | None:
         if not _dotted(node.value):
             return f"only a name can be subscripted, not {ast.unparse(node.value)!r}"
         items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        for item in items:
-            if (wrong := _type_node(item, inside_subscript=True)) is not None:
+        name = ast.unparse(node.value).rpartition(".")[2]
+        for index, item in enumerate(items):
+            text = name == "Literal" or (name == "Annotated" and index > 0)
+            if (wrong := _type_node(item, inside_subscript=True, value=text)) is not None:
                 return wrong
         return None
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
