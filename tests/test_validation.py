@@ -346,3 +346,19 @@ def test_a_top_level_number_cut_by_max_tokens_is_truncated_not_passed() -> None:
     assert check_output("true", schema({"type": "boolean"}), repair=True,
                         truncated=True).document is True
     assert check_output("12", schema({"type": "integer"}), repair=True).document == 12
+
+
+def test_an_answer_with_a_name_twice_in_one_object_is_refused() -> None:
+    # orjson keeps the last value: `{"name": "class", "name": "x"}` was checked as "x",
+    # while a reader that keeps the first sees "class" (the IR's identifier check refuses it).
+    ident = {"type": "object", "properties": {"name": {"type": "string",
+                                                       "pattern": "^[a-z]+$"}}}
+    for text in ('{"name": "class", "name": "x"}', '{"a": {"b": 1, "b": 2}}',
+                 '[{"k": 1, "k": 1}]'):
+        failure = failure_of(text, ident if text.startswith('{"name"') else {})
+        assert failure.constraint == "unique member names"
+    assert "'name' twice" in failure_of('{"name": "a", "name": "b"}', ident).reason
+    # Colons and quotes inside strings are not members; the same name in two objects is fine.
+    for text in ('{"a": "x:y", "b": [{"c": "\\":"}]}', '[{"a": 1}, {"a": 2}]',
+                 '{"a\\"": 1, "b": ":"}'):
+        assert check_output(text, schema({}), repair=True).document == json.loads(text)
