@@ -211,3 +211,27 @@ def test_a_verified_key_is_what_the_request_is_logged_under_and_a_bad_one_gets_4
     error = info.value.body()["error"]
     assert isinstance(error["message"], str) and error["message"].strip()
     assert info.value.status_code == 401 and info.value.headers["WWW-Authenticate"] == "Bearer"
+
+
+async def test_two_authorization_headers_are_refused_whichever_comes_first(
+    fake: FakeUpstream, tmp_path: Path,
+) -> None:
+    # The last one won: `[not-a-key, valid]` got in, and `[scoped, wide]` was not a 403,
+    # while a proxy in front that reads the first header sees another caller.
+    store = KeyStore(tmp_path / "keys.json", create=True)
+    _, scoped = store.create("scoped", KeyPolicy(schemas=["module_ir"]))
+    _, wide = store.create("wide")
+    settings = unit_settings(fake.url, auth_enabled=True, keys_file=store.path)
+    async with running_gateway(settings) as gw, httpx.AsyncClient(base_url=gw.url) as client:
+        for first, second in (("irgw-nope", wide), (scoped, wide), (wide, scoped)):
+            response = await client.post(
+                "/v1/chat/completions", json=chat("schema/function_ir"),
+                headers=[("authorization", f"Bearer {first}"),
+                         ("authorization", f"Bearer {second}")])
+            assert response.status_code == 401, response.text
+            assert "one 'Authorization: Bearer <key>' header" in response.json()["error"]["message"]
+        assert not fake.requests
+        fake.script(Reply(VALID))
+        one = await client.post("/v1/chat/completions", json=chat("schema/function_ir"),
+                                headers={"authorization": f"Bearer {wide}", "x-request-id": "a"})
+        assert one.status_code == 200

@@ -69,6 +69,10 @@ class Authenticator:
                 "Missing API key. Send it as 'Authorization: Bearer <key>'.", headers=_CHALLENGE
             )
         scheme, _, credentials = authorization.strip().partition(" ")
+        if "," in credentials:  # two Authorization headers, joined (gateway.server.reading)
+            raise AuthenticationError(
+                "More than one API key: send one 'Authorization: Bearer <key>' header.",
+                headers=_CHALLENGE)
         if scheme.lower() != "bearer":
             raise AuthenticationError(
                 "Unsupported authorization scheme: send 'Authorization: Bearer <key>'.",

@@ -31,7 +31,14 @@ def header(request: Request, name: bytes) -> str | None:
     """One request header, by its lowercase name. A dict built in C from the scope's list
     (ASGI names are already lowercase) costs less than Starlette's `Headers`, which scans
     the list in Python on every lookup; the generation routes read three headers."""
-    value = dict(request.scope["headers"]).get(name)
+    headers = request.scope["headers"]
+    by_name = dict(headers)
+    value = by_name.get(name)
+    if value is not None and len(by_name) != len(headers):
+        # A name sent twice is one field whose values are joined (RFC 9110, 5.3), not the
+        # last one alone: two Authorization headers read as one the key check refuses,
+        # where a proxy in front that reads the first would disagree on who is calling.
+        value = b", ".join(v for k, v in headers if k == name)
     return None if value is None else value.decode("latin-1")
 
 
