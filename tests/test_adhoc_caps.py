@@ -136,3 +136,17 @@ def test_an_adhoc_schema_is_named_as_such() -> None:
 def test_a_schema_that_is_no_object_is_a_400_naming_where_it_was_sent(param: str,
                                                                       schema: Any) -> None:
     assert refusal(schemas(), schema, param).message == f"{param} must be a JSON object"
+
+
+def test_a_schema_number_past_64_bit_integers_is_refused_not_rounded() -> None:
+    # The body's reader (orjson) reads 2**64 + 1 as the float 2**64: `"const": 2**64 + 1`
+    # then passed the answer 2**64, and vLLM was sent the rounded schema.
+    cache = schemas()
+    for written in (b"18446744073709551617", b"-18446744073709551617", b"1e30"):
+        schema = orjson.loads(b'{"type": "object", "properties": {"n": {"const": %s}}}'
+                              % written)
+        error = refusal(cache, schema)
+        assert "past 64-bit integers" in error.message and error.param == PARAM
+    # Up to 64 bits they are exact integers, and ordinary floats stay as they are.
+    for fine in (2**64 - 1, -(2**63), 1.5e19, 0.1):
+        assert cache.compile(PendingAdhoc("M", {"maximum": fine}, PARAM)).adhoc

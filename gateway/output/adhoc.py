@@ -39,6 +39,9 @@ class PendingAdhoc:
         return f"{self.name} (ad-hoc)"
 
 
+_PAST_64_BITS = 2.0**64
+
+
 def shape_error(schema: Any, *, max_depth: int, max_nodes: int) -> str | None:
     """Why `schema` is too deep or too big, or None. Stops at the first value past a cap,
     so the walk costs at most `max_nodes` steps whatever was sent."""
@@ -56,6 +59,12 @@ def shape_error(schema: Any, *, max_depth: int, max_nodes: int) -> str | None:
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, list):
             stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, float) and abs(node) >= _PAST_64_BITS:
+            # The body's reader keeps integers exact up to 64 bits; one past them arrives
+            # rounded (`"const": 18446744073709551617` as ...616.0), and the schema checked
+            # and sent to vLLM would not be the one written.
+            return (f"has the number {node:.17g}, past 64-bit integers, which the gateway "
+                    "cannot read exactly; keep schema numbers within +-2**64")
     return None
 
 
