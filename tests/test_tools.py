@@ -155,3 +155,18 @@ def test_a_streamed_tool_call_of_vllms_own_is_not_relayed_unchecked() -> None:
         as_tool_call_chunk(plan, with_content, first=False)
         assert with_content["choices"][0]["delta"] == {
             "tool_calls": [{"index": 0, "function": {"arguments": "1"}}]}
+
+
+@pytest.mark.parametrize("parameters", [[1], "x", True])
+def test_a_forced_tools_bad_parameters_are_named_as_the_tools(parameters: Any) -> None:
+    # The 400 named `response_format.json_schema.schema`, which the request never sent.
+    from gateway.errors import InvalidSchemaError
+    from gateway.output.adhoc import AdhocSchemas
+
+    named = {"type": "function", "function": {"name": "weather"}}
+    plan = planned(named, [tool("lookup", {"type": "object"}), tool("weather", parameters)])
+    assert plan.pending is not None
+    assert plan.pending.param == "tools[1].function.parameters"
+    with pytest.raises(InvalidSchemaError) as info:
+        AdhocSchemas.from_settings(SETTINGS).compile(plan.pending)
+    assert info.value.param == "tools[1].function.parameters"

@@ -241,7 +241,10 @@ def _plan_forced_tool(plan: ChatPlan, registry: SchemaRegistry, settings: Settin
         plan.policy = policy_named(settings.output_policy or plan.schema.output_policy)
         plan.warnings.extend(plan.schema.unenforced)
     else:  # compiled once the key is authorized and admitted (gateway.output.adhoc)
-        plan.pending = PendingAdhoc(name, parameters or _EMPTY_OBJECT)
+        index = next(i for i, tool in enumerate(plan.body["tools"])
+                     if isinstance(tool, dict) and tool.get("function") is function)
+        plan.pending = PendingAdhoc(name, parameters or _EMPTY_OBJECT,
+                                    f"tools[{index}].function.parameters")
         plan.policy = policy_named(settings.output_policy or settings.adhoc_output_policy)
     plan.mode = Mode.TOOL
     plan.tool_name = name
