@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import struct
@@ -208,6 +209,21 @@ async def test_malformed_requests_are_400(client: httpx.AsyncClient, fake: FakeU
     assert needle in response.json()["error"]["message"]
     openai_spec.validate("ErrorResponse", response.json())
     assert not fake.requests
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+async def test_a_compressed_body_is_a_400_saying_so(client: httpx.AsyncClient,
+                                                    fake: FakeUpstream, encoding: str) -> None:
+    # It was read as it came: "str is not valid UTF-8: surrogates not allowed".
+    body = gzip.compress(json.dumps(CHAT).encode())
+    response = await client.post("/v1/chat/completions", content=body, headers={
+        "content-type": "application/json", "content-encoding": encoding})
+    assert response.status_code == 400
+    assert "send it uncompressed" in response.json()["error"]["message"]
+    assert not fake.requests
+    identity = await client.post("/v1/chat/completions", content=b"{}", headers={
+        "content-type": "application/json", "content-encoding": "identity"})
+    assert "'model'" in identity.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])

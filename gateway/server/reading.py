@@ -61,6 +61,11 @@ async def read_json(request: Request, limit: int, budget: BodyBudget,
     declared = header(request, b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
+    encoding = header(request, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+        # Read as it is, a gzip body was "not valid UTF-8: surrogates not allowed".
+        raise InvalidRequestError(f"the request body is encoded ({encoding.strip()[:40]}); "
+                                  "send it uncompressed, without Content-Encoding")
     # Straight from ASGI: Starlette's body() adds a generator per request and joins a copy.
     message = await request.receive()
     if message["type"] != "http.request":  # gone before sending the whole body
