@@ -87,3 +87,22 @@ def test_repeats_inside_groups_and_open_ended_ones_split_as_few_pieces(pattern: 
                                                                        sent: str) -> None:
     assert split_large_repeats(pattern) == (sent, [pattern[pattern.index("{"):
                                                            pattern.index("}") + 1]])
+
+
+@pytest.mark.parametrize(("pattern", "sent", "found"), [
+    # Lazy quantifiers (xgrammar ignores the `?`) are kept, and what follows them is read.
+    ("a*?b{200}", "a*?b{128}b{72}", ["{200}"]),
+    ("a??b{130}", "a??b{128}b{2}", ["{130}"]),
+    ("a+?", "a+?", []),
+    ("x{2}?y{300}", "x{2}?y{128}y{128}y{44}", ["{300}"]),
+    ("(?:ab){129}?c*?", "(?:ab){128}(?:ab){1}c*?", ["{129}"]),
+    # A literal X is an atom like any other letter.
+    ("X{200}", "X{128}X{72}", ["{200}"]),
+    # A count with nothing to repeat is xgrammar's to refuse: sent as it is.
+    ("({300})", "({300})", []),
+    ("a*{300}", "a*{300}", []),
+    ("a|{300}", "a|{300}", []),
+])
+def test_lazy_quantifiers_literals_and_counts_without_an_atom(pattern: str, sent: str,
+                                                              found: list[str]) -> None:
+    assert split_large_repeats(pattern) == (sent, found)
