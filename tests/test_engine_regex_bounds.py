@@ -106,3 +106,9 @@ def test_repeats_inside_groups_and_open_ended_ones_split_as_few_pieces(pattern: 
 def test_lazy_quantifiers_literals_and_counts_without_an_atom(pattern: str, sent: str,
                                                               found: list[str]) -> None:
     assert split_large_repeats(pattern) == (sent, found)
+
+
+@pytest.mark.parametrize("pattern", ["a{2}{300}", "a{2}{3}", "a{200}{300}"])
+def test_a_count_right_after_a_count_is_sent_as_it_is(pattern: str) -> None:
+    # Nothing to repeat (xgrammar refuses it): not split, not an exception.
+    assert split_large_repeats(pattern) == (pattern, [])
