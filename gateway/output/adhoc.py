@@ -82,7 +82,6 @@ class AdhocSchemas:
         # Compiles run in worker threads (`compile_off_loop`): the cache's
         # look-up-then-reorder and insert-then-evict steps must not interleave.
         self._lock = threading.Lock()
-        self.compiled = 0  # schemas compiled (cache misses that got that far)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AdhocSchemas:
@@ -137,7 +136,6 @@ class AdhocSchemas:
             raise self._refused(pending, error)
         compiled = adhoc_schema(pending.name, pending.schema, self.policy)
         with self._lock:
-            self.compiled += 1
             if self.cache_size:
                 self._cache[key] = compiled
                 if len(self._cache) > self.cache_size:
