@@ -148,3 +148,17 @@ def test_the_admin_api_reaches_the_store_only_when_auth_is_on(store: KeyStore) -
     assert keys is not None
     assert [r.id for r in asyncio.run(keys.list())] == [record.id]
     assert Authenticator(None, enabled=False).keys is None
+
+
+def test_two_keys_in_one_request_get_the_401_with_its_challenge(store: KeyStore) -> None:
+    # Two Authorization headers arrive joined (RFC 9110 5.3): refused, not read as one key.
+    _, key = store.create("alice")
+    auth = Authenticator(store, enabled=True)
+    with pytest.raises(AuthenticationError) as info:
+        auth.authenticate(f"Bearer {key}, Bearer {key}")
+    assert info.value.status_code == 401
+    assert info.value.headers == {"WWW-Authenticate": "Bearer"}
+    message = _message(info.value)
+    assert message.startswith("More than one API key")
+    _sentence(message)
+    assert auth.authenticate(f"Bearer {key}").name == "alice"
