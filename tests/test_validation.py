@@ -362,3 +362,21 @@ def test_an_answer_with_a_name_twice_in_one_object_is_refused() -> None:
     for text in ('{"a": "x:y", "b": [{"c": "\\":"}]}', '[{"a": 1}, {"a": 2}]',
                  '{"a\\"": 1, "b": ":"}'):
         assert check_output(text, schema({}), repair=True).document == json.loads(text)
+
+
+def test_a_refused_repeat_or_cut_number_says_where_and_keeps_the_answer() -> None:
+    # What the 422 carries for debugging: the whole answer, the document as the place.
+    text = '{"a": 1, "a": 2}'
+    twice = failure_of(text, {})
+    assert (twice.pointer, twice.constraint, twice.raw_output) == ("", "unique member names",
+                                                                   text)
+    cut = failure_of("1234", {"type": "integer"}, truncated=True)
+    assert (cut.pointer, cut.constraint, cut.raw_output) == ("", "max_tokens", "1234")
+    assert "more digits could follow" in cut.reason
+    # Nested past what Python's reader takes (orjson reads 1024 levels), with a colon in a
+    # string so the quick count cannot clear it: refused as uncheckable, not passed.
+    deep = '{"note": "a:b", "x": ' + "[" * 1010 + "]" * 1010 + "}"
+    uncheckable = failure_of(deep, {})
+    assert uncheckable.constraint == "unique member names" and uncheckable.pointer == ""
+    assert uncheckable.raw_output == deep
+    assert uncheckable.reason.startswith("the answer cannot be checked for repeated names")
