@@ -128,3 +128,19 @@ def test_a_refusal_gives_the_figures_a_client_needs_to_fit() -> None:
     prompt = estimate_prompt_tokens(CHAT)
     over = refused(chat(max_tokens=600), tpm=500)
     assert {"600", "500", str(prompt), str(500 - prompt)} <= figures(over.message)
+
+
+def test_a_request_the_keys_whole_budget_cannot_hold_is_a_400_not_a_429() -> None:
+    # It was a 429 insufficient_quota saying to retry after the reset, where the same
+    # request is refused again: a budget of 500 and the default of 1024 never fit.
+    structured = plan_chat(STRUCTURED, REGISTRY, SETTINGS)
+    prompt = estimate_prompt_tokens(STRUCTURED)
+    fitted = budget(structured, default=1024, budget_tokens=500)
+    assert fitted.max_tokens == 500 - prompt and fitted.reserved == 500
+    error = refused(chat(max_tokens=600), budget_tokens=500, budget_period="month")
+    assert error.code == "request_too_large"
+    assert "budget of 500 tokens per month" in error.message
+    assert f"at most {500 - estimate_prompt_tokens(CHAT)}" in error.message
+    assert budget(chat(max_tokens=100), budget_tokens=500).max_tokens == 100
+    # The tightest limit sets the default: here the TPM.
+    assert budget(structured, default=1024, budget_tokens=500, tpm=200).reserved == 200

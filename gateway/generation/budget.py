@@ -45,12 +45,14 @@ def token_budget(plan: ChatPlan, policy: KeyPolicy, default_max_tokens: int) -> 
     `max_tokens` cap). It is clipped to what the key's cap and TPM allow for this request."""
     sequences = sequences_of(plan.body)
     prompt = estimate_prompt_tokens(plan.body)
-    cap, tpm = policy.max_tokens, policy.tpm
+    cap, tpm, allowance = policy.max_tokens, policy.tpm, policy.budget_tokens
     room: list[int] = []  # per-answer ceilings from the key's limits
     if cap is not None:
         room.append(cap // sequences)
     if tpm is not None:
         room.append((tpm - prompt) // sequences)
+    if allowance is not None:  # a whole period's budget: what it cannot hold never fits
+        room.append((allowance - prompt) // sequences)
     max_tokens = plan.max_tokens
     if max_tokens is None and (plan.checked or room):
         max_tokens = min([default_max_tokens, *room])
@@ -65,6 +67,14 @@ def token_budget(plan: ChatPlan, policy: KeyPolicy, default_max_tokens: int) -> 
         raise InvalidRequestError(
             _too_much(max_tokens, sequences, f"this API key's limit of {tpm} tokens per "
                       f"minute with a prompt of about {prompt} tokens", min(room)),
+            param="max_tokens", code="request_too_large",
+        )
+    if allowance is not None and (budget.reserved > allowance or (max_tokens or 0) < 1):
+        # Not a 429 to retry after the reset: the same request would be refused again.
+        raise InvalidRequestError(
+            _too_much(max_tokens, sequences, f"this API key's budget of {allowance} tokens "
+                      f"per {policy.budget_period} with a prompt of about {prompt} tokens",
+                      min(room)),
             param="max_tokens", code="request_too_large",
         )
     return budget
