@@ -486,3 +486,26 @@ def test_tool_definitions_count_towards_the_prompt(key: str) -> None:
     tools = [{"type": "function", "function": {"name": "f", "description": description}}]
     with_tools = estimate_prompt_tokens({**body, key: tools})
     assert with_tools >= estimate_prompt_tokens(body) + len(description) // 4
+
+
+@pytest.mark.parametrize("echo", [True, 1])
+def test_echo_is_refused_where_the_answer_is_checked(registry: SchemaRegistry,
+                                                     echo: Any) -> None:
+    # With echo, vLLM writes the prompt before the answer: a valid answer was then a 422
+    # ("not valid JSON at character 0") after its tokens were spent.
+    structured = {"model": "schema/invoice", "prompt": "add", "echo": echo}
+    with pytest.raises(InvalidRequestError) as info:
+        plan_completion(structured, registry, SETTINGS)
+    assert info.value.param == "echo" and info.value.status_code == 400
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "echo": echo,
+            "response_format": {"type": "json_object"}}
+    with pytest.raises(InvalidRequestError):
+        plan_chat(chat, registry, SETTINGS)
+    forced = {**chat, "response_format": None, "tool_choice": "required",
+              "tools": [{"type": "function", "function": {"name": "f"}}]}
+    with pytest.raises(InvalidRequestError):
+        plan_chat(forced, registry, SETTINGS)
+    # Unchecked, or echo off: as before.
+    assert not plan_completion({"model": "m", "prompt": "add", "echo": echo}, registry,
+                               SETTINGS).checked
+    assert plan_completion({**structured, "echo": False}, registry, SETTINGS).checked

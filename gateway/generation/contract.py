@@ -179,6 +179,10 @@ N = Field("n", _POSITIVE, "'n' must be a positive integer", documented={
     "default": 1, "description": "Must be 1 for structured output."})
 ONE_CHOICE = Field("n", {"type": "integer", "const": 1},
                    "'n' must be 1 for structured output")
+# vLLM's: the prompt (or, in chat, the last message) written before the answer.
+ECHO = Field("echo", {}, documented={
+    "type": "boolean", "description": "vLLM's: the prompt before the answer. Refused with "
+    "structured output, whose answer is the JSON alone."})
 BEST_OF = Field("best_of", _POSITIVE, "'best_of' must be a positive integer", documented={
     "description": "vLLM's: answers generated per prompt, the best returned; counted into "
                    "what the request reserves."})

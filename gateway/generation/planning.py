@@ -169,8 +169,13 @@ def _plan(body: dict[str, Any], model: str, registry: SchemaRegistry,
 
 
 def require_one_choice(body: dict[str, Any]) -> None:
-    """A checked answer is one answer: `n` unset, null or 1 (not `true`, not `1.0`)."""
+    """A checked answer is one answer: `n` unset, null or 1 (not `true`, not `1.0`); and
+    only the answer: vLLM's `echo` puts the prompt (or the last message) before it."""
     contract.ONE_CHOICE.read(body)
+    if contract.ECHO.read(body):
+        raise InvalidRequestError("echo puts the prompt before the answer, which is then no "
+                                  "longer the JSON that was asked for; drop echo for "
+                                  "structured output", param="echo")
 
 
 def _plan_response_format(plan: ChatPlan, response_format: dict[str, Any],

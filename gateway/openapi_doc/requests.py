@@ -37,11 +37,12 @@ _CHAT_FIELDS = (
                "whole answer is checked; a failed check ends the stream with "
                "`data: {\"error\": ...}` before `[DONE]`."),
     contract.STREAM_OPTIONS, contract.MAX_TOKENS, contract.MAX_COMPLETION_TOKENS, contract.N,
-    contract.TOOLS, contract.TOOL_CHOICE, contract.PARALLEL_TOOL_CALLS, *contract.SAMPLING,
+    contract.TOOLS, contract.TOOL_CHOICE, contract.PARALLEL_TOOL_CALLS, contract.ECHO,
+    *contract.SAMPLING,
 )
 _COMPLETION_FIELDS = (
     contract.MODEL, contract.PROMPT, contract.RESPONSE_FORMAT, contract.STREAM,
-    contract.STREAM_OPTIONS, contract.MAX_TOKENS, contract.N, contract.BEST_OF,
+    contract.STREAM_OPTIONS, contract.MAX_TOKENS, contract.N, contract.BEST_OF, contract.ECHO,
     *contract.SAMPLING,
 )
 # The fields of each route's body, as the document lists them (tests/test_contract.py
