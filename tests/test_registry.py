@@ -233,3 +233,16 @@ async def test_a_pinned_version_is_the_one_vllm_gets_and_the_answer_is_checked_a
             "model": "schema/point@3", "messages": [{"role": "user", "content": "p"}]})
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "schema_not_found"
+
+
+def test_a_version_pin_is_written_one_way() -> None:
+    # `function_ir@01` resolved on chat and /v1/schemas while /v1/models, which lists
+    # `function_ir@1`, answered 404: a pin with a leading zero is no pin of a known version.
+    from gateway.errors import SchemaNotFoundError
+
+    registry = SchemaRegistry.load(REPO / "schemas")
+    assert registry.resolve("function_ir@1").version == 1
+    for ref in ("function_ir@01", "function_ir@001", "function_ir@0"):
+        assert ref not in registry
+        with pytest.raises(SchemaNotFoundError):
+            registry.resolve(ref)

@@ -30,7 +30,7 @@ from gateway.output.policies import DEFAULT_POLICY, POLICIES
 from gateway.settings import OutputPolicy
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>[0-9]{1,6}))?$")
+_REF_RE = re.compile(r"^(?P<name>[A-Za-z0-9_.-]{1,64})(?:@(?P<version>0|[1-9][0-9]{0,5}))?$")
 
 log = logging.getLogger("gateway.output.registry")
 
