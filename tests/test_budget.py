@@ -144,3 +144,14 @@ def test_a_request_the_keys_whole_budget_cannot_hold_is_a_400_not_a_429() -> Non
     assert budget(chat(max_tokens=100), budget_tokens=500).max_tokens == 100
     # The tightest limit sets the default: here the TPM.
     assert budget(structured, default=1024, budget_tokens=500, tpm=200).reserved == 200
+
+
+def test_a_budget_fits_answers_down_to_one_token_and_says_what_was_asked() -> None:
+    prompt = estimate_prompt_tokens(CHAT)
+    assert "up to 600 tokens" in refused(chat(max_tokens=600), budget_tokens=500).message
+    fitted = budget(chat(n=3), default=1024, budget_tokens=500)
+    assert type(fitted.max_tokens) is int and fitted.max_tokens == (500 - prompt) // 3
+    one = budget(chat(), default=1024, budget_tokens=prompt + 1)
+    assert one.max_tokens == 1 and one.reserved == prompt + 1
+    none = refused(chat(), budget_tokens=prompt)
+    assert none.code == "request_too_large" and "at least 1 token" in none.message
