@@ -170,3 +170,12 @@ def test_a_forced_tools_bad_parameters_are_named_as_the_tools(parameters: Any) -
     with pytest.raises(InvalidSchemaError) as info:
         AdhocSchemas.from_settings(SETTINGS).compile(plan.pending)
     assert info.value.param == "tools[1].function.parameters"
+
+
+def test_a_forced_tool_calls_id_looks_like_openais() -> None:
+    # `call_` and 24 characters, as OpenAI writes them; a fresh one per request.
+    import re
+
+    first, second = (planned("required", [tool("f")]).tool_call_id for _ in range(2))
+    assert first is not None and re.fullmatch(r"call_[0-9a-f]{24}", first)
+    assert first != second
