@@ -509,3 +509,10 @@ def test_echo_is_refused_where_the_answer_is_checked(registry: SchemaRegistry,
     assert not plan_completion({"model": "m", "prompt": "add", "echo": echo}, registry,
                                SETTINGS).checked
     assert plan_completion({**structured, "echo": False}, registry, SETTINGS).checked
+
+
+def test_the_echo_refusal_says_what_to_do(registry: SchemaRegistry) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        plan_completion({"model": "schema/invoice", "prompt": "add", "echo": True}, registry,
+                        SETTINGS)
+    assert "drop echo" in info.value.message
