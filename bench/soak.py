@@ -176,6 +176,12 @@ async def warm_up(ctx: Ctx, key: str, n: int) -> None:
     await asyncio.gather(*(one() for _ in range(n)))
 
 
+def _hold_s(args: argparse.Namespace) -> float:
+    """How long a client's request may still run once the load ends (its own timeout or
+    hold), with a margin."""
+    return max(args.request_timeout, args.slow_hold + 5, args.idle_hold) + 30
+
+
 async def warm_load(ctx: Ctx, key: str, args: argparse.Namespace) -> None:
     """The soak's own mix of clients for `--warm-load` seconds, on the unlimited key and
     without faults, so that the baseline is a gateway that has worked: its heap grown to
@@ -185,7 +191,7 @@ async def warm_load(ctx: Ctx, key: str, args: argparse.Namespace) -> None:
                                tally=Tally())
     warm.tally.load_ends = time.monotonic() + args.warm_load
     print(f"warm-up load: {args.clients} clients for {args.warm_load:g} s", flush=True)
-    hold = max(args.request_timeout, args.slow_hold + 5, args.idle_hold) + 30
+    hold = _hold_s(args)
     clients = [asyncio.create_task(client(warm, random.Random(-1 - i), args.think))
                for i in range(args.clients)]
     _, pending = await asyncio.wait(clients, timeout=args.warm_load + hold)
@@ -297,7 +303,7 @@ async def soak(stack: Stack, args: argparse.Namespace, keys: list[Key],
                for i in range(args.clients)]
     # Every client stops starting requests when the load ends; one under way ends by its
     # own timeout or hold. Whatever still runs at the hard stop is a bug here, counted.
-    hold = max(args.request_timeout, args.slow_hold + 5, args.idle_hold) + 30
+    hold = _hold_s(args)
     hard_stop = t0 + args.duration + args.boot_timeout + args.after_restart + hold
     pending = set(clients)
     while pending and time.monotonic() < hard_stop:

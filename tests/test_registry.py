@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidSchemaError
+from gateway.errors import InvalidSchemaError, SchemaNotFoundError
 from gateway.output.registry import SchemaFileError, SchemaRegistry, unenforced_keywords
 from gateway.output.validation import CheckFailure, check_output
 from gateway.settings import Settings
@@ -238,8 +238,6 @@ async def test_a_pinned_version_is_the_one_vllm_gets_and_the_answer_is_checked_a
 def test_a_version_pin_is_written_one_way() -> None:
     # `function_ir@01` resolved on chat and /v1/schemas while /v1/models, which lists
     # `function_ir@1`, answered 404: a pin with a leading zero is no pin of a known version.
-    from gateway.errors import SchemaNotFoundError
-
     registry = SchemaRegistry.load(REPO / "schemas")
     assert registry.resolve("function_ir@1").version == 1
     for ref in ("function_ir@01", "function_ir@001", "function_ir@0"):

@@ -5,13 +5,15 @@ the same through a running gateway."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidRequestError
+from gateway.errors import InvalidRequestError, InvalidSchemaError
 from gateway.generation.planning import ChatPlan, Mode, plan_chat
 from gateway.generation.tools import as_tool_call_chunk, as_tool_call_response
+from gateway.output.adhoc import AdhocSchemas
 from gateway.output.registry import SchemaRegistry
 from gateway.settings import Settings
 from tests.conftest import REPO
@@ -160,9 +162,6 @@ def test_a_streamed_tool_call_of_vllms_own_is_not_relayed_unchecked() -> None:
 @pytest.mark.parametrize("parameters", [[1], "x", True])
 def test_a_forced_tools_bad_parameters_are_named_as_the_tools(parameters: Any) -> None:
     # The 400 named `response_format.json_schema.schema`, which the request never sent.
-    from gateway.errors import InvalidSchemaError
-    from gateway.output.adhoc import AdhocSchemas
-
     named = {"type": "function", "function": {"name": "weather"}}
     plan = planned(named, [tool("lookup", {"type": "object"}), tool("weather", parameters)])
     assert plan.pending is not None
@@ -174,8 +173,6 @@ def test_a_forced_tools_bad_parameters_are_named_as_the_tools(parameters: Any) -
 
 def test_a_forced_tool_calls_id_looks_like_openais() -> None:
     # `call_` and 24 characters, as OpenAI writes them; a fresh one per request.
-    import re
-
     first, second = (planned("required", [tool("f")]).tool_call_id for _ in range(2))
     assert first is not None and re.fullmatch(r"call_[0-9a-f]{24}", first)
     assert first != second
