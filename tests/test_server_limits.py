@@ -298,3 +298,17 @@ async def test_an_upgrade_request_is_answered_as_http_with_its_body(fake: FakeUp
         status, error = _error(await _until_closed(reader))
         writer.close()
         assert status == 400 and "Upgrade" in error["message"]
+
+
+async def test_an_upgrade_requests_body_is_held_to_the_body_limit(fake: FakeUpstream) -> None:
+    # Its body is read apart from the parser (gateway.server.protocol): still refused past
+    # IRGW_MAX_REQUEST_BYTES, declared or not, before it reaches vLLM.
+    async with running_gateway(unit_settings(fake.url, max_request_bytes=4096)) as gw:
+        reader, writer = await _connect(gw.url)
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\n"
+                     b"upgrade: h2c\r\ncontent-type: application/json\r\n"
+                     b"content-length: 100000\r\n\r\n" + b"x" * 8192)
+        status, error = _error(await _until_closed(reader))
+        writer.close()
+        assert status == 413 and error["code"] == "body_too_large"
+        assert not fake.requests
